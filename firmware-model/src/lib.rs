@@ -1,0 +1,1 @@
+//! vfpga-model: see ARCHITECTURE.md. Not built yet.

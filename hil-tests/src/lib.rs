@@ -1,0 +1,1 @@
+//! vfpga-hil: see ARCHITECTURE.md. Not built yet.

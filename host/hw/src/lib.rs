@@ -1,0 +1,1 @@
+//! vfpga-hw: see ARCHITECTURE.md. Not built yet.

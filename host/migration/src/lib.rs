@@ -1,0 +1,1 @@
+//! vfpga-migration: see ARCHITECTURE.md. Not built yet.

@@ -1,0 +1,1 @@
+//! vfpga-sim: see ARCHITECTURE.md. Not built yet.

@@ -1,0 +1,1 @@
+//! vfpga-vfio-user: see ARCHITECTURE.md. Not built yet.

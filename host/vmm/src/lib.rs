@@ -1,0 +1,1 @@
+//! vfpga-vmm: see ARCHITECTURE.md. Not built yet.
