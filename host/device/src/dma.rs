@@ -235,6 +235,30 @@ impl DmaPort {
         (end <= s + m.len).then_some((*s, m))
     }
 
+    /// VMM-side read of guest memory (bounds-checked like a device access,
+    /// ignoring the device permissions, never logged).
+    pub fn host_read(&self, iova: u64, buf: &mut [u8]) -> Result<(), DmaFault> {
+        let g = self.read_lock();
+        let (s, m) = Self::find(&g, iova, buf.len() as u64).ok_or(DmaFault::Unmapped {
+            kind: "read",
+            iova,
+            len: buf.len(),
+        })?;
+        m.mem.read(iova - s, buf)
+    }
+
+    /// VMM-side write of guest memory (bounds-checked, never logged: the dirty
+    /// log records what the *device* wrote).
+    pub fn host_write(&self, iova: u64, data: &[u8]) -> Result<(), DmaFault> {
+        let g = self.read_lock();
+        let (s, m) = Self::find(&g, iova, data.len() as u64).ok_or(DmaFault::Unmapped {
+            kind: "write",
+            iova,
+            len: data.len(),
+        })?;
+        m.mem.write(iova - s, data)
+    }
+
     /// Device read of `buf.len()` bytes at `iova`.
     pub fn read(&self, iova: u64, buf: &mut [u8]) -> Result<(), DmaFault> {
         let g = self.read_lock();

@@ -31,6 +31,7 @@
 pub mod dma;
 pub mod fake;
 pub mod irq;
+pub mod ring;
 pub mod state;
 
 use std::time::{Duration, Instant};
