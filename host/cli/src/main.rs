@@ -1,1 +1,123 @@
-fn main() {}
+//! `vfpga`: the one binary. It parses arguments and calls the libraries;
+//! nothing here knows a register.
+//!
+//! Exit status: 0 success, 1 the check or migration failed, 2 usage or setup
+//! error (including "not implemented yet").
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+mod commands;
+
+/// Host-side backend for a live-migratable PCIe FPGA device.
+#[derive(Debug, Parser)]
+#[command(name = "vfpga", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every subcommand that touches a device takes.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Configuration file (YAML; see config/*.yaml). Loaded and checked first.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the device to a VMM over vfio-user on a UNIX socket.
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// Socket path to listen on (overrides the config's server.socket).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
+    /// Live-migrate the device mid-workload and verify the results (the main job).
+    Demo {
+        #[command(flatten)]
+        common: Common,
+        /// Backend to use instead of the config's: model or sim.
+        #[arg(long, value_name = "NAME")]
+        backend: Option<String>,
+        /// Also write the report as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Draw the migration timeline as SVG.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
+    },
+    /// Migrate a device between hosts over TCP.
+    Migrate {
+        #[command(flatten)]
+        common: Common,
+        /// Source side: send to tcp:HOST:PORT.
+        #[arg(long, value_name = "tcp:HOST:PORT", conflicts_with = "incoming")]
+        to: Option<String>,
+        /// Destination side: listen on tcp:ADDR:PORT.
+        #[arg(long, value_name = "tcp:ADDR:PORT")]
+        incoming: Option<String>,
+    },
+    /// Cross-check the reference model against the RTL (or a board) in lockstep.
+    Crosscheck {
+        #[command(flatten)]
+        common: Common,
+        /// Number of random scenarios.
+        #[arg(long, value_name = "N")]
+        seeds: Option<u64>,
+        /// Run the one scenario with this seed.
+        #[arg(long, value_name = "S")]
+        seed: Option<u64>,
+        /// Stop after this long (e.g. 10m).
+        #[arg(long, value_name = "DURATION")]
+        duration: Option<String>,
+        /// Run only shard K of N (K in 1..=N).
+        #[arg(long, value_name = "K/N")]
+        shard: Option<String>,
+    },
+    /// Check this host for board use and explain each finding.
+    Doctor {
+        #[command(flatten)]
+        common: Common,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run benchmarks (same as scripts/bench).
+    Bench {
+        /// Benchmark names (all when empty).
+        names: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Serve { common, socket } => commands::serve(&common, socket),
+        Command::Demo {
+            common,
+            backend,
+            json,
+            plot,
+        } => commands::demo(&common, backend, json, plot),
+        Command::Migrate {
+            common,
+            to,
+            incoming,
+        } => commands::migrate(&common, to, incoming),
+        Command::Crosscheck {
+            common,
+            seeds,
+            seed,
+            duration,
+            shard,
+        } => commands::crosscheck(&common, seeds, seed, duration, shard),
+        Command::Doctor { common, json } => commands::doctor(&common, json),
+        Command::Bench { names } => commands::bench(&names),
+    };
+    ExitCode::from(code)
+}

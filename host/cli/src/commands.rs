@@ -1,0 +1,109 @@
+//! Subcommand bodies. Each loads and checks `--config` first, so a bad config
+//! is reported even by a subcommand that is not built yet.
+
+use std::path::PathBuf;
+
+use vfpga_config::Config;
+
+use crate::Common;
+
+/// Exit status: success.
+#[allow(dead_code)]
+pub const EXIT_OK: u8 = 0;
+/// Exit status: the check or migration failed.
+#[allow(dead_code)]
+pub const EXIT_FAILED: u8 = 1;
+/// Exit status: usage or setup error (including "not implemented yet").
+pub const EXIT_USAGE: u8 = 2;
+
+/// Loads `--config` if given. On error prints one line and returns the exit status.
+fn load_config(common: &Common) -> Result<Option<Config>, u8> {
+    match &common.config {
+        None => Ok(None),
+        Some(p) => match vfpga_config::load(p) {
+            Ok(c) => Ok(Some(c)),
+            Err(e) => {
+                eprintln!("vfpga: {e}");
+                Err(EXIT_USAGE)
+            }
+        },
+    }
+}
+
+fn not_built(what: &str, issue: &str) -> u8 {
+    eprintln!("vfpga {what}: not implemented yet ({issue})");
+    EXIT_USAGE
+}
+
+fn init_logging(cfg: Option<&Config>) {
+    let level = cfg
+        .map(|c| c.log.level.clone())
+        .unwrap_or_else(|| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// `vfpga serve`.
+pub fn serve(common: &Common, _socket: Option<PathBuf>) -> u8 {
+    let cfg = match load_config(common) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_logging(cfg.as_ref());
+    not_built("serve", "the vfio-user server is issue 6")
+}
+
+/// `vfpga demo`.
+pub fn demo(
+    common: &Common,
+    _backend: Option<String>,
+    _json: Option<PathBuf>,
+    _plot: Option<PathBuf>,
+) -> u8 {
+    let cfg = match load_config(common) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_logging(cfg.as_ref());
+    not_built("demo", "live migration mid-workload is issue 8")
+}
+
+/// `vfpga migrate`.
+pub fn migrate(common: &Common, _to: Option<String>, _incoming: Option<String>) -> u8 {
+    if let Err(code) = load_config(common) {
+        return code;
+    }
+    not_built("migrate", "migration over TCP is issue 8")
+}
+
+/// `vfpga crosscheck`.
+pub fn crosscheck(
+    common: &Common,
+    _seeds: Option<u64>,
+    _seed: Option<u64>,
+    _duration: Option<String>,
+    _shard: Option<String>,
+) -> u8 {
+    if let Err(code) = load_config(common) {
+        return code;
+    }
+    not_built("crosscheck", "the model-vs-RTL cross-check is issue 7")
+}
+
+/// `vfpga doctor`.
+pub fn doctor(common: &Common, _json: bool) -> u8 {
+    if let Err(code) = load_config(common) {
+        return code;
+    }
+    not_built("doctor", "board checks are issue 10")
+}
+
+/// `vfpga bench`.
+pub fn bench(_names: &[String]) -> u8 {
+    eprintln!("vfpga bench: run scripts/bench [NAME...] (it drives the criterion benches)");
+    EXIT_USAGE
+}
