@@ -1,1 +1,3 @@
-//! vfpga-migration: see ARCHITECTURE.md. Not built yet.
+//! vfpga-migration (work in progress).
+
+pub mod stream;
