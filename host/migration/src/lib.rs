@@ -1,3 +1,4 @@
 //! vfpga-migration (work in progress).
 
+pub mod fsm;
 pub mod stream;
