@@ -8,6 +8,7 @@
 //!
 //! With `--check` nothing is written; the command fails naming every stale file.
 
+mod bench;
 mod emit;
 mod schema;
 
@@ -64,7 +65,7 @@ fn workspace_root() -> PathBuf {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: cargo xtask regen [--check]");
+    eprintln!("usage: cargo xtask regen [--check] | baselines | bench-report");
     ExitCode::from(2)
 }
 
@@ -74,15 +75,36 @@ fn main() -> ExitCode {
         Some((c, r)) => (c.as_str(), r),
         None => return usage(),
     };
-    if cmd != "regen" {
-        return usage();
+    let root = workspace_root();
+    let bench_dir = root.join("target/bench");
+    match (cmd, rest) {
+        ("baselines", []) => {
+            return match bench::baselines(&bench_dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: baselines: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        ("bench-report", []) => {
+            return match bench::report(&bench_dir, &root.join("BENCHMARKS.md")) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: bench-report: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        ("regen", _) => {}
+        _ => return usage(),
     }
     let check = match rest {
         [] => false,
         [f] if f == "--check" => true,
         _ => return usage(),
     };
-    match regen(&workspace_root(), check) {
+    match regen(&root, check) {
         Ok(stale) if stale.is_empty() => {
             if check {
                 println!("generated files are up to date with {SOURCE}");

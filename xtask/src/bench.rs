@@ -1,0 +1,196 @@
+//! Baseline figures and the BENCHMARKS.md report.
+//!
+//! `cargo xtask baselines` measures the figures every other benchmark is set
+//! beside (memcpy bandwidth over 256 MiB, a raw UNIX-socket round trip) and
+//! writes them to `target/bench/`. `cargo xtask bench-report` turns every JSON
+//! file there into `BENCHMARKS.md`.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+/// One benchmark figure, as every `scripts/bench.d/*` writes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Figure {
+    /// Unique name (also the file name).
+    pub name: String,
+    /// Measured value.
+    pub value: f64,
+    /// Unit of `value`.
+    pub unit: String,
+    /// Name of the same-run baseline.
+    pub baseline_name: String,
+    /// Value of the baseline.
+    pub baseline_value: f64,
+    /// `value / baseline_value`.
+    pub ratio: f64,
+    /// Free-form notes (workload, machine load).
+    #[serde(default)]
+    pub notes: String,
+}
+
+fn write(dir: &Path, f: &Figure) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let text = serde_json::to_string_pretty(f).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join(format!("{}.json", f.name)), text + "\n")?;
+    println!(
+        "{:<40} {:>14.3} {:<8} (baseline {} = {:.3}, ratio {:.3})",
+        f.name, f.value, f.unit, f.baseline_name, f.baseline_value, f.ratio
+    );
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// memcpy bandwidth in GB/s over `bytes`, best of `runs`.
+pub fn memcpy_gbps(bytes: usize, runs: usize) -> f64 {
+    let src: Vec<u8> = (0..bytes).map(|i| (i * 31) as u8).collect();
+    let mut dst = vec![0u8; bytes];
+    let mut best = f64::MAX;
+    for _ in 0..runs {
+        let t = Instant::now();
+        dst.copy_from_slice(&src);
+        std::hint::black_box(&mut dst);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    bytes as f64 / best / 1e9
+}
+
+/// Round-trip times (µs, sorted) of `n` echoes of `size` bytes over a UNIX
+/// socket pair with the echo on another thread.
+pub fn socket_rtt_us(size: usize, n: usize) -> std::io::Result<Vec<f64>> {
+    let (mut a, mut b) = UnixStream::pair()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut buf = vec![0u8; size];
+        for _ in 0..n {
+            b.read_exact(&mut buf)?;
+            b.write_all(&buf)?;
+        }
+        Ok(())
+    });
+    let msg = vec![0x5au8; size];
+    let mut back = vec![0u8; size];
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        a.write_all(&msg)?;
+        a.read_exact(&mut back)?;
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    echo.join()
+        .map_err(|_| std::io::Error::other("echo thread panicked"))??;
+    times.sort_by(f64::total_cmp);
+    Ok(times)
+}
+
+/// Measures and writes the baseline figures.
+pub fn baselines(dir: &Path) -> std::io::Result<()> {
+    let gbps = memcpy_gbps(256 << 20, 5);
+    write(
+        dir,
+        &Figure {
+            name: "baseline_memcpy_256mib".into(),
+            value: gbps,
+            unit: "GB/s".into(),
+            baseline_name: "baseline_memcpy_256mib".into(),
+            baseline_value: gbps,
+            ratio: 1.0,
+            notes: "copy_from_slice of 256 MiB, best of 5".into(),
+        },
+    )?;
+    let t = socket_rtt_us(64, 20_000)?;
+    for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
+        let v = percentile(&t, p);
+        write(
+            dir,
+            &Figure {
+                name: format!("baseline_unix_socket_rtt_{name}"),
+                value: v,
+                unit: "us".into(),
+                baseline_name: format!("baseline_unix_socket_rtt_{name}"),
+                baseline_value: v,
+                ratio: 1.0,
+                notes: "64-byte echo over a UNIX stream socket pair, 20000 round trips".into(),
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes `BENCHMARKS.md` from every figure in `dir`.
+pub fn report(dir: &Path, out: &Path) -> std::io::Result<()> {
+    let mut figs = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "json") {
+                let text = std::fs::read_to_string(&p)?;
+                match serde_json::from_str::<Figure>(&text) {
+                    Ok(f) => figs.push(f),
+                    Err(err) => eprintln!("skipping {}: {err}", p.display()),
+                }
+            }
+        }
+    }
+    figs.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut s = String::from(
+        "# Benchmarks\n\nGenerated by `scripts/bench` from `target/bench/*.json`. Every figure stands beside a \
+         baseline measured in the same run on the same machine (2 shared cores; wall-clock figures swing \
+         by tens of percent between runs, so compare ratios, not absolute values across runs).\n\n\
+         | Figure | Value | Unit | Baseline | Baseline value | Ratio | Notes |\n|---|---|---|---|---|---|---|\n",
+    );
+    for f in &figs {
+        s.push_str(&format!(
+            "| `{}` | {:.3} | {} | `{}` | {:.3} | {:.3} | {} |\n",
+            f.name, f.value, f.unit, f.baseline_name, f.baseline_value, f.ratio, f.notes
+        ));
+    }
+    std::fs::write(out, s)?;
+    println!("wrote {} ({} figures)", out.display(), figs.len());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_rtt_measures_every_round_trip() {
+        let t = socket_rtt_us(16, 100).unwrap();
+        assert_eq!(t.len(), 100);
+        assert!(t.windows(2).all(|w| w[0] <= w[1]));
+        assert!(percentile(&t, 0.99) >= percentile(&t, 0.5));
+    }
+
+    #[test]
+    fn report_reads_figures() {
+        let d = std::env::temp_dir().join(format!("vfpga-bench-{}", std::process::id()));
+        let f = Figure {
+            name: "x".into(),
+            value: 2.0,
+            unit: "u".into(),
+            baseline_name: "b".into(),
+            baseline_value: 1.0,
+            ratio: 2.0,
+            notes: String::new(),
+        };
+        write(&d, &f).unwrap();
+        let out = d.join("B.md");
+        report(&d, &out).unwrap();
+        assert!(
+            std::fs::read_to_string(&out)
+                .unwrap()
+                .contains("| `x` | 2.000 |")
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
