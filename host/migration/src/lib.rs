@@ -13,7 +13,7 @@
 //!   passes, FINAL pass, state) and one load stream with validation.
 //! - [`engine`]: [`MigrationEngine`], the state machine wired to a
 //!   [`vfpga_device::Device`] and the sessions.
-//! - `v1`: the v1 migration region (`vfio_device_migration_info` plus a
+//! - [`v1`]: the v1 migration region (`vfio_device_migration_info` plus a
 //!   data window), served from the same engine.
 //! - `dirty`: DMA logging (`DMA_LOGGING_START/STOP/REPORT`) over the host
 //!   [`vfpga_device::DmaPort`] or the device's own DMA write log.
@@ -30,7 +30,7 @@
 //! | `PRECOPY_INFO` | [`MigrationEngine::precopy_info`] |
 //! | `DEVICE_RESET` | [`MigrationEngine::reset`] |
 //! | `DMA_LOGGING_*` | `dirty::DmaLogging` |
-//! | v1 region read / write | `v1::V1Region::read` / `v1::V1Region::write` |
+//! | v1 region read / write | [`v1::V1Region::read`] / [`v1::V1Region::write`] |
 //!
 //! # States and what the device does in each arc
 //!
@@ -67,7 +67,7 @@ pub mod fsm;
 pub mod load;
 pub mod save;
 pub mod stream;
-// pub mod v1;
+pub mod v1;
 
 pub use engine::{ArcError, EngineConfig, EngineError, MigrationEngine};
 pub use fsm::{MigState, MigrationFlags};

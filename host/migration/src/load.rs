@@ -45,6 +45,7 @@ impl<D: Device + ?Sized> Sink for DevSink<'_, D> {
 #[derive(Debug, Clone)]
 pub struct LoadSession {
     dec: Decoder,
+    accepted: u64,
 }
 
 impl LoadSession {
@@ -52,12 +53,13 @@ impl LoadSession {
     pub fn new<D: Device + ?Sized>(dev: &D) -> Self {
         LoadSession {
             dec: Decoder::new(dev.info().identity),
+            accepted: 0,
         }
     }
 
-    /// Bytes accepted so far.
+    /// Bytes accepted so far (including those of a chunk not yet complete).
     pub fn bytes(&self) -> u64 {
-        self.dec.offset()
+        self.accepted
     }
 
     /// Takes the next segment: either all of it is accepted or the stream is
@@ -68,6 +70,7 @@ impl LoadSession {
         data: &[u8],
     ) -> Result<usize, StreamError> {
         self.dec.feed(data, &mut DevSink { dev })?;
+        self.accepted += data.len() as u64;
         Ok(data.len())
     }
 
