@@ -218,7 +218,7 @@ impl V1Region {
     fn window_range(&self, offset: u64, len: usize) -> Option<std::ops::Range<usize>> {
         let start = offset.checked_sub(DATA_OFFSET)?;
         let end = start.checked_add(len as u64)?;
-        (end <= self.window.len() as u64).then(|| start as usize..end as usize)
+        (end <= self.window.len() as u64).then_some(start as usize..end as usize)
     }
 
     fn pending<D: Device + ?Sized>(
