@@ -62,7 +62,7 @@ impl V1 {
             let left = size - at;
             let w = [8u64, 4, 2, 1]
                 .into_iter()
-                .find(|&w| w <= left && (DATA_OFFSET + at) % w == 0)
+                .find(|&w| w <= left && (DATA_OFFSET + at).is_multiple_of(w))
                 .expect("1 always fits");
             out.extend(self.rd(DATA_OFFSET + at, w as usize).expect("data read"));
             at += w;
@@ -346,10 +346,11 @@ fn device_access_while_stopped_is_answered_but_cannot_change_state() {
 #[test]
 fn region_layout() {
     let mut v = V1::new(13);
-    assert!(DATA_OFFSET >= INFO_LEN && DATA_OFFSET % 4096 == 0);
     assert_eq!(v.r.size(), DATA_OFFSET + 16 * 1024);
     v.set(bits::SAVING).expect("stop-and-copy");
-    assert_eq!(v.rd64(DATA_OFFSET_REG).expect("data_offset"), DATA_OFFSET);
+    let off = v.rd64(DATA_OFFSET_REG).expect("data_offset");
+    assert!(off >= INFO_LEN && off.is_multiple_of(4096), "{off}");
+    assert_eq!(off + v.r.window_len() as u64, v.r.size());
 }
 
 /// Case 60: wrong widths and offsets are rejected with no state change.
