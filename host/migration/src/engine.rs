@@ -4,6 +4,7 @@
 
 use vfpga_device::{Device, DeviceError, DmaPort};
 
+use crate::dirty::DmaLogging;
 use crate::fsm::{ArcFailure, ArcHooks, Fsm, FsmError, MigState, MigrationFlags};
 use crate::load::{LoadError, LoadSession};
 use crate::save::{Advice, ConvergencePolicy, PrecopyInfo, SaveSession};
@@ -71,6 +72,7 @@ pub struct MigrationEngine {
     dma: Option<DmaPort>,
     generation: u64,
     last_load: Option<Summary>,
+    logging: DmaLogging,
 }
 
 impl Default for MigrationEngine {
@@ -163,6 +165,7 @@ impl MigrationEngine {
             dma: cfg.dma,
             generation: 0,
             last_load: None,
+            logging: DmaLogging::new(),
         }
     }
 
@@ -185,6 +188,11 @@ impl MigrationEngine {
     /// What the last successful resume loaded.
     pub fn last_load(&self) -> Option<&Summary> {
         self.last_load.as_ref()
+    }
+
+    /// DMA logging (`DMA_LOGGING_START/STOP/REPORT`); a reset stops it.
+    pub fn dma_logging(&mut self) -> &mut DmaLogging {
+        &mut self.logging
     }
 
     /// The open save session, if any.
@@ -224,16 +232,14 @@ impl MigrationEngine {
         Ok(r?)
     }
 
-    /// VFIO_DEVICE_RESET: soft-resets the device, ends any session and
-    /// returns to RUNNING from every state, ERROR included.
+    /// VFIO_DEVICE_RESET: soft-resets the device, ends any session, stops
+    /// DMA logging and returns to RUNNING from every state, ERROR included.
     pub fn reset<D: Device + ?Sized>(&mut self, dev: &mut D) -> Result<(), EngineError> {
         self.save = None;
         self.load = None;
         self.generation += 1;
         self.fsm.reset();
-        if let Some(p) = &self.dma {
-            p.dirty_log_stop();
-        }
+        self.logging.reset();
         dev.soft_reset().map_err(EngineError::Device)
     }
 

@@ -15,7 +15,7 @@
 //!   [`vfpga_device::Device`] and the sessions.
 //! - [`v1`]: the v1 migration region (`vfio_device_migration_info` plus a
 //!   data window), served from the same engine.
-//! - `dirty`: DMA logging (`DMA_LOGGING_START/STOP/REPORT`) over the host
+//! - [`dirty`]: DMA logging (`DMA_LOGGING_START/STOP/REPORT`) over the host
 //!   [`vfpga_device::DmaPort`] or the device's own DMA write log.
 //!
 //! # How a server uses it
@@ -29,7 +29,7 @@
 //! | `MIG_DATA_SIZE` | [`MigrationEngine::stop_copy_size`] |
 //! | `PRECOPY_INFO` | [`MigrationEngine::precopy_info`] |
 //! | `DEVICE_RESET` | [`MigrationEngine::reset`] |
-//! | `DMA_LOGGING_*` | `dirty::DmaLogging` |
+//! | `DMA_LOGGING_*` | [`dirty::DmaLogging`] |
 //! | v1 region read / write | [`v1::V1Region::read`] / [`v1::V1Region::write`] |
 //!
 //! # States and what the device does in each arc
@@ -61,7 +61,7 @@
 //! gives back a running device with its state intact, and a new session
 //! starts a fresh, complete stream.
 
-// pub mod dirty;
+pub mod dirty;
 pub mod engine;
 pub mod fsm;
 pub mod load;
