@@ -1,0 +1,2 @@
+//! Model throughput benchmark (written below).
+fn main() {}
