@@ -1,1 +1,701 @@
-//! vfpga-sim: see ARCHITECTURE.md. Not built yet.
+//! vfpga-sim: the device's RTL (`rtl/`), Verilated and run in-process, as a
+//! [`Device`] backend.
+//!
+//! `build.rs` verilates `rtl/` and compiles it with a small C ABI shim
+//! (`csrc/shim.cpp`). The model lives on a dedicated OS thread (Verilator
+//! models must be evaluated on the thread that created them); [`SimDevice`]
+//! talks to it over channels, one round trip per MMIO access or command.
+//!
+//! On that thread the harness serves the RTL's ports:
+//! - DMA requests go to the [`DmaPort`] (bounds-checked guest memory); a
+//!   refused access is answered with a fault, which is the RTL's error path;
+//! - device memory is a host buffer (zero pages cost nothing until written);
+//! - interrupt messages go to the [`IrqSink`].
+//!
+//! Two clockings ([`Clocking`]): **explicit** (`advance(n)` runs exactly `n`
+//! cycles; deterministic, used by the cross-check) and **free-running** (the
+//! thread clocks while the device is busy and blocks while it is idle, so an
+//! idle device costs no CPU; `info().self_running` is true). MMIO accesses
+//! take the cycles the RTL needs to answer in both modes.
+//!
+//! Device memory backdoor: [`Device::devmem_read`] and
+//! [`Device::devmem_write`] copy directly from and to the buffer (one round
+//! trip), and `devmem_write` then writes one byte of every page it touched
+//! again through the RTL's BAR2 path, so the RTL's dirty bitmap is exactly as
+//! if the whole range had been written through BAR2.
+//!
+//! Built without Verilator, [`SimDevice::new`] returns
+//! [`SimError::Unavailable`], which says what to install.
+
+#![deny(unsafe_code)]
+
+mod ffi;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vfpga_device::{Bar, Device, DeviceError, DeviceInfo, DmaPort, Identity, IrqSink, Progress};
+use vfpga_regs::consts;
+
+pub use ffi::AVAILABLE;
+
+/// How the simulator thread is clocked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Clocking {
+    /// The caller advances the clock: `advance(n)` runs exactly `n` cycles.
+    #[default]
+    Explicit,
+    /// The thread clocks while the device is busy and sleeps while idle.
+    FreeRunning,
+}
+
+/// Options of a simulated device.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Device memory in 4 KiB pages: a power of two, 1..=`MAX_DEVMEM_PAGES`.
+    pub devmem_pages: u32,
+    /// Largest DMA-log window (`DMALOG_MAX_PAGES`), at most `MAX_DMALOG_PAGES`.
+    pub dmalog_max_pages: u32,
+    /// Clocking mode.
+    pub clocking: Clocking,
+    /// Write a VCD waveform of the whole run to this file.
+    pub vcd: Option<PathBuf>,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            devmem_pages: 256,
+            dmalog_max_pages: consts::MAX_DMALOG_PAGES,
+            clocking: Clocking::Explicit,
+            vcd: None,
+        }
+    }
+}
+
+/// Errors of the simulator backend.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// This build has no Verilated RTL.
+    #[error(
+        "vfpga-sim was built without Verilator: install it (apt-get install verilator, \
+         or run scripts/setup) and rebuild"
+    )]
+    Unavailable,
+    /// Bad options.
+    #[error("invalid simulator option: {0}")]
+    Options(String),
+    /// The simulator thread could not be started or the model not created.
+    #[error("simulator failed to start: {0}")]
+    Start(String),
+}
+
+impl From<SimError> for DeviceError {
+    fn from(e: SimError) -> Self {
+        DeviceError::Backend {
+            msg: e.to_string(),
+            source: Some(Box::new(e)),
+        }
+    }
+}
+
+/// Cycles a single MMIO access may take before the harness gives up (a soft
+/// reset clears both bitmaps: about 4,100 cycles at the largest sizes).
+const MMIO_CYCLE_LIMIT: u64 = 1 << 20;
+/// Cycles the free-running thread runs between looks at its command channel.
+const FREE_RUN_CHUNK: u64 = 512;
+
+enum Cmd {
+    Mmio {
+        bar2: bool,
+        write: bool,
+        addr: u32,
+        be: u8,
+        wdata: u64,
+    },
+    Advance(u64),
+    RunUntilIdle(u64),
+    DevmemRead {
+        offset: u64,
+        len: usize,
+    },
+    DevmemWrite {
+        offset: u64,
+        data: Vec<u8>,
+    },
+    Cycles,
+    Bench {
+        cycles: u64,
+        bare: Option<(u64, Vec<u8>)>,
+    },
+}
+
+enum Reply {
+    Mmio(u64),
+    Progress(Progress),
+    Data(Vec<u8>),
+    Count(u64),
+    Err(String),
+}
+
+/// The vfpga RTL under Verilator, behind the [`Device`] seam.
+pub struct SimDevice {
+    info: DeviceInfo,
+    clocking: Clocking,
+    tx: Option<Sender<Cmd>>,
+    rx: Receiver<Reply>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SimDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimDevice")
+            .field("info", &self.info)
+            .field("clocking", &self.clocking)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SimDevice {
+    /// Starts a simulated device whose DMA goes to `dma` and whose interrupt
+    /// messages go to `irq`.
+    pub fn new(opts: SimOptions, dma: DmaPort, irq: Arc<dyn IrqSink>) -> Result<Self, SimError> {
+        if !AVAILABLE {
+            return Err(SimError::Unavailable);
+        }
+        let p = opts.devmem_pages;
+        if p == 0 || !p.is_power_of_two() || p > consts::MAX_DEVMEM_PAGES {
+            return Err(SimError::Options(format!(
+                "devmem_pages {p} is not a power of two in 1..={}",
+                consts::MAX_DEVMEM_PAGES
+            )));
+        }
+        if opts.dmalog_max_pages > consts::MAX_DMALOG_PAGES {
+            return Err(SimError::Options(format!(
+                "dmalog_max_pages {} is above {}",
+                opts.dmalog_max_pages,
+                consts::MAX_DMALOG_PAGES
+            )));
+        }
+        let (tx, cmd_rx) = mpsc::channel::<Cmd>();
+        let (reply_tx, rx) = mpsc::channel::<Reply>();
+        let o = opts.clone();
+        let thread = std::thread::Builder::new()
+            .name("vfpga-sim".into())
+            .spawn(move || sim_thread(o, dma, irq, cmd_rx, reply_tx))
+            .map_err(|e| SimError::Start(e.to_string()))?;
+        match rx.recv() {
+            Ok(Reply::Count(_)) => {}
+            Ok(Reply::Err(e)) => return Err(SimError::Start(e)),
+            _ => return Err(SimError::Start("simulator thread exited".into())),
+        }
+        let info = DeviceInfo {
+            identity: Identity::this_build(p, opts.dmalog_max_pages),
+            bar0_size: consts::BAR0_SIZE.into(),
+            bar2_size: u64::from(p) * u64::from(consts::PAGE_SIZE),
+            self_running: opts.clocking == Clocking::FreeRunning,
+        };
+        Ok(SimDevice {
+            info,
+            clocking: opts.clocking,
+            tx: Some(tx),
+            rx,
+            thread: Some(thread),
+        })
+    }
+
+    /// The clocking mode.
+    pub fn clocking(&self) -> Clocking {
+        self.clocking
+    }
+
+    fn call(&mut self, cmd: Cmd) -> Result<Reply, DeviceError> {
+        let gone = || DeviceError::Backend {
+            msg: "the simulator thread has stopped".into(),
+            source: None,
+        };
+        self.tx
+            .as_ref()
+            .ok_or_else(gone)?
+            .send(cmd)
+            .map_err(|_| gone())?;
+        match self.rx.recv().map_err(|_| gone())? {
+            Reply::Err(msg) => Err(DeviceError::Backend { msg, source: None }),
+            r => Ok(r),
+        }
+    }
+
+    fn mmio(
+        &mut self,
+        bar2: bool,
+        write: bool,
+        addr: u32,
+        be: u8,
+        wdata: u64,
+    ) -> Result<u64, DeviceError> {
+        match self.call(Cmd::Mmio {
+            bar2,
+            write,
+            addr,
+            be,
+            wdata,
+        })? {
+            Reply::Mmio(v) => Ok(v),
+            _ => Err(protocol_error()),
+        }
+    }
+
+    /// Cycles simulated so far (including reset and MMIO accesses).
+    pub fn cycles(&mut self) -> Result<u64, DeviceError> {
+        match self.call(Cmd::Cycles)? {
+            Reply::Count(c) => Ok(c),
+            _ => Err(protocol_error()),
+        }
+    }
+
+    /// Benchmark: runs `cycles` cycles and returns the wall time they took.
+    /// With `bare = Some((iova, memory))` the model is clocked instead by the
+    /// shim's minimal C++ loop, which serves DMA from that one flat copy of
+    /// guest memory (the baseline of the harness-overhead figure).
+    pub fn bench_run(
+        &mut self,
+        cycles: u64,
+        bare: Option<(u64, Vec<u8>)>,
+    ) -> Result<Duration, DeviceError> {
+        match self.call(Cmd::Bench { cycles, bare })? {
+            Reply::Count(ns) => Ok(Duration::from_nanos(ns)),
+            _ => Err(protocol_error()),
+        }
+    }
+}
+
+fn protocol_error() -> DeviceError {
+    DeviceError::Backend {
+        msg: "unexpected reply from the simulator thread".into(),
+        source: None,
+    }
+}
+
+impl Drop for SimDevice {
+    fn drop(&mut self) {
+        self.tx = None; // the thread sees the channel close and exits
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Splits a BAR0 access into the 64-bit words the RTL takes: `(addr, be,
+/// shift)` per word. `None`: a width the registers do not take.
+fn bar0_words(offset: u64, len: usize) -> Option<Vec<(u32, u8, u32)>> {
+    let o = offset as u32;
+    match (len, o % 8) {
+        (4, 0) => Some(vec![(o, 0x0f, 0)]),
+        (4, 4) => Some(vec![(o & !7, 0xf0, 0)]),
+        (8, 0) => Some(vec![(o, 0xff, 0)]),
+        (8, 4) => Some(vec![(o & !7, 0xf0, 0), (o + 4, 0x0f, 32)]),
+        _ => None,
+    }
+}
+
+impl Device for SimDevice {
+    fn info(&self) -> DeviceInfo {
+        self.info
+    }
+
+    fn mmio_read(&mut self, bar: Bar, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
+        let len = data.len();
+        check_access(&self.info, bar, offset, len)?;
+        match bar {
+            Bar::Regs => {
+                let Some(words) = bar0_words(offset, len) else {
+                    data.fill(0xff);
+                    return Ok(());
+                };
+                let mut v = 0u64;
+                for (addr, be, shift) in words {
+                    let r = self.mmio(false, false, addr, be, 0)?;
+                    let r = if be == 0xf0 { r >> 32 } else { r };
+                    let r = if be == 0xff { r } else { r & 0xffff_ffff };
+                    v |= r << shift;
+                }
+                data.copy_from_slice(&v.to_le_bytes()[..len]);
+            }
+            Bar::DevMem => {
+                // One RTL access per 8-byte word the access touches.
+                let mut i = 0;
+                while i < len {
+                    let a = offset + i as u64;
+                    let lane = (a % 8) as usize;
+                    let n = (8 - lane).min(len - i);
+                    let be = (((1u16 << n) - 1) << lane) as u8;
+                    let r = self.mmio(true, false, (a & !7) as u32, be, 0)?;
+                    data[i..i + n].copy_from_slice(&r.to_le_bytes()[lane..lane + n]);
+                    i += n;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn mmio_write(&mut self, bar: Bar, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+        let len = data.len();
+        check_access(&self.info, bar, offset, len)?;
+        match bar {
+            Bar::Regs => {
+                let Some(words) = bar0_words(offset, len) else {
+                    return Ok(());
+                };
+                let mut b = [0u8; 8];
+                b[..len].copy_from_slice(data);
+                let v = u64::from_le_bytes(b);
+                for (addr, be, shift) in words {
+                    let w = (v >> shift) & 0xffff_ffff;
+                    let w = match be {
+                        0xf0 => w << 32,
+                        0xff => v,
+                        _ => w,
+                    };
+                    self.mmio(false, true, addr, be, w)?;
+                }
+            }
+            Bar::DevMem => {
+                let mut i = 0;
+                while i < len {
+                    let a = offset + i as u64;
+                    let lane = (a % 8) as usize;
+                    let n = (8 - lane).min(len - i);
+                    let be = (((1u16 << n) - 1) << lane) as u8;
+                    let mut b = [0u8; 8];
+                    b[lane..lane + n].copy_from_slice(&data[i..i + n]);
+                    self.mmio(true, true, (a & !7) as u32, be, u64::from_le_bytes(b))?;
+                    i += n;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, budget: u64) -> Result<Progress, DeviceError> {
+        match self.call(Cmd::Advance(budget))? {
+            Reply::Progress(p) => Ok(p),
+            _ => Err(protocol_error()),
+        }
+    }
+
+    fn run_until_idle(&mut self, max_units: u64) -> Result<u64, DeviceError> {
+        match self.call(Cmd::RunUntilIdle(max_units))? {
+            Reply::Progress(p) => Ok(p.used),
+            _ => Err(protocol_error()),
+        }
+    }
+
+    fn devmem_read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        check_devmem(&self.info, offset, buf.len())?;
+        match self.call(Cmd::DevmemRead {
+            offset,
+            len: buf.len(),
+        })? {
+            Reply::Data(d) => {
+                buf.copy_from_slice(&d);
+                Ok(())
+            }
+            _ => Err(protocol_error()),
+        }
+    }
+
+    fn devmem_write(&mut self, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+        check_devmem(&self.info, offset, data.len())?;
+        match self.call(Cmd::DevmemWrite {
+            offset,
+            data: data.to_vec(),
+        })? {
+            Reply::Count(_) => Ok(()),
+            _ => Err(protocol_error()),
+        }
+    }
+}
+
+fn check_access(info: &DeviceInfo, bar: Bar, offset: u64, len: usize) -> Result<(), DeviceError> {
+    let size = match bar {
+        Bar::Regs => info.bar0_size,
+        Bar::DevMem => info.bar2_size,
+    };
+    let ok =
+        matches!(len, 1 | 2 | 4 | 8) && offset.checked_add(len as u64).is_some_and(|e| e <= size);
+    if ok {
+        Ok(())
+    } else {
+        Err(DeviceError::BadAccess { bar, offset, len })
+    }
+}
+
+fn check_devmem(info: &DeviceInfo, offset: u64, len: usize) -> Result<(), DeviceError> {
+    if offset
+        .checked_add(len as u64)
+        .is_some_and(|e| e <= info.bar2_size)
+    {
+        Ok(())
+    } else {
+        Err(DeviceError::BadAccess {
+            bar: Bar::DevMem,
+            offset,
+            len,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The simulator thread.
+
+struct Harness {
+    model: ffi::Model,
+    mem: Vec<u8>,
+    dma: DmaPort,
+    irq: Arc<dyn IrqSink>,
+    ev: ffi::SimEvent,
+    mmio_rsp: Option<u64>,
+    cycles: u64,
+}
+
+impl Harness {
+    /// Runs up to `max` cycles serving every port; stops early when an MMIO
+    /// response arrives and `stop_on_mmio` is set. Returns the cycles run.
+    fn run(&mut self, max: u64, stop_on_mmio: bool) -> u64 {
+        let mut used = 0;
+        while used < max {
+            self.model.run(max - used, &mut self.mem, &mut self.ev);
+            used += self.ev.cycles;
+            let f = self.ev.flags;
+            if f & ffi::EV_DMA != 0 {
+                self.serve_dma();
+            }
+            if f & ffi::EV_IRQ != 0 {
+                self.irq.raise(self.ev.irq_vector as u16);
+            }
+            if f & ffi::EV_MMIO != 0 {
+                self.mmio_rsp = Some(self.ev.mmio_rdata);
+                if stop_on_mmio {
+                    break;
+                }
+            }
+        }
+        self.cycles += used;
+        used
+    }
+
+    fn serve_dma(&mut self) {
+        let len = (self.ev.dma_len as usize).min(64);
+        let addr = self.ev.dma_addr;
+        if self.ev.dma_write != 0 {
+            let ok = self.dma.write(addr, &self.ev.dma_data[..len]).is_ok();
+            self.model.dma_respond(ok, &[]);
+        } else {
+            let mut buf = [0u8; 64];
+            let ok = self.dma.read(addr, &mut buf[..len]).is_ok();
+            self.model.dma_respond(ok, &buf[..len]);
+        }
+    }
+
+    fn mmio(
+        &mut self,
+        bar2: bool,
+        write: bool,
+        addr: u32,
+        be: u8,
+        wdata: u64,
+    ) -> Result<u64, String> {
+        self.mmio_rsp = None;
+        self.model.mmio(bar2, write, addr, be, wdata);
+        let mut spent = 0;
+        while self.mmio_rsp.is_none() {
+            if spent >= MMIO_CYCLE_LIMIT {
+                return Err(format!(
+                    "MMIO access to {} offset {addr:#x} not answered in {MMIO_CYCLE_LIMIT} cycles",
+                    if bar2 { "BAR2" } else { "BAR0" }
+                ));
+            }
+            spent += self.run(4096, true);
+        }
+        Ok(self.mmio_rsp.take().unwrap_or(0))
+    }
+
+    fn run_until_idle(&mut self, max: u64) -> u64 {
+        let mut used = 0;
+        while used < max && !self.model.idle() {
+            used += self.run((max - used).min(256), false);
+        }
+        used
+    }
+
+    fn devmem_write(&mut self, offset: u64, data: &[u8]) -> Result<(), String> {
+        let o = offset as usize;
+        self.mem[o..o + data.len()].copy_from_slice(data);
+        // Mark the pages dirty through the RTL: rewrite one byte of each page
+        // touched (its new value) through the BAR2 path.
+        let page = u64::from(consts::PAGE_SIZE);
+        let mut a = offset;
+        let end = offset + data.len() as u64;
+        while a < end {
+            let byte = self.mem[a as usize];
+            let lane = (a % 8) as u32;
+            self.mmio(
+                true,
+                true,
+                (a & !7) as u32,
+                1u8 << lane,
+                u64::from(byte) << (8 * lane),
+            )?;
+            a = (a / page + 1) * page;
+        }
+        Ok(())
+    }
+}
+
+fn sim_thread(
+    opts: SimOptions,
+    dma: DmaPort,
+    irq: Arc<dyn IrqSink>,
+    rx: Receiver<Cmd>,
+    tx: Sender<Reply>,
+) {
+    let Some(model) = ffi::Model::new(
+        opts.devmem_pages,
+        opts.dmalog_max_pages,
+        opts.vcd.as_deref(),
+    ) else {
+        let _ = tx.send(Reply::Err(
+            "the Verilated model could not be created".into(),
+        ));
+        return;
+    };
+    let bytes = opts.devmem_pages as usize * consts::PAGE_SIZE as usize;
+    let mut h = Harness {
+        model,
+        mem: vec![0u8; bytes],
+        dma,
+        irq,
+        ev: ffi::SimEvent::default(),
+        mmio_rsp: None,
+        cycles: 0,
+    };
+    // Let the reset sweep of the bitmaps finish.
+    h.run_until_idle(1 << 20);
+    if tx.send(Reply::Count(h.cycles)).is_err() {
+        return;
+    }
+    let free = opts.clocking == Clocking::FreeRunning;
+    // Free-running: an Advance waits until this cycle count or idleness.
+    let mut waiter: Option<u64> = None;
+    loop {
+        let busy = free && !h.model.idle();
+        let cmd = if busy {
+            match rx.try_recv() {
+                Ok(c) => Some(c),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Disconnected) => break,
+            }
+        } else if waiter.is_some() {
+            // Idle with a waiter: answer it.
+            match rx.recv_timeout(Duration::ZERO) {
+                Ok(c) => Some(c),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(c) => Some(c),
+                Err(_) => break,
+            }
+        };
+        if let Some(cmd) = cmd {
+            let reply = handle(&mut h, cmd, free, &mut waiter);
+            if let Some(r) = reply
+                && tx.send(r).is_err()
+            {
+                break;
+            }
+            continue;
+        }
+        if busy {
+            h.run(FREE_RUN_CHUNK, false);
+        }
+        if let Some(target) = waiter {
+            let idle = h.model.idle();
+            if idle || h.cycles >= target {
+                waiter = None;
+                let p = Progress { used: 0, idle };
+                if tx.send(Reply::Progress(p)).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    h.model.flush_trace();
+}
+
+fn handle(h: &mut Harness, cmd: Cmd, free: bool, waiter: &mut Option<u64>) -> Option<Reply> {
+    Some(match cmd {
+        Cmd::Mmio {
+            bar2,
+            write,
+            addr,
+            be,
+            wdata,
+        } => match h.mmio(bar2, write, addr, be, wdata) {
+            Ok(v) => Reply::Mmio(v),
+            Err(e) => Reply::Err(e),
+        },
+        Cmd::Advance(n) => {
+            if free {
+                // The device runs by itself: wait until `n` more cycles have
+                // passed or it is idle.
+                if h.model.idle() {
+                    return Some(Reply::Progress(Progress {
+                        used: 0,
+                        idle: true,
+                    }));
+                }
+                *waiter = Some(h.cycles + n);
+                return None;
+            }
+            let used = h.run(n, false);
+            Reply::Progress(Progress {
+                used,
+                idle: h.model.idle(),
+            })
+        }
+        Cmd::RunUntilIdle(max) => {
+            let used = h.run_until_idle(max);
+            Reply::Progress(Progress {
+                used,
+                idle: h.model.idle(),
+            })
+        }
+        Cmd::DevmemRead { offset, len } => {
+            let o = offset as usize;
+            Reply::Data(h.mem[o..o + len].to_vec())
+        }
+        Cmd::DevmemWrite { offset, data } => match h.devmem_write(offset, &data) {
+            Ok(()) => Reply::Count(0),
+            Err(e) => Reply::Err(e),
+        },
+        Cmd::Cycles => Reply::Count(h.cycles),
+        Cmd::Bench { cycles, bare } => {
+            let t = std::time::Instant::now();
+            match bare {
+                Some((base, mut host)) => {
+                    h.model.bench_bare(cycles, &mut host, base, &mut h.mem);
+                    h.cycles += cycles;
+                }
+                None => {
+                    h.run(cycles, false);
+                }
+            }
+            Reply::Count(t.elapsed().as_nanos() as u64)
+        }
+    })
+}

@@ -1,0 +1,253 @@
+// C ABI shim between vfpga-sim (Rust) and the Verilated vfpga_top.
+//
+// Everything here runs on the one thread that created the model (Verilator's
+// "eval thread"). The harness side of every port is simple and fixed:
+//   - request ports (DMA, device memory, MMIO response, IRQ) are always ready;
+//   - device-memory requests are served here from the buffer the caller passes
+//     to each sim_run() call, with the response one cycle later;
+//   - DMA requests, interrupt messages and MMIO responses end sim_run() with an
+//     event so the Rust side can serve them (DMA through its DmaPort); the DMA
+//     response is given with sim_dma_respond() before the next sim_run().
+// One cycle is: sample handshakes, rising edge, drive inputs, falling edge.
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+
+#include "Vvfpga_top.h"
+#include "verilated.h"
+#include "verilated_vcd_c.h"
+
+extern "C" {
+
+enum : uint32_t {
+    EV_DMA = 1u,   // a DMA request was accepted (fields below)
+    EV_IRQ = 2u,   // an interrupt message was sent (irq_vector)
+    EV_MMIO = 4u,  // the MMIO response arrived (mmio_rdata)
+};
+
+struct SimEvent {
+    uint32_t flags;
+    uint32_t dma_write;
+    uint64_t dma_addr;
+    uint32_t dma_len;
+    uint32_t irq_vector;
+    uint64_t mmio_rdata;
+    uint64_t cycles;  // cycles run by this sim_run call
+    uint8_t dma_data[64];
+};
+
+struct Sim {
+    std::unique_ptr<VerilatedContext> ctx;
+    std::unique_ptr<Vvfpga_top> top;
+    std::unique_ptr<VerilatedVcdC> vcd;
+    uint64_t time = 0;
+    uint64_t cycles = 0;
+};
+
+}  // extern "C"
+
+namespace {
+
+inline void half_cycle(Sim* s, uint8_t clk) {
+    s->top->clk = clk;
+    s->top->eval();
+    if (s->vcd) s->vcd->dump(s->time);
+    s->time += 5;
+}
+
+inline void copy_out(uint8_t* dst, const VlWide<16>& w, uint32_t len) {
+    std::memcpy(dst, w.data(), len > 64 ? 64 : len);
+}
+
+inline void copy_in(VlWide<16>& w, const uint8_t* src, uint32_t len) {
+    if (len > 64) len = 64;
+    std::memcpy(w.data(), src, len);
+    if (len < 64) std::memset(reinterpret_cast<uint8_t*>(w.data()) + len, 0, 64 - len);
+}
+
+// Serves a device-memory request from `mem` (bounds-checked: an access the
+// RTL should never make reads zeros and writes nothing).
+inline void serve_devmem(Vvfpga_top* t, bool write, uint32_t addr, uint32_t len, uint8_t* mem,
+                         uint64_t mem_len) {
+    bool in = len <= 64 && uint64_t(addr) + len <= mem_len;
+    if (write) {
+        if (in) std::memcpy(mem + addr, t->dm_req_wdata.data(), len);
+    } else {
+        if (in) copy_in(t->dm_rsp_rdata, mem + addr, len);
+        else std::memset(t->dm_rsp_rdata.data(), 0, 64);
+    }
+    t->dm_rsp_valid = 1;
+}
+
+}  // namespace
+
+extern "C" {
+
+// Creates and resets a model. `vcd_path` may be null (no waveform).
+Sim* sim_new(uint32_t devmem_pages, uint32_t dmalog_max_pages, const char* vcd_path) {
+    Sim* s = new Sim;
+    s->ctx.reset(new VerilatedContext);
+    s->ctx->threads(1);
+    if (vcd_path) s->ctx->traceEverOn(true);
+    s->top.reset(new Vvfpga_top(s->ctx.get(), "vfpga"));
+    if (vcd_path) {
+        s->vcd.reset(new VerilatedVcdC);
+        s->top->trace(s->vcd.get(), 99);
+        s->vcd->open(vcd_path);
+    }
+    Vvfpga_top* t = s->top.get();
+    t->devmem_pages = devmem_pages;
+    t->dmalog_max_pages = dmalog_max_pages;
+    t->mmio_req_valid = 0;
+    t->mmio_rsp_ready = 1;
+    t->dma_req_ready = 1;
+    t->dma_rsp_valid = 0;
+    t->dma_rsp_ok = 0;
+    t->dm_req_ready = 1;
+    t->dm_rsp_valid = 0;
+    t->irq_ready = 1;
+    t->rst_n = 0;
+    t->clk = 0;
+    t->eval();
+    for (int i = 0; i < 4; i++) {
+        half_cycle(s, 1);
+        half_cycle(s, 0);
+    }
+    t->rst_n = 1;
+    t->eval();
+    return s;
+}
+
+void sim_free(Sim* s) {
+    if (!s) return;
+    if (s->vcd) s->vcd->close();
+    s->top->final();
+    delete s;
+}
+
+// Runs at most `max_cycles` cycles; stops early after a cycle with an event.
+// Device-memory requests are served from `mem` (`mem_len` bytes).
+void sim_run(Sim* s, uint64_t max_cycles, uint8_t* mem, uint64_t mem_len, SimEvent* ev) {
+    Vvfpga_top* t = s->top.get();
+    ev->flags = 0;
+    uint64_t n = 0;
+    while (n < max_cycles) {
+        // Handshakes that happen at this rising edge.
+        bool dma_fire = t->dma_req_valid;   // dma_req_ready is always 1
+        bool dm_fire = t->dm_req_valid;     // dm_req_ready is always 1
+        bool irq_fire = t->irq_valid;       // irq_ready is always 1
+        bool mrsp_fire = t->mmio_rsp_valid; // mmio_rsp_ready is always 1
+        bool mreq_fire = t->mmio_req_valid && t->mmio_req_ready;
+        uint32_t flags = 0;
+        bool dm_write = false;
+        uint32_t dm_addr = 0, dm_len = 0;
+        if (dma_fire) {
+            flags |= EV_DMA;
+            ev->dma_write = t->dma_req_write;
+            ev->dma_addr = t->dma_req_addr;
+            ev->dma_len = t->dma_req_len;
+            if (t->dma_req_write) copy_out(ev->dma_data, t->dma_req_wdata, t->dma_req_len);
+        }
+        if (dm_fire) {
+            dm_write = t->dm_req_write;
+            dm_addr = t->dm_req_addr;
+            dm_len = t->dm_req_len;
+        }
+        if (irq_fire) {
+            flags |= EV_IRQ;
+            ev->irq_vector = t->irq_vector;
+        }
+        if (mrsp_fire) {
+            flags |= EV_MMIO;
+            ev->mmio_rdata = t->mmio_rsp_rdata;
+        }
+        half_cycle(s, 1);
+        n++;
+        // Inputs for the next rising edge.
+        t->dma_rsp_valid = 0;
+        t->dm_rsp_valid = 0;
+        if (mreq_fire) t->mmio_req_valid = 0;
+        if (dm_fire) serve_devmem(t, dm_write, dm_addr, dm_len, mem, mem_len);
+        half_cycle(s, 0);
+        if (flags) {
+            ev->flags = flags;
+            break;
+        }
+    }
+    s->cycles += n;
+    ev->cycles = n;
+}
+
+// The response to the DMA request of the last EV_DMA event (seen at the next
+// rising edge). `data` holds `len` bytes for a read, else may be null.
+void sim_dma_respond(Sim* s, uint32_t ok, const uint8_t* data, uint32_t len) {
+    Vvfpga_top* t = s->top.get();
+    t->dma_rsp_valid = 1;
+    t->dma_rsp_ok = ok ? 1 : 0;
+    if (data && ok) copy_in(t->dma_rsp_rdata, data, len);
+    else std::memset(t->dma_rsp_rdata.data(), 0, 64);
+}
+
+// Presents an MMIO request; it is accepted when the core is ready, and its
+// response ends a later sim_run() with EV_MMIO.
+void sim_mmio(Sim* s, uint32_t bar2, uint32_t write, uint32_t addr, uint32_t be, uint64_t wdata) {
+    Vvfpga_top* t = s->top.get();
+    t->mmio_req_valid = 1;
+    t->mmio_req_bar2 = bar2 ? 1 : 0;
+    t->mmio_req_write = write ? 1 : 0;
+    t->mmio_req_addr = addr;
+    t->mmio_req_be = be & 0xff;
+    t->mmio_req_wdata = wdata;
+}
+
+// Nothing to do until an MMIO access (no step, no message, no request).
+uint32_t sim_idle(Sim* s) {
+    Vvfpga_top* t = s->top.get();
+    return t->idle && !t->mmio_req_valid && !t->dma_rsp_valid && !t->dm_rsp_valid
+           && !t->dma_req_valid && !t->dm_req_valid;
+}
+
+uint32_t sim_quiesced(Sim* s) { return s->top->quiesced; }
+
+uint64_t sim_cycles(Sim* s) { return s->cycles; }
+
+void sim_flush_trace(Sim* s) {
+    if (s->vcd) s->vcd->flush();
+}
+
+// Benchmark baseline: the same model clocked by a minimal C++ loop that serves
+// DMA from one flat buffer at IOVA `base` (refusing anything outside it) and
+// device memory from `mem`, with the same one-cycle response latency as
+// sim_run. Interrupts are accepted and dropped. Returns the cycles run.
+uint64_t sim_bench_bare(Sim* s, uint64_t cycles, uint8_t* host, uint64_t host_len, uint64_t base,
+                        uint8_t* mem, uint64_t mem_len) {
+    Vvfpga_top* t = s->top.get();
+    for (uint64_t n = 0; n < cycles; n++) {
+        bool dma_fire = t->dma_req_valid;
+        bool dm_fire = t->dm_req_valid;
+        bool dma_write = t->dma_req_write;
+        uint64_t a = t->dma_req_addr;
+        uint32_t len = t->dma_req_len;
+        uint8_t wbuf[64];
+        if (dma_fire && dma_write) copy_out(wbuf, t->dma_req_wdata, len);
+        bool dm_write = t->dm_req_write;
+        uint32_t dm_addr = t->dm_req_addr, dm_len = t->dm_req_len;
+        half_cycle(s, 1);
+        t->dma_rsp_valid = 0;
+        t->dm_rsp_valid = 0;
+        if (dma_fire) {
+            bool in = a >= base && a - base <= host_len && len <= host_len - (a - base);
+            t->dma_rsp_valid = 1;
+            t->dma_rsp_ok = in;
+            if (in && dma_write) std::memcpy(host + (a - base), wbuf, len);
+            if (in && !dma_write) copy_in(t->dma_rsp_rdata, host + (a - base), len);
+        }
+        if (dm_fire) serve_devmem(t, dm_write, dm_addr, dm_len, mem, mem_len);
+        half_cycle(s, 0);
+    }
+    s->cycles += cycles;
+    return cycles;
+}
+
+}  // extern "C"

@@ -1,0 +1,204 @@
+//! The C ABI of `csrc/shim.cpp`, and [`Model`], its safe owner.
+//!
+//! A [`Model`] must stay on the thread that created it (Verilator's eval
+//! thread); it is deliberately neither `Send` nor `Sync`.
+
+#![allow(unsafe_code)]
+
+use std::ffi::{CString, c_char};
+use std::marker::PhantomData;
+use std::path::Path;
+
+/// Event bits of [`SimEvent::flags`].
+pub(crate) const EV_DMA: u32 = 1;
+pub(crate) const EV_IRQ: u32 = 2;
+pub(crate) const EV_MMIO: u32 = 4;
+
+/// What ended a `sim_run` call (layout shared with `shim.cpp`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SimEvent {
+    pub flags: u32,
+    pub dma_write: u32,
+    pub dma_addr: u64,
+    pub dma_len: u32,
+    pub irq_vector: u32,
+    pub mmio_rdata: u64,
+    pub cycles: u64,
+    pub dma_data: [u8; 64],
+}
+
+impl Default for SimEvent {
+    fn default() -> Self {
+        SimEvent {
+            flags: 0,
+            dma_write: 0,
+            dma_addr: 0,
+            dma_len: 0,
+            irq_vector: 0,
+            mmio_rdata: 0,
+            cycles: 0,
+            dma_data: [0; 64],
+        }
+    }
+}
+
+#[repr(C)]
+struct RawSim {
+    _p: [u8; 0],
+}
+
+#[cfg(not(vfpga_sim_unavailable))]
+unsafe extern "C" {
+    fn sim_new(devmem_pages: u32, dmalog_max_pages: u32, vcd_path: *const c_char) -> *mut RawSim;
+    fn sim_free(s: *mut RawSim);
+    fn sim_run(s: *mut RawSim, max_cycles: u64, mem: *mut u8, mem_len: u64, ev: *mut SimEvent);
+    fn sim_dma_respond(s: *mut RawSim, ok: u32, data: *const u8, len: u32);
+    fn sim_mmio(s: *mut RawSim, bar2: u32, write: u32, addr: u32, be: u32, wdata: u64);
+    fn sim_idle(s: *mut RawSim) -> u32;
+    fn sim_flush_trace(s: *mut RawSim);
+    fn sim_bench_bare(
+        s: *mut RawSim,
+        cycles: u64,
+        host: *mut u8,
+        host_len: u64,
+        base: u64,
+        mem: *mut u8,
+        mem_len: u64,
+    ) -> u64;
+}
+
+// Stand-ins when the model was not built: `Model::new` never calls them
+// (it refuses first), but the crate must link.
+#[cfg(vfpga_sim_unavailable)]
+mod absent {
+    use super::{RawSim, SimEvent, c_char};
+    pub unsafe fn sim_new(_: u32, _: u32, _: *const c_char) -> *mut RawSim {
+        std::ptr::null_mut()
+    }
+    pub unsafe fn sim_free(_: *mut RawSim) {}
+    pub unsafe fn sim_run(_: *mut RawSim, _: u64, _: *mut u8, _: u64, _: *mut SimEvent) {}
+    pub unsafe fn sim_dma_respond(_: *mut RawSim, _: u32, _: *const u8, _: u32) {}
+    pub unsafe fn sim_mmio(_: *mut RawSim, _: u32, _: u32, _: u32, _: u32, _: u64) {}
+    pub unsafe fn sim_idle(_: *mut RawSim) -> u32 {
+        1
+    }
+    pub unsafe fn sim_flush_trace(_: *mut RawSim) {}
+    pub unsafe fn sim_bench_bare(
+        _: *mut RawSim,
+        _: u64,
+        _: *mut u8,
+        _: u64,
+        _: u64,
+        _: *mut u8,
+        _: u64,
+    ) -> u64 {
+        0
+    }
+}
+#[cfg(vfpga_sim_unavailable)]
+use absent::*;
+
+/// Whether this build contains the Verilated RTL.
+pub const AVAILABLE: bool = !cfg!(vfpga_sim_unavailable);
+
+/// One Verilated `vfpga_top`, reset and ready. Not `Send`: it lives and dies
+/// on the thread that made it.
+pub(crate) struct Model {
+    raw: *mut RawSim,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl Model {
+    /// Creates and resets a model; `vcd` names a waveform file to write.
+    pub(crate) fn new(
+        devmem_pages: u32,
+        dmalog_max_pages: u32,
+        vcd: Option<&Path>,
+    ) -> Option<Self> {
+        if !AVAILABLE {
+            return None;
+        }
+        let path = match vcd {
+            Some(p) => Some(CString::new(p.as_os_str().as_encoded_bytes()).ok()?),
+            None => None,
+        };
+        let ptr = path.as_ref().map_or(std::ptr::null(), |p| p.as_ptr());
+        // SAFETY: `ptr` is null or a NUL-terminated string that outlives the
+        // call; sim_new copies what it needs and returns an owned model.
+        let raw = unsafe { sim_new(devmem_pages, dmalog_max_pages, ptr) };
+        (!raw.is_null()).then_some(Model {
+            raw,
+            _not_send: PhantomData,
+        })
+    }
+
+    /// Runs at most `max` cycles, serving device memory from `mem`; stops
+    /// after the first cycle with an event.
+    pub(crate) fn run(&mut self, max: u64, mem: &mut [u8], ev: &mut SimEvent) {
+        // SAFETY: `self.raw` is a live model owned by us and used only on this
+        // thread; `mem` is an exclusive borrow valid for the call, and the shim
+        // bounds-checks every access against `mem.len()`; `ev` is a valid
+        // exclusive pointer to a #[repr(C)] SimEvent.
+        unsafe { sim_run(self.raw, max, mem.as_mut_ptr(), mem.len() as u64, ev) }
+    }
+
+    /// Answers the DMA request of the last event.
+    pub(crate) fn dma_respond(&mut self, ok: bool, data: &[u8]) {
+        let len = data.len().min(64) as u32;
+        // SAFETY: live model on its thread; `data` is valid for `len` bytes.
+        unsafe { sim_dma_respond(self.raw, u32::from(ok), data.as_ptr(), len) }
+    }
+
+    /// Presents an MMIO request.
+    pub(crate) fn mmio(&mut self, bar2: bool, write: bool, addr: u32, be: u8, wdata: u64) {
+        // SAFETY: live model on its thread; plain values.
+        unsafe {
+            sim_mmio(
+                self.raw,
+                u32::from(bar2),
+                u32::from(write),
+                addr,
+                u32::from(be),
+                wdata,
+            )
+        }
+    }
+
+    /// Nothing to do until an MMIO access.
+    pub(crate) fn idle(&mut self) -> bool {
+        // SAFETY: live model on its thread.
+        unsafe { sim_idle(self.raw) != 0 }
+    }
+
+    /// Flushes the waveform file, if any.
+    pub(crate) fn flush_trace(&mut self) {
+        // SAFETY: live model on its thread.
+        unsafe { sim_flush_trace(self.raw) }
+    }
+
+    /// The benchmark baseline loop (see `shim.cpp`).
+    pub(crate) fn bench_bare(&mut self, cycles: u64, host: &mut [u8], base: u64, mem: &mut [u8]) {
+        // SAFETY: live model on its thread; both buffers are exclusive borrows
+        // valid for the call and bounds-checked by the shim.
+        unsafe {
+            sim_bench_bare(
+                self.raw,
+                cycles,
+                host.as_mut_ptr(),
+                host.len() as u64,
+                base,
+                mem.as_mut_ptr(),
+                mem.len() as u64,
+            );
+        }
+    }
+}
+
+impl Drop for Model {
+    fn drop(&mut self) {
+        // SAFETY: `raw` came from sim_new, is freed exactly once, here, on the
+        // thread that created it (Model is not Send).
+        unsafe { sim_free(self.raw) }
+    }
+}
