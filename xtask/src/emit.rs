@@ -31,6 +31,8 @@ fn doc_line(out: &mut String, indent: &str, doc: &str) {
     } else {
         doc
     };
+    // Rustdoc would read `[31:16]` as an intra-doc link.
+    let doc = doc.replace('[', "\\[").replace(']', "\\]");
     for line in doc.lines() {
         let _ = writeln!(out, "{indent}/// {line}");
     }

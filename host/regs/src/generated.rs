@@ -18,9 +18,9 @@ pub mod consts {
     pub const PCI_REVISION: u32 = 0x1;
     /// Value of the ID register (ASCII 'GPFV' little-endian, 'VFPG' as a number)
     pub const DEVICE_MAGIC: u32 = 0x56465047;
-    /// RTL version: major[23:16].minor[15:8].patch[7:0]; part of every migration stream
+    /// RTL version: major\[23:16\].minor\[15:8\].patch\[7:0\]; part of every migration stream
     pub const RTL_VERSION: u32 = 0x10000;
-    /// Value of state word HEADER: 'ST' in [31:16], state layout version in [15:0]
+    /// Value of state word HEADER: 'ST' in \[31:16\], state layout version in \[15:0\]
     pub const STATE_HEADER: u32 = 0x53540001;
     /// Size of BAR0 in bytes (registers 0x0000-0x0fff, MSI-X table 0x2000, PBA 0x3000)
     pub const BAR0_SIZE: u32 = 0x4000;
@@ -52,7 +52,7 @@ pub mod consts {
     pub const MAX_DMALOG_PAGES: u32 = 0x10000;
     /// CRC32C (Castagnoli) polynomial, reflected form
     pub const CRC32C_POLY_REFLECTED: u32 = 0x82f63b78;
-    /// Value of the PCI_ID register: device ID in [31:16], vendor ID in [15:0]
+    /// Value of the PCI_ID register: device ID in \[31:16\], vendor ID in \[15:0\]
     pub const PCI_ID_VALUE: u32 = 0x46501234;
     /// Number of architectural state words
     pub const STATE_WORDS: u32 = 0x26;
