@@ -28,6 +28,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod conformance;
 pub mod dma;
 pub mod fake;
 pub mod irq;
