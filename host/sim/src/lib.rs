@@ -76,6 +76,21 @@ impl Default for SimOptions {
     }
 }
 
+/// Counters of a simulated device since it was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SimStats {
+    /// Clock cycles simulated (reset, MMIO accesses and `advance` included).
+    pub cycles: u64,
+    /// DMA read requests the RTL issued.
+    pub dma_reads: u64,
+    /// DMA write requests the RTL issued.
+    pub dma_writes: u64,
+    /// DMA requests the DMA port refused (answered with a fault).
+    pub dma_faults: u64,
+    /// Interrupt messages sent.
+    pub irqs: u64,
+}
+
 /// Errors of the simulator backend.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
@@ -126,7 +141,7 @@ enum Cmd {
         offset: u64,
         data: Vec<u8>,
     },
-    Cycles,
+    Stats,
     Bench {
         cycles: u64,
         bare: Option<(u64, Vec<u8>)>,
@@ -138,6 +153,7 @@ enum Reply {
     Progress(Progress),
     Data(Vec<u8>),
     Count(u64),
+    Stats(SimStats),
     Err(String),
 }
 
@@ -248,10 +264,10 @@ impl SimDevice {
         }
     }
 
-    /// Cycles simulated so far (including reset and MMIO accesses).
-    pub fn cycles(&mut self) -> Result<u64, DeviceError> {
-        match self.call(Cmd::Cycles)? {
-            Reply::Count(c) => Ok(c),
+    /// What the simulator has done so far.
+    pub fn stats(&mut self) -> Result<SimStats, DeviceError> {
+        match self.call(Cmd::Stats)? {
+            Reply::Stats(s) => Ok(s),
             _ => Err(protocol_error()),
         }
     }
@@ -459,6 +475,7 @@ struct Harness {
     ev: ffi::SimEvent,
     mmio_rsp: Option<u64>,
     cycles: u64,
+    stats: SimStats,
 }
 
 impl Harness {
@@ -474,6 +491,7 @@ impl Harness {
                 self.serve_dma();
             }
             if f & ffi::EV_IRQ != 0 {
+                self.stats.irqs += 1;
                 self.irq.raise(self.ev.irq_vector as u16);
             }
             if f & ffi::EV_MMIO != 0 {
@@ -490,13 +508,20 @@ impl Harness {
     fn serve_dma(&mut self) {
         let len = (self.ev.dma_len as usize).min(64);
         let addr = self.ev.dma_addr;
-        if self.ev.dma_write != 0 {
+        let ok = if self.ev.dma_write != 0 {
+            self.stats.dma_writes += 1;
             let ok = self.dma.write(addr, &self.ev.dma_data[..len]).is_ok();
             self.model.dma_respond(ok, &[]);
+            ok
         } else {
+            self.stats.dma_reads += 1;
             let mut buf = [0u8; 64];
             let ok = self.dma.read(addr, &mut buf[..len]).is_ok();
             self.model.dma_respond(ok, &buf[..len]);
+            ok
+        };
+        if !ok {
+            self.stats.dma_faults += 1;
         }
     }
 
@@ -581,6 +606,7 @@ fn sim_thread(
         ev: ffi::SimEvent::default(),
         mmio_rsp: None,
         cycles: 0,
+        stats: SimStats::default(),
     };
     // Let the reset sweep of the bitmaps finish.
     h.run_until_idle(1 << 20);
@@ -683,7 +709,10 @@ fn handle(h: &mut Harness, cmd: Cmd, free: bool, waiter: &mut Option<u64>) -> Op
             Ok(()) => Reply::Count(0),
             Err(e) => Reply::Err(e),
         },
-        Cmd::Cycles => Reply::Count(h.cycles),
+        Cmd::Stats => Reply::Stats(SimStats {
+            cycles: h.cycles,
+            ..h.stats
+        }),
         Cmd::Bench { cycles, bare } => {
             let t = std::time::Instant::now();
             match bare {
