@@ -95,11 +95,12 @@ pub fn crosscheck(
 }
 
 /// `vfpga doctor`.
-pub fn doctor(common: &Common, _json: bool) -> u8 {
-    if let Err(code) = load_config(common) {
-        return code;
-    }
-    not_built("doctor", "board checks are issue 10")
+pub fn doctor(common: &Common, json: bool) -> u8 {
+    let cfg = match load_config(common) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    crate::doctor::doctor(cfg.as_ref(), json)
 }
 
 /// `vfpga bench`.
