@@ -1,0 +1,201 @@
+//! Test harness: a server on the model (or the fake) in a tokio runtime, a
+//! client, guest memory in a memfd, and a `Device` adapter that reaches the
+//! device over the wire so the ring driver of `vfpga-device` can drive it.
+#![allow(dead_code)]
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use vfpga_device::{
+    Bar, Device, DeviceError, DeviceInfo, DmaPort, Identity, MmapMemory, Perm, Progress,
+};
+use vfpga_model::{Model, ModelConfig};
+use vfpga_vfio_user::session::region;
+use vfpga_vfio_user::{Client, IrqHub, Server};
+
+/// Device-memory pages of the test device.
+pub const PAGES: u32 = 64;
+
+pub struct Harness {
+    pub server: Arc<Server>,
+    pub path: PathBuf,
+    pub rt: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+pub fn model_device(pages: u32) -> (Box<dyn Device>, DmaPort, Arc<IrqHub>) {
+    let dma = DmaPort::new();
+    let irq = Arc::new(IrqHub::new());
+    let m = Model::new(ModelConfig::with_pages(pages), dma.clone(), irq.clone()).expect("model");
+    (Box::new(m), dma, irq)
+}
+
+pub fn start_with(dev: Box<dyn Device>, dma: DmaPort, irq: Arc<IrqHub>) -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("vfu.sock");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server = Arc::new(Server::new(dev, dma, irq).expect("server"));
+    let listener = {
+        let _g = rt.enter();
+        tokio::net::UnixListener::bind(&path).expect("bind")
+    };
+    rt.spawn(server.clone().serve(listener));
+    Harness {
+        server,
+        path,
+        rt,
+        _dir: dir,
+    }
+}
+
+pub fn start_model() -> Harness {
+    let (d, dma, irq) = model_device(PAGES);
+    start_with(d, dma, irq)
+}
+
+impl Harness {
+    pub fn client(&self) -> Client {
+        let mut c = Client::connect(&self.path).expect("connect");
+        c.negotiate_default().expect("negotiate");
+        c
+    }
+    /// Connects and negotiates once the previous client has gone (the
+    /// server serves one client at a time and notices a disconnect
+    /// asynchronously).
+    pub fn client_when_free(&self, minor: u16, caps: vfpga_vfio_user::wire::Caps) -> Client {
+        let mut last = None;
+        for _ in 0..200 {
+            let mut c = self.raw_client();
+            c.set_timeout(std::time::Duration::from_secs(5));
+            match c.negotiate(minor, caps.clone()) {
+                Ok(_) => return c,
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("server never became free: {last:?}");
+    }
+    /// A connection that has not negotiated, once the previous client has
+    /// gone: a served connection answers an early command with EINVAL, a
+    /// refused one is closed.
+    pub fn raw_client_when_free(&self) -> Client {
+        for _ in 0..200 {
+            let c = self.raw_client();
+            if let Err(e) = c.device_info()
+                && e.errno().is_some()
+            {
+                return c;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("server never became free");
+    }
+    pub fn raw_client(&self) -> Client {
+        Client::connect(&self.path).expect("connect")
+    }
+}
+
+/// Guest memory in a memfd, mapped here and passed to the server.
+pub struct GuestMem {
+    pub fd: OwnedFd,
+    pub port: DmaPort,
+    pub base: u64,
+    pub len: u64,
+}
+
+impl GuestMem {
+    pub fn new(base: u64, len: u64) -> Self {
+        let fd = nix::sys::memfd::memfd_create(c"guest", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .expect("memfd");
+        nix::unistd::ftruncate(&fd, len as i64).expect("ftruncate");
+        let file = std::fs::File::from(fd.try_clone().expect("dup"));
+        let m = MmapMemory::map_file(&file, 0, len as usize).expect("mmap");
+        let port = DmaPort::new();
+        port.map(base, Arc::new(m), Perm::RW).expect("map");
+        GuestMem {
+            fd,
+            port,
+            base,
+            len,
+        }
+    }
+    pub fn map_into(&self, c: &Client) {
+        c.dma_map_fd(self.fd.as_fd(), 0, self.base, self.len)
+            .expect("DMA_MAP");
+    }
+    pub fn read(&self, iova: u64, n: usize) -> Vec<u8> {
+        let mut b = vec![0u8; n];
+        self.port.host_read(iova, &mut b).expect("read");
+        b
+    }
+    pub fn write(&self, iova: u64, d: &[u8]) {
+        self.port.host_write(iova, d).expect("write");
+    }
+}
+
+/// The device as seen over vfio-user: BAR accesses become REGION_READ /
+/// REGION_WRITE; it runs by itself (the server's runner advances it).
+pub struct WireDevice<'a> {
+    pub c: &'a Client,
+    pub info: DeviceInfo,
+}
+
+impl<'a> WireDevice<'a> {
+    pub fn new(c: &'a Client, pages: u32) -> Self {
+        WireDevice {
+            c,
+            info: DeviceInfo {
+                identity: Identity::this_build(pages, vfpga_regs::consts::MAX_DMALOG_PAGES),
+                bar0_size: vfpga_regs::consts::BAR0_SIZE.into(),
+                bar2_size: u64::from(pages) * 4096,
+                self_running: true,
+            },
+        }
+    }
+}
+
+fn wire_err(e: vfpga_vfio_user::ClientError) -> DeviceError {
+    DeviceError::Backend {
+        msg: e.to_string(),
+        source: Some(Box::new(e)),
+    }
+}
+
+impl Device for WireDevice<'_> {
+    fn info(&self) -> DeviceInfo {
+        self.info
+    }
+    fn mmio_read(&mut self, bar: Bar, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
+        let r = if bar == Bar::Regs {
+            region::BAR0
+        } else {
+            region::BAR2
+        };
+        let d = self
+            .c
+            .region_read(r, offset, data.len() as u32)
+            .map_err(wire_err)?;
+        data.copy_from_slice(&d);
+        Ok(())
+    }
+    fn mmio_write(&mut self, bar: Bar, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+        let r = if bar == Bar::Regs {
+            region::BAR0
+        } else {
+            region::BAR2
+        };
+        self.c.region_write(r, offset, data).map_err(wire_err)
+    }
+    fn advance(&mut self, _budget: u64) -> Result<Progress, DeviceError> {
+        std::thread::sleep(std::time::Duration::from_micros(50));
+        Ok(Progress {
+            used: 0,
+            idle: false,
+        })
+    }
+}

@@ -1,0 +1,530 @@
+//! Wire conformance against a server on the model: framing and negotiation
+//! (§6 A), regions and config space, interrupts, DMA (fd and message),
+//! dirty logging (§6 F) and lifecycle (§6 G).
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+mod common;
+
+use std::os::fd::AsFd;
+
+use common::*;
+use nix::errno::Errno;
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use vfpga_device::ring::{Desc, RingDriver};
+use vfpga_regs::{CplStatus, Opcode, consts, offsets};
+use vfpga_vfio_user::session::{irq_index, region};
+use vfpga_vfio_user::wire::{self, Caps, Header, cmd, flags};
+
+fn errno(r: Result<impl std::fmt::Debug, vfpga_vfio_user::ClientError>) -> Errno {
+    match r {
+        Err(e) => e
+            .errno()
+            .unwrap_or_else(|| panic!("not a remote error: {e}")),
+        Ok(v) => panic!("expected an error reply, got {v:?}"),
+    }
+}
+
+#[test]
+fn a1_version_majors_and_minors() {
+    let h = start_model();
+    for minor in [0u16, 1, 2, 7] {
+        let c = h.client_when_free(minor, Caps::default());
+        let v = c.version().unwrap();
+        assert!(
+            v.minor <= minor && v.minor <= 2,
+            "minor {minor} -> {}",
+            v.minor
+        );
+        assert!(v.has_json, "the reply always carries JSON");
+    }
+    let c = h.raw_client_when_free();
+    let mut bad = wire::Version {
+        major: 1,
+        minor: 0,
+        caps: Caps::default(),
+        has_json: true,
+    }
+    .encode();
+    assert_eq!(errno(c.request(cmd::VERSION, &bad, &[])), Errno::EINVAL);
+    // Still unnegotiated after the bad VERSION: commands are refused...
+    assert_eq!(errno(c.device_info()), Errno::EINVAL);
+    // ...and a good VERSION then succeeds on the same connection.
+    bad[0] = 0;
+    assert!(c.request(cmd::VERSION, &bad, &[]).is_ok());
+    assert!(c.device_info().is_ok());
+}
+
+#[test]
+fn a2_a3_a4_version_json() {
+    let h = start_model();
+    for bad in [
+        &b"{\"capabilities\":{}}"[..],
+        &b"{\"capabilities\":{\"max_msg_fds\":\"8\"}}\0"[..],
+        &b"{\"capabilities\":{\"migration\":1}}\0"[..],
+        &b"{oops\0"[..],
+    ] {
+        let c = h.raw_client_when_free();
+        let mut p = vec![0, 0, 0, 0];
+        p.extend_from_slice(bad);
+        assert_eq!(errno(c.request(cmd::VERSION, &p, &[])), Errno::EINVAL);
+        assert_eq!(
+            errno(c.device_info()),
+            Errno::EINVAL,
+            "no session after a bad VERSION"
+        );
+    }
+    // QEMU's exact request: reply minor 0, fits QEMU's buffer (its own
+    // request size), names only capabilities QEMU offered.
+    let qemu = br#"{"capabilities":{"migration":{"pgsize":4096,"max_bitmap_size":268435456},"max_msg_fds":16,"max_data_xfer_size":1048576,"pgsizes":4096,"max_dma_maps":65535,"write_multiple":true}}"#;
+    let mut p = vec![0, 0, 0, 0];
+    p.extend_from_slice(qemu);
+    p.push(0);
+    let c = h.raw_client_when_free();
+    let r = c.request(cmd::VERSION, &p, &[]).unwrap();
+    assert!(
+        r.len() <= p.len(),
+        "reply {} > request {}",
+        r.len(),
+        p.len()
+    );
+    let v = wire::Version::decode(&r).unwrap();
+    assert_eq!((v.major, v.minor), (0, 0));
+    assert!(v.caps.max_msg_fds >= 1 && v.caps.max_msg_fds <= 16);
+    assert!(v.caps.write_multiple);
+    // No JSON at all: defaults apply, the reply still carries JSON.
+    drop(c);
+    let c = h.raw_client_when_free();
+    let r = c.request(cmd::VERSION, &[0, 0, 2, 0], &[]).unwrap();
+    let v = wire::Version::decode(&r).unwrap();
+    assert_eq!(
+        v.caps.max_data_xfer_size,
+        Caps::default().max_data_xfer_size
+    );
+}
+
+#[test]
+fn a5_a6_a7_framing_errors_keep_the_session() {
+    let h = start_model();
+    let c = h.client();
+    // msg_size below the header: error reply, session goes on.
+    let mut hd = Header {
+        msg_id: 0x77,
+        command: cmd::DEVICE_GET_INFO,
+        msg_size: 8,
+        flags: 0,
+        error: 0,
+    };
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    drop((tx, rx));
+    c.send_raw(&hd.encode(), &[]).unwrap();
+    // msg_size above our limit with the bytes following: E2BIG, drained.
+    hd.msg_id = 0x78;
+    hd.msg_size = (16 + (2 << 20)) as u32;
+    let mut big = hd.encode().to_vec();
+    big.resize(16 + (2 << 20), 0xab);
+    c.send_raw(&big, &[]).unwrap();
+    // Unknown commands.
+    for command in [0u16, 14, 19, 0xffff] {
+        assert_eq!(
+            errno(c.request(command, &[0; 16], &[])),
+            Errno::ENOSYS,
+            "cmd {command}"
+        );
+    }
+    // Truncated payloads of known commands.
+    assert_eq!(errno(c.request(cmd::DMA_MAP, &[0; 31], &[])), Errno::EINVAL);
+    assert_eq!(
+        errno(c.request(cmd::REGION_READ, &[0; 15], &[])),
+        Errno::EINVAL
+    );
+    // A REGION_READ beyond max_data_xfer_size.
+    let a = wire::RegionAccess {
+        offset: 0,
+        region: region::BAR2,
+        count: (1 << 20) + 1,
+    };
+    assert_eq!(
+        errno(c.request(cmd::REGION_READ, &a.encode(&[]), &[])),
+        Errno::E2BIG
+    );
+    // The reply echoes id and command, type reply.
+    let r = c
+        .transact(
+            cmd::DEVICE_GET_INFO,
+            0,
+            &[16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            &[],
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.hdr.command, cmd::DEVICE_GET_INFO);
+    assert_eq!(r.hdr.flags & flags::TYPE_MASK, flags::TYPE_REPLY);
+    // Posted writes get no reply and are applied in order.
+    for v in 1..=50u32 {
+        c.region_write_posted(region::BAR0, offsets::SCRATCH.into(), &v.to_le_bytes())
+            .unwrap();
+    }
+    assert_eq!(c.read32(offsets::SCRATCH.into()).unwrap(), 50);
+    // REGION_WRITE_MULTI (posted).
+    let e = |o: u32, v: u32| wire::MultiEntry {
+        offset: o.into(),
+        region: region::BAR0,
+        count: 4,
+        data: (u64::from(v)).to_le_bytes(),
+    };
+    c.region_write_multi(&[e(offsets::SCRATCH, 7), e(offsets::SCRATCH, 9)])
+        .unwrap();
+    assert_eq!(c.read32(offsets::SCRATCH.into()).unwrap(), 9);
+}
+
+#[test]
+fn a8_unsolicited_reply_is_not_executed() {
+    let h = start_model();
+    let c = h.client();
+    c.write32(offsets::SCRATCH.into(), 1).unwrap();
+    let a = wire::RegionAccess {
+        offset: offsets::SCRATCH.into(),
+        region: region::BAR0,
+        count: 4,
+    };
+    let p = a.encode(&2u32.to_le_bytes());
+    let hd = Header {
+        msg_id: 999,
+        command: cmd::REGION_WRITE,
+        msg_size: (16 + p.len()) as u32,
+        flags: flags::TYPE_REPLY,
+        error: 0,
+    };
+    let mut m = hd.encode().to_vec();
+    m.extend_from_slice(&p);
+    c.send_raw(&m, &[]).unwrap();
+    assert_eq!(c.read32(offsets::SCRATCH.into()).unwrap(), 1);
+}
+
+#[test]
+fn a9_fds_on_commands_that_take_none_are_closed() {
+    let h = start_model();
+    let c = h.client();
+    let (rd, wr) = nix::unistd::pipe().unwrap();
+    let r = c.request(
+        cmd::DEVICE_GET_INFO,
+        &[16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        &[wr.as_fd()],
+    );
+    assert_eq!(errno(r), Errno::EINVAL);
+    drop(wr);
+    // EOF only once the server closed its copy of the write end.
+    let mut b = [0u8; 1];
+    assert_eq!(nix::unistd::read(&rd, &mut b).unwrap(), 0);
+    assert!(c.device_info().is_ok(), "session goes on");
+}
+
+#[test]
+fn device_region_and_irq_info() {
+    let h = start_model();
+    let c = h.client();
+    let i = c.device_info().unwrap();
+    assert_eq!(i.flags, wire::DEVICE_FLAGS_RESET | wire::DEVICE_FLAGS_PCI);
+    assert!((8..=100).contains(&i.num_regions) && (3..=50).contains(&i.num_irqs));
+    let (b0, _) = c.region_info(region::BAR0).unwrap();
+    assert_eq!(b0.size, u64::from(consts::BAR0_SIZE));
+    assert_eq!(b0.flags & wire::REGION_FLAG_MMAP, 0);
+    let (b2, _) = c.region_info(region::BAR2).unwrap();
+    assert_eq!(b2.size, u64::from(PAGES) * 4096);
+    assert_eq!(
+        b2.flags & wire::REGION_FLAG_MMAP,
+        0,
+        "BAR2 is never mmapped"
+    );
+    let (cfg, _) = c.region_info(region::CONFIG).unwrap();
+    assert_eq!(cfg.size, 256);
+    assert_eq!(c.region_info(region::ROM).unwrap().0.size, 0);
+    // The v1 region: a 32-byte argsz gets the fixed part and the size needed.
+    let (m, bytes) = c.region_info_argsz(region::MIGRATION, 32).unwrap();
+    assert_eq!(bytes.len(), 32);
+    assert_eq!((m.argsz, m.cap_offset), (48, 0));
+    let (m, bytes) = c.region_info(region::MIGRATION).unwrap();
+    assert_eq!(m.cap_offset, 32);
+    let r = wire::Reader::new(&bytes, "cap");
+    assert_eq!(r.u16(32).unwrap(), wire::REGION_CAP_TYPE);
+    assert_eq!((r.u32(40).unwrap(), r.u32(44).unwrap()), (3, 1));
+    assert_eq!(errno(c.region_info(99)), Errno::EINVAL);
+    let msix = c.irq_info(irq_index::MSIX).unwrap();
+    assert_eq!(msix.count, consts::NUM_VECTORS);
+    let intx = c.irq_info(irq_index::INTX).unwrap();
+    assert_eq!(intx.count, 1);
+    assert_ne!(intx.flags & wire::IRQ_INFO_AUTOMASKED, 0);
+    assert_eq!(c.irq_info(irq_index::ERR).unwrap().count, 0);
+    assert_eq!(errno(c.irq_info(5)), Errno::EINVAL);
+}
+
+#[test]
+fn config_space_ids_bars_and_command() {
+    let h = start_model();
+    let c = h.client();
+    let cfg = c.config_read(0, 256).unwrap();
+    let r = wire::Reader::new(&cfg, "cfg");
+    assert_eq!(u32::from(r.u16(0).unwrap()), consts::PCI_VENDOR_ID);
+    assert_eq!(u32::from(r.u16(2).unwrap()), consts::PCI_DEVICE_ID);
+    assert_eq!(r.u32(8).unwrap() >> 8, consts::PCI_CLASS_CODE);
+    c.config_write(0x10, &u32::MAX.to_le_bytes()).unwrap();
+    let bar0 = u32::from_le_bytes(c.config_read(0x10, 4).unwrap().try_into().unwrap());
+    assert_eq!(!(bar0 & !0xf) + 1, consts::BAR0_SIZE);
+    c.config_write(0x18, &u32::MAX.to_le_bytes()).unwrap();
+    c.config_write(0x1c, &u32::MAX.to_le_bytes()).unwrap();
+    let lo = u32::from_le_bytes(c.config_read(0x18, 4).unwrap().try_into().unwrap());
+    let hi = u32::from_le_bytes(c.config_read(0x1c, 4).unwrap().try_into().unwrap());
+    let size = !((u64::from(hi) << 32) | u64::from(lo & !0xf)) + 1;
+    assert_eq!(size, u64::from(PAGES) * 4096);
+    assert_eq!(lo & 0xf, 0b1100, "64-bit prefetchable");
+    assert_eq!(errno(c.config_read(250, 8)), Errno::EINVAL);
+    // BAR2 device memory round trip through the device.
+    c.region_write(region::BAR2, 4096 + 3, b"hello").unwrap();
+    assert_eq!(c.region_read(region::BAR2, 4096 + 3, 5).unwrap(), b"hello");
+    assert_eq!(
+        errno(c.region_read(region::BAR2, u64::from(PAGES) * 4096 - 2, 4)),
+        Errno::EINVAL
+    );
+}
+
+fn efd() -> EventFd {
+    EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK).unwrap()
+}
+
+#[test]
+fn msix_eventfds_masks_and_pba() {
+    let h = start_model();
+    let c = h.client();
+    let (e0, e1) = (efd(), efd());
+    c.msix_eventfds(0, &[e0.as_fd(), e1.as_fd()]).unwrap();
+    // Trigger by SET_IRQS DATA_NONE: the eventfd fires.
+    let trig = wire::IRQ_SET_DATA_NONE | wire::IRQ_SET_ACTION_TRIGGER;
+    c.set_irqs(trig, irq_index::MSIX, 1, 1, &[], &[]).unwrap();
+    assert_eq!(e1.read().unwrap(), 1);
+    // Masked: pending in the PBA, delivered on unmask.
+    c.set_irqs(
+        wire::IRQ_SET_DATA_NONE | wire::IRQ_SET_ACTION_MASK,
+        irq_index::MSIX,
+        0,
+        1,
+        &[],
+        &[],
+    )
+    .unwrap();
+    c.set_irqs(trig, irq_index::MSIX, 0, 1, &[], &[]).unwrap();
+    assert!(e0.read().is_err());
+    let pba = c
+        .region_read(region::BAR0, consts::MSIX_PBA_OFFSET.into(), 8)
+        .unwrap();
+    assert_eq!(pba[0] & 1, 1);
+    c.set_irqs(
+        wire::IRQ_SET_DATA_BOOL | wire::IRQ_SET_ACTION_UNMASK,
+        irq_index::MSIX,
+        0,
+        1,
+        &[true],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(e0.read().unwrap(), 1);
+    // Range and fd-count checks.
+    assert_eq!(
+        errno(c.set_irqs(trig, irq_index::MSIX, 1, 2, &[], &[])),
+        Errno::EINVAL
+    );
+    let evt = wire::IRQ_SET_DATA_EVENTFD | wire::IRQ_SET_ACTION_TRIGGER;
+    assert_eq!(
+        errno(c.set_irqs(evt, irq_index::MSIX, 0, 2, &[], &[e0.as_fd()])),
+        Errno::EINVAL
+    );
+    // The MSI-X table is served by the server.
+    c.region_write(
+        region::BAR0,
+        u64::from(consts::MSIX_TABLE_OFFSET) + 8,
+        &0xabcdu32.to_le_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.read32(u64::from(consts::MSIX_TABLE_OFFSET) + 8).unwrap(),
+        0xabcd
+    );
+    // Disable: count 0.
+    c.set_irqs(trig, irq_index::MSIX, 0, 0, &[], &[]).unwrap();
+}
+
+fn run_copy(c: &vfpga_vfio_user::Client, g: &GuestMem) -> Vec<vfpga_device::ring::Completion> {
+    let mut dev = WireDevice::new(c, PAGES);
+    let mut rd = RingDriver::setup(&mut dev, &g.port, g.base, 8, g.base + 0x1000, 8).unwrap();
+    let d = Desc::new(
+        Opcode::CopyH2h,
+        1,
+        g.base + 0x4000,
+        g.base + 0x8000,
+        4096,
+        0,
+    );
+    rd.run(&mut dev, &[d], 200_000).unwrap()
+}
+
+#[test]
+fn dma_through_an_fd_is_gated_by_bus_master_and_logged() {
+    let h = start_model();
+    let c = h.client();
+    let g = GuestMem::new(0x10_0000, 0x2_0000);
+    g.map_into(&c);
+    g.write(g.base + 0x4000, &[0x5a; 4096]);
+    // Bus master off: the device's DMA is refused (the fetch faults).
+    let mut dev = WireDevice::new(&c, PAGES);
+    let mut rd = RingDriver::setup(&mut dev, &g.port, g.base, 8, g.base + 0x1000, 8).unwrap();
+    let d = Desc::new(
+        Opcode::CopyH2h,
+        1,
+        g.base + 0x4000,
+        g.base + 0x8000,
+        4096,
+        0,
+    );
+    rd.submit(&mut dev, &d).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(
+        g.read(g.base + 0x8000, 4),
+        [0; 4],
+        "no DMA without bus mastering"
+    );
+    c.reset().unwrap();
+    // Bus master on, dirty logging on: the copy lands and is reported.
+    c.enable_bus_master().unwrap();
+    c.dma_logging_start(4096, &[(g.base, g.len)]).unwrap();
+    assert_eq!(
+        errno(c.dma_logging_start(4096, &[(g.base, g.len)])),
+        Errno::EBUSY
+    );
+    let cpl = run_copy(&c, &g);
+    assert_eq!(cpl[0].status(), Some(CplStatus::Ok));
+    assert_eq!(g.read(g.base + 0x8000, 4096), vec![0x5a; 4096]);
+    let bm = c.dma_logging_report(g.base, g.len, 4096).unwrap();
+    let pages: Vec<u64> = (0..32).filter(|p| bm[0] & (1 << p) != 0).collect();
+    assert!(pages.contains(&8), "destination page logged: {pages:?}");
+    assert!(pages.contains(&1), "completion ring page logged: {pages:?}");
+    assert!(!pages.contains(&4), "a page only read is not logged");
+    assert_eq!(
+        c.dma_logging_report(g.base, g.len, 4096).unwrap(),
+        vec![0],
+        "read-and-clear"
+    );
+    // Bad REPORTs.
+    let d = wire::LoggingReport {
+        iova: g.base,
+        length: g.len,
+        page_size: 4096,
+    }
+    .encode();
+    let get = wire::FEATURE_GET | wire::FEATURE_DMA_LOGGING_REPORT;
+    assert_eq!(
+        errno(c.feature(8 + 24 + 7, get, &d)),
+        Errno::EINVAL,
+        "argsz too small"
+    );
+    let d2 = wire::LoggingReport {
+        iova: g.base,
+        length: g.len,
+        page_size: 2048,
+    }
+    .encode();
+    assert_eq!(errno(c.feature(4096, get, &d2)), Errno::EINVAL);
+    // STOP, then REPORT is refused; unmap while logging never crashes.
+    c.dma_logging_start(4096, &[]).unwrap_err();
+    c.dma_logging_stop().unwrap();
+    assert_eq!(
+        errno(c.dma_logging_report(g.base, g.len, 4096)),
+        Errno::EINVAL
+    );
+    c.dma_logging_start(4096, &[(g.base, g.len)]).unwrap();
+    c.dma_unmap_all().unwrap();
+    c.dma_logging_stop().unwrap();
+}
+
+#[test]
+fn dma_without_fd_uses_messages_in_both_layouts() {
+    for minor in [2u16, 0] {
+        let h = start_model();
+        let mut c = h.raw_client();
+        c.negotiate(
+            minor,
+            Caps {
+                max_msg_fds: 16,
+                ..Caps::default()
+            },
+        )
+        .unwrap();
+        c.enable_bus_master().unwrap();
+        let base = 0x20_0000u64;
+        let mem = c.dma_map_message(base, 0x1_0000).unwrap();
+        // The test's view of the same memory for the ring driver.
+        let port = vfpga_device::DmaPort::new();
+        #[derive(Debug)]
+        struct View(vfpga_vfio_user::client::SharedMemory);
+        impl vfpga_device::GuestMemory for View {
+            fn len(&self) -> u64 {
+                self.0.lock().unwrap().len() as u64
+            }
+            fn read(&self, o: u64, b: &mut [u8]) -> Result<(), vfpga_device::DmaFault> {
+                let m = self.0.lock().unwrap();
+                b.copy_from_slice(&m[o as usize..o as usize + b.len()]);
+                Ok(())
+            }
+            fn write(&self, o: u64, d: &[u8]) -> Result<(), vfpga_device::DmaFault> {
+                self.0.lock().unwrap()[o as usize..o as usize + d.len()].copy_from_slice(d);
+                Ok(())
+            }
+        }
+        port.map(
+            base,
+            std::sync::Arc::new(View(mem.clone())),
+            vfpga_device::Perm::RW,
+        )
+        .unwrap();
+        mem.lock().unwrap()[0x4000..0x5000].fill(0xc3);
+        let mut dev = WireDevice::new(&c, PAGES);
+        let mut rd = RingDriver::setup(&mut dev, &port, base, 8, base + 0x1000, 8).unwrap();
+        let d = Desc::new(Opcode::CopyH2h, 1, base + 0x4000, base + 0x8000, 4096, 0);
+        let cpl = rd.run(&mut dev, &[d], 200_000).unwrap();
+        assert_eq!(cpl[0].status(), Some(CplStatus::Ok), "minor {minor}");
+        assert!(
+            mem.lock().unwrap()[0x8000..0x9000]
+                .iter()
+                .all(|b| *b == 0xc3),
+            "minor {minor}"
+        );
+        assert!(c.dma_requests() > 0);
+    }
+}
+
+#[test]
+fn g56_g58_disconnect_keeps_device_state_and_one_client_at_a_time() {
+    let h = start_model();
+    let c = h.client();
+    c.write32(offsets::SCRATCH.into(), 0x1234).unwrap();
+    let g = GuestMem::new(0x10_0000, 0x1_0000);
+    g.map_into(&c);
+    let e = efd();
+    c.msix_eventfds(0, &[e.as_fd()]).unwrap();
+    // A second client is refused while the first is connected.
+    let mut second = h.raw_client();
+    second.set_timeout(std::time::Duration::from_secs(2));
+    assert!(second.negotiate(2, Caps::default()).is_err());
+    drop(c);
+    drop(second);
+    let c2 = h.client_when_free(2, Caps::default());
+    assert_eq!(
+        c2.read32(offsets::SCRATCH.into()).unwrap(),
+        0x1234,
+        "device state kept"
+    );
+    assert!(
+        h.server.shared().dma.mappings().is_empty(),
+        "DMA unmapped on disconnect"
+    );
+    assert_eq!(c2.mig_state().unwrap(), 2, "RUNNING");
+}
