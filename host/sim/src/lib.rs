@@ -37,8 +37,9 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use vfpga_device::DeviceState;
 use vfpga_device::{Bar, Device, DeviceError, DeviceInfo, DmaPort, Identity, IrqSink, Progress};
-use vfpga_regs::consts;
+use vfpga_regs::{ArchState, StateCtrl, Status, consts, offsets, state as sw};
 
 pub use ffi::AVAILABLE;
 
@@ -131,6 +132,7 @@ enum Cmd {
         be: u8,
         wdata: u64,
     },
+    Batch(Vec<RegOp>),
     Advance(u64),
     RunUntilIdle(u64),
     DevmemRead {
@@ -148,8 +150,18 @@ enum Cmd {
     },
 }
 
+/// One BAR0 register access of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegOp {
+    /// Read the register at this offset.
+    Read(u32),
+    /// Write a value to the register at this offset.
+    Write(u32, u32),
+}
+
 enum Reply {
     Mmio(u64),
+    Values(Vec<u32>),
     Progress(Progress),
     Data(Vec<u8>),
     Count(u64),
@@ -260,6 +272,27 @@ impl SimDevice {
             wdata,
         })? {
             Reply::Mmio(v) => Ok(v),
+            _ => Err(protocol_error()),
+        }
+    }
+
+    /// Performs BAR0 register accesses in order, in one round trip to the
+    /// simulator thread, and returns the values read (one per `Read`). Each
+    /// access goes through the RTL's MMIO port exactly as a single one would.
+    pub fn reg_batch(&mut self, ops: &[RegOp]) -> Result<Vec<u32>, DeviceError> {
+        for op in ops {
+            let (RegOp::Read(o) | RegOp::Write(o, _)) = *op;
+            check_access(&self.info, Bar::Regs, u64::from(o), 4)?;
+            if o % 4 != 0 {
+                return Err(DeviceError::BadAccess {
+                    bar: Bar::Regs,
+                    offset: u64::from(o),
+                    len: 4,
+                });
+            }
+        }
+        match self.call(Cmd::Batch(ops.to_vec()))? {
+            Reply::Values(v) => Ok(v),
             _ => Err(protocol_error()),
         }
     }
@@ -406,6 +439,49 @@ impl Device for SimDevice {
         match self.call(Cmd::RunUntilIdle(max_units))? {
             Reply::Progress(p) => Ok(p.used),
             _ => Err(protocol_error()),
+        }
+    }
+
+    fn save_state(&mut self) -> Result<DeviceState, DeviceError> {
+        // The provided sequence, in one round trip.
+        let mut ops = vec![
+            RegOp::Read(offsets::STATUS),
+            RegOp::Write(offsets::STATE_IDX, 0),
+        ];
+        ops.extend((0..sw::WORDS).map(|_| RegOp::Read(offsets::STATE_DATA)));
+        if !Status::from_bits_retain(self.read_reg(offsets::STATUS)?).contains(Status::QUIESCED) {
+            return Err(DeviceError::NotQuiesced("save_state"));
+        }
+        let v = self.reg_batch(&ops[1..])?;
+        let mut w = [0u32; sw::WORDS];
+        w.copy_from_slice(&v);
+        Ok(DeviceState::new(
+            self.info.identity,
+            ArchState::from_words(&w),
+        ))
+    }
+
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), DeviceError> {
+        if !Status::from_bits_retain(self.read_reg(offsets::STATUS)?).contains(Status::QUIESCED) {
+            return Err(DeviceError::NotQuiesced("restore_state"));
+        }
+        vfpga_device::check_compatible(&self.info.identity, &state.identity)?;
+        let mut ops = vec![RegOp::Write(offsets::STATE_IDX, 0)];
+        ops.extend(
+            state
+                .arch
+                .to_words()
+                .iter()
+                .map(|&w| RegOp::Write(offsets::STATE_DATA, w)),
+        );
+        ops.push(RegOp::Write(
+            offsets::STATE_CTRL,
+            StateCtrl::VALIDATE.bits(),
+        ));
+        self.reg_batch(&ops)?;
+        match self.state_error()? {
+            None => Ok(()),
+            Some(v) => Err(v.into()),
         }
     }
 
@@ -675,6 +751,22 @@ fn handle(h: &mut Harness, cmd: Cmd, free: bool, waiter: &mut Option<u64>) -> Op
             Ok(v) => Reply::Mmio(v),
             Err(e) => Reply::Err(e),
         },
+        Cmd::Batch(ops) => {
+            let mut out = Vec::new();
+            for op in ops {
+                let (write, o, v) = match op {
+                    RegOp::Read(o) => (false, o, 0),
+                    RegOp::Write(o, v) => (true, o, v),
+                };
+                let (addr, be, shift) = (o & !7, if o % 8 == 0 { 0x0f } else { 0xf0 }, 8 * (o % 8));
+                match h.mmio(false, write, addr, be, u64::from(v) << shift) {
+                    Ok(r) if !write => out.push((r >> shift) as u32),
+                    Ok(_) => {}
+                    Err(e) => return Some(Reply::Err(e)),
+                }
+            }
+            Reply::Values(out)
+        }
         Cmd::Advance(n) => {
             if free {
                 // The device runs by itself: wait until `n` more cycles have
