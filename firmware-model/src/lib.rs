@@ -60,8 +60,11 @@
 //! # Choices where the datasheet leaves room
 //!
 //! Each is also listed in the issue note; the RTL makes the same ones.
-//! - A BAR0 register that is a state word reads back the stored word (after
-//!   a refused restore that may include reserved bits).
+//! - A BAR0 register that is a state word reads the word's defined bits:
+//!   reserved bits written through the state port (which a refused restore
+//!   leaves in place) read 0 through the register, so a read-modify-write of
+//!   `CTRL` can never turn them into `SOFT_RESET`/`QUIESCE`/`RESUME` pulses.
+//!   `STATE_DATA` returns the raw word.
 //! - `STATE_DATA` accesses move `STATE_IDX` on even past `STATE_WORDS`
 //!   (wrapping at 2^32); while not quiesced they do not move it.
 //! - Ring addresses (`SQ_BASE + HEAD*32`, `CQ_BASE + INDEX*16`, `SRC/DST +

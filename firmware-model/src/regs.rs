@@ -72,9 +72,9 @@ impl Model {
             offsets::DMALOG_MAX_PAGES => self.identity.dmalog_max_pages,
             offsets::STATE_INFO => consts::STATE_INFO_VALUE,
             offsets::SCRATCH => a.scratch,
-            offsets::CTRL => a.ctrl,
+            offsets::CTRL => a.ctrl & m(sw::CTRL),
             offsets::STATUS => self.status_bits(),
-            offsets::ERR_CODE => a.err_code,
+            offsets::ERR_CODE => a.err_code & m(sw::ERR_CODE),
             offsets::ERR_ADDR_LO => a.err_addr_lo,
             offsets::ERR_ADDR_HI => a.err_addr_hi,
             offsets::TIMER_LO => {
@@ -82,19 +82,19 @@ impl Model {
                 a.timer_lo
             }
             offsets::TIMER_HI => self.timer_hi_latch,
-            offsets::IRQ_STATUS => a.irq_status,
-            offsets::IRQ_MASK => a.irq_mask,
-            offsets::IRQ_PENDING => a.irq_pending,
-            offsets::SQ_BASE_LO => a.sq_base_lo,
+            offsets::IRQ_STATUS => a.irq_status & m(sw::IRQ_STATUS),
+            offsets::IRQ_MASK => a.irq_mask & m(sw::IRQ_MASK),
+            offsets::IRQ_PENDING => a.irq_pending & m(sw::IRQ_PENDING),
+            offsets::SQ_BASE_LO => a.sq_base_lo & m(sw::SQ_BASE_LO),
             offsets::SQ_BASE_HI => a.sq_base_hi,
-            offsets::SQ_SIZE => a.sq_size,
-            offsets::SQ_TAIL => a.sq_tail,
-            offsets::SQ_HEAD => a.sq_head,
-            offsets::CQ_BASE_LO => a.cq_base_lo,
+            offsets::SQ_SIZE => a.sq_size & m(sw::SQ_SIZE),
+            offsets::SQ_TAIL => a.sq_tail & m(sw::SQ_TAIL),
+            offsets::SQ_HEAD => a.sq_head & m(sw::SQ_HEAD),
+            offsets::CQ_BASE_LO => a.cq_base_lo & m(sw::CQ_BASE_LO),
             offsets::CQ_BASE_HI => a.cq_base_hi,
-            offsets::CQ_SIZE => a.cq_size,
-            offsets::CQ_HEAD => a.cq_head,
-            offsets::CQ_TAIL => a.cq_tail,
+            offsets::CQ_SIZE => a.cq_size & m(sw::CQ_SIZE),
+            offsets::CQ_HEAD => a.cq_head & m(sw::CQ_HEAD),
+            offsets::CQ_TAIL => a.cq_tail & m(sw::CQ_TAIL),
             offsets::CNT_DESC => a.cnt_desc,
             offsets::CNT_ERR => a.cnt_err,
             offsets::CNT_BYTES_LO => a.cnt_bytes_lo,
@@ -286,6 +286,11 @@ impl Model {
         }
         self.dmalog.enable = enable;
     }
+}
+
+/// The bits of state word `i` a register read shows (reserved bits read 0).
+fn m(i: usize) -> u32 {
+    STATE_LAYOUT[i].mask
 }
 
 fn ring_size_ok(s: u32) -> bool {

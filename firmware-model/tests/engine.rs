@@ -586,6 +586,23 @@ fn state_port_stores_words_raw_and_validation_names_the_word() {
 }
 
 #[test]
+fn reserved_bits_of_a_refused_state_never_read_back_as_pulses() {
+    let mut r = Rig::new();
+    r.dev.quiesce().unwrap();
+    let mut s = r.dev.save_state().unwrap();
+    s.arch.ctrl = 0xffff_fffe; // SOFT_RESET, QUIESCE, RESUME bits and more
+    assert!(r.dev.restore_state(&s).is_err());
+    assert_eq!(r.dev.read_reg(offsets::CTRL).unwrap(), 0);
+    // The provided resume() does a read-modify-write of CTRL: no reset.
+    assert!(r.dev.resume().is_err());
+    assert!(r.dev.is_quiesced().unwrap());
+    r.dev
+        .write_reg(offsets::STATE_IDX, sw::CTRL as u32)
+        .unwrap();
+    assert_eq!(r.dev.read_reg(offsets::STATE_DATA).unwrap(), 0xffff_fffe);
+}
+
+#[test]
 fn hostile_states_are_refused_by_word() {
     let mut base = ArchState::RESET;
     base.sq_size = 8;
