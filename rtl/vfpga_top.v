@@ -184,7 +184,8 @@ module vfpga_top #(
         S_B_WR    = 5'd10,  // burst: destination write in flight
         S_B_MARK  = 5'd11,  // burst: dirty / log bit being set
         S_C_WR    = 5'd12,  // complete: completion write in flight
-        S_C_MARK  = 5'd13;  // complete: log bit being set
+        S_C_MARK  = 5'd13,  // complete: log bit being set
+        S_INIT    = 5'd14;  // after reset: start clearing both bitmaps
 
     reg [4:0]   state;
     reg         prefer_engine;     // an MMIO access just finished: let a step go first
@@ -271,94 +272,109 @@ module vfpga_top #(
         end
     endfunction
 
-    // State word `idx` (datasheet §9.2 order, from the generated indices).
-    function automatic [31:0] st_word(input [7:0] idx);
-        case (idx)
-            `VFPGA_ST_HEADER:       st_word = r_header;
-            `VFPGA_ST_CTRL:         st_word = r_ctrl;
-            `VFPGA_ST_FLAGS:        st_word = r_flags;
-            `VFPGA_ST_SCRATCH:      st_word = r_scratch;
-            `VFPGA_ST_ERR_CODE:     st_word = r_err_code;
-            `VFPGA_ST_ERR_ADDR_LO:  st_word = r_err_addr_lo;
-            `VFPGA_ST_ERR_ADDR_HI:  st_word = r_err_addr_hi;
-            `VFPGA_ST_IRQ_STATUS:   st_word = r_irq_status;
-            `VFPGA_ST_IRQ_MASK:     st_word = r_irq_mask;
-            `VFPGA_ST_IRQ_PENDING:  st_word = r_irq_pending;
-            `VFPGA_ST_SQ_BASE_LO:   st_word = r_sq_base_lo;
-            `VFPGA_ST_SQ_BASE_HI:   st_word = r_sq_base_hi;
-            `VFPGA_ST_SQ_SIZE:      st_word = r_sq_size;
-            `VFPGA_ST_SQ_HEAD:      st_word = r_sq_head;
-            `VFPGA_ST_SQ_TAIL:      st_word = r_sq_tail;
-            `VFPGA_ST_CQ_BASE_LO:   st_word = r_cq_base_lo;
-            `VFPGA_ST_CQ_BASE_HI:   st_word = r_cq_base_hi;
-            `VFPGA_ST_CQ_SIZE:      st_word = r_cq_size;
-            `VFPGA_ST_CQ_HEAD:      st_word = r_cq_head;
-            `VFPGA_ST_CQ_TAIL:      st_word = r_cq_tail;
-            `VFPGA_ST_TIMER_LO:     st_word = r_timer[31:0];
-            `VFPGA_ST_TIMER_HI:     st_word = r_timer[63:32];
-            `VFPGA_ST_CNT_DESC:     st_word = r_cnt_desc;
-            `VFPGA_ST_CNT_ERR:      st_word = r_cnt_err;
-            `VFPGA_ST_CNT_BYTES_LO: st_word = r_cnt_bytes[31:0];
-            `VFPGA_ST_CNT_BYTES_HI: st_word = r_cnt_bytes[63:32];
-            `VFPGA_ST_CUR_FLAGS:    st_word = r_cur_flags;
-            `VFPGA_ST_CUR_CTL:      st_word = r_cur_ctl;
-            `VFPGA_ST_CUR_TAG:      st_word = r_cur_tag;
-            `VFPGA_ST_CUR_SRC_LO:   st_word = r_cur_src_lo;
-            `VFPGA_ST_CUR_SRC_HI:   st_word = r_cur_src_hi;
-            `VFPGA_ST_CUR_DST_LO:   st_word = r_cur_dst_lo;
-            `VFPGA_ST_CUR_DST_HI:   st_word = r_cur_dst_hi;
-            `VFPGA_ST_CUR_LEN:      st_word = r_cur_len;
-            `VFPGA_ST_CUR_PATTERN:  st_word = r_cur_pattern;
-            `VFPGA_ST_CUR_DONE:     st_word = r_cur_done;
-            `VFPGA_ST_CUR_CRC:      st_word = r_cur_crc;
-            `VFPGA_ST_CUR_SLOT:     st_word = r_cur_slot;
-            default:                st_word = 32'd0;
-        endcase
+    // All state words, word i at bits 32i+31:32i (positions from the
+    // generated indices).
+    localparam integer STW = `VFPGA_STATE_WORDS;
+    function automatic [32*STW-1:0] st_vec(input unused_dummy);
+        reg [32*STW-1:0] v;
+        begin
+            v = {(32*STW){1'b0}};
+            v[32*`VFPGA_ST_HEADER +: 32] = r_header;
+            v[32*`VFPGA_ST_CTRL +: 32] = r_ctrl;
+            v[32*`VFPGA_ST_FLAGS +: 32] = r_flags;
+            v[32*`VFPGA_ST_SCRATCH +: 32] = r_scratch;
+            v[32*`VFPGA_ST_ERR_CODE +: 32] = r_err_code;
+            v[32*`VFPGA_ST_ERR_ADDR_LO +: 32] = r_err_addr_lo;
+            v[32*`VFPGA_ST_ERR_ADDR_HI +: 32] = r_err_addr_hi;
+            v[32*`VFPGA_ST_IRQ_STATUS +: 32] = r_irq_status;
+            v[32*`VFPGA_ST_IRQ_MASK +: 32] = r_irq_mask;
+            v[32*`VFPGA_ST_IRQ_PENDING +: 32] = r_irq_pending;
+            v[32*`VFPGA_ST_SQ_BASE_LO +: 32] = r_sq_base_lo;
+            v[32*`VFPGA_ST_SQ_BASE_HI +: 32] = r_sq_base_hi;
+            v[32*`VFPGA_ST_SQ_SIZE +: 32] = r_sq_size;
+            v[32*`VFPGA_ST_SQ_HEAD +: 32] = r_sq_head;
+            v[32*`VFPGA_ST_SQ_TAIL +: 32] = r_sq_tail;
+            v[32*`VFPGA_ST_CQ_BASE_LO +: 32] = r_cq_base_lo;
+            v[32*`VFPGA_ST_CQ_BASE_HI +: 32] = r_cq_base_hi;
+            v[32*`VFPGA_ST_CQ_SIZE +: 32] = r_cq_size;
+            v[32*`VFPGA_ST_CQ_HEAD +: 32] = r_cq_head;
+            v[32*`VFPGA_ST_CQ_TAIL +: 32] = r_cq_tail;
+            v[32*`VFPGA_ST_TIMER_LO +: 32] = r_timer[31:0];
+            v[32*`VFPGA_ST_TIMER_HI +: 32] = r_timer[63:32];
+            v[32*`VFPGA_ST_CNT_DESC +: 32] = r_cnt_desc;
+            v[32*`VFPGA_ST_CNT_ERR +: 32] = r_cnt_err;
+            v[32*`VFPGA_ST_CNT_BYTES_LO +: 32] = r_cnt_bytes[31:0];
+            v[32*`VFPGA_ST_CNT_BYTES_HI +: 32] = r_cnt_bytes[63:32];
+            v[32*`VFPGA_ST_CUR_FLAGS +: 32] = r_cur_flags;
+            v[32*`VFPGA_ST_CUR_CTL +: 32] = r_cur_ctl;
+            v[32*`VFPGA_ST_CUR_TAG +: 32] = r_cur_tag;
+            v[32*`VFPGA_ST_CUR_SRC_LO +: 32] = r_cur_src_lo;
+            v[32*`VFPGA_ST_CUR_SRC_HI +: 32] = r_cur_src_hi;
+            v[32*`VFPGA_ST_CUR_DST_LO +: 32] = r_cur_dst_lo;
+            v[32*`VFPGA_ST_CUR_DST_HI +: 32] = r_cur_dst_hi;
+            v[32*`VFPGA_ST_CUR_LEN +: 32] = r_cur_len;
+            v[32*`VFPGA_ST_CUR_PATTERN +: 32] = r_cur_pattern;
+            v[32*`VFPGA_ST_CUR_DONE +: 32] = r_cur_done;
+            v[32*`VFPGA_ST_CUR_CRC +: 32] = r_cur_crc;
+            v[32*`VFPGA_ST_CUR_SLOT +: 32] = r_cur_slot;
+            st_vec = v;
+        end
     endfunction
 
-    // Bits state word `idx` may have set (the others are reserved).
-    function automatic [31:0] st_mask(input [7:0] idx);
-        case (idx)
-            `VFPGA_ST_HEADER:       st_mask = `VFPGA_ST_HEADER_MASK;
-            `VFPGA_ST_CTRL:         st_mask = `VFPGA_ST_CTRL_MASK;
-            `VFPGA_ST_FLAGS:        st_mask = `VFPGA_ST_FLAGS_MASK;
-            `VFPGA_ST_SCRATCH:      st_mask = `VFPGA_ST_SCRATCH_MASK;
-            `VFPGA_ST_ERR_CODE:     st_mask = `VFPGA_ST_ERR_CODE_MASK;
-            `VFPGA_ST_ERR_ADDR_LO:  st_mask = `VFPGA_ST_ERR_ADDR_LO_MASK;
-            `VFPGA_ST_ERR_ADDR_HI:  st_mask = `VFPGA_ST_ERR_ADDR_HI_MASK;
-            `VFPGA_ST_IRQ_STATUS:   st_mask = `VFPGA_ST_IRQ_STATUS_MASK;
-            `VFPGA_ST_IRQ_MASK:     st_mask = `VFPGA_ST_IRQ_MASK_MASK;
-            `VFPGA_ST_IRQ_PENDING:  st_mask = `VFPGA_ST_IRQ_PENDING_MASK;
-            `VFPGA_ST_SQ_BASE_LO:   st_mask = `VFPGA_ST_SQ_BASE_LO_MASK;
-            `VFPGA_ST_SQ_BASE_HI:   st_mask = `VFPGA_ST_SQ_BASE_HI_MASK;
-            `VFPGA_ST_SQ_SIZE:      st_mask = `VFPGA_ST_SQ_SIZE_MASK;
-            `VFPGA_ST_SQ_HEAD:      st_mask = `VFPGA_ST_SQ_HEAD_MASK;
-            `VFPGA_ST_SQ_TAIL:      st_mask = `VFPGA_ST_SQ_TAIL_MASK;
-            `VFPGA_ST_CQ_BASE_LO:   st_mask = `VFPGA_ST_CQ_BASE_LO_MASK;
-            `VFPGA_ST_CQ_BASE_HI:   st_mask = `VFPGA_ST_CQ_BASE_HI_MASK;
-            `VFPGA_ST_CQ_SIZE:      st_mask = `VFPGA_ST_CQ_SIZE_MASK;
-            `VFPGA_ST_CQ_HEAD:      st_mask = `VFPGA_ST_CQ_HEAD_MASK;
-            `VFPGA_ST_CQ_TAIL:      st_mask = `VFPGA_ST_CQ_TAIL_MASK;
-            `VFPGA_ST_TIMER_LO:     st_mask = `VFPGA_ST_TIMER_LO_MASK;
-            `VFPGA_ST_TIMER_HI:     st_mask = `VFPGA_ST_TIMER_HI_MASK;
-            `VFPGA_ST_CNT_DESC:     st_mask = `VFPGA_ST_CNT_DESC_MASK;
-            `VFPGA_ST_CNT_ERR:      st_mask = `VFPGA_ST_CNT_ERR_MASK;
-            `VFPGA_ST_CNT_BYTES_LO: st_mask = `VFPGA_ST_CNT_BYTES_LO_MASK;
-            `VFPGA_ST_CNT_BYTES_HI: st_mask = `VFPGA_ST_CNT_BYTES_HI_MASK;
-            `VFPGA_ST_CUR_FLAGS:    st_mask = `VFPGA_ST_CUR_FLAGS_MASK;
-            `VFPGA_ST_CUR_CTL:      st_mask = `VFPGA_ST_CUR_CTL_MASK;
-            `VFPGA_ST_CUR_TAG:      st_mask = `VFPGA_ST_CUR_TAG_MASK;
-            `VFPGA_ST_CUR_SRC_LO:   st_mask = `VFPGA_ST_CUR_SRC_LO_MASK;
-            `VFPGA_ST_CUR_SRC_HI:   st_mask = `VFPGA_ST_CUR_SRC_HI_MASK;
-            `VFPGA_ST_CUR_DST_LO:   st_mask = `VFPGA_ST_CUR_DST_LO_MASK;
-            `VFPGA_ST_CUR_DST_HI:   st_mask = `VFPGA_ST_CUR_DST_HI_MASK;
-            `VFPGA_ST_CUR_LEN:      st_mask = `VFPGA_ST_CUR_LEN_MASK;
-            `VFPGA_ST_CUR_PATTERN:  st_mask = `VFPGA_ST_CUR_PATTERN_MASK;
-            `VFPGA_ST_CUR_DONE:     st_mask = `VFPGA_ST_CUR_DONE_MASK;
-            `VFPGA_ST_CUR_CRC:      st_mask = `VFPGA_ST_CUR_CRC_MASK;
-            `VFPGA_ST_CUR_SLOT:     st_mask = `VFPGA_ST_CUR_SLOT_MASK;
-            default:                st_mask = 32'd0;
-        endcase
+    // Bits each state word may have set (the others are reserved).
+    function automatic [32*STW-1:0] st_masks(input unused_dummy);
+        reg [32*STW-1:0] m;
+        begin
+            m = {(32*STW){1'b0}};
+            m[32*`VFPGA_ST_HEADER +: 32] = `VFPGA_ST_HEADER_MASK;
+            m[32*`VFPGA_ST_CTRL +: 32] = `VFPGA_ST_CTRL_MASK;
+            m[32*`VFPGA_ST_FLAGS +: 32] = `VFPGA_ST_FLAGS_MASK;
+            m[32*`VFPGA_ST_SCRATCH +: 32] = `VFPGA_ST_SCRATCH_MASK;
+            m[32*`VFPGA_ST_ERR_CODE +: 32] = `VFPGA_ST_ERR_CODE_MASK;
+            m[32*`VFPGA_ST_ERR_ADDR_LO +: 32] = `VFPGA_ST_ERR_ADDR_LO_MASK;
+            m[32*`VFPGA_ST_ERR_ADDR_HI +: 32] = `VFPGA_ST_ERR_ADDR_HI_MASK;
+            m[32*`VFPGA_ST_IRQ_STATUS +: 32] = `VFPGA_ST_IRQ_STATUS_MASK;
+            m[32*`VFPGA_ST_IRQ_MASK +: 32] = `VFPGA_ST_IRQ_MASK_MASK;
+            m[32*`VFPGA_ST_IRQ_PENDING +: 32] = `VFPGA_ST_IRQ_PENDING_MASK;
+            m[32*`VFPGA_ST_SQ_BASE_LO +: 32] = `VFPGA_ST_SQ_BASE_LO_MASK;
+            m[32*`VFPGA_ST_SQ_BASE_HI +: 32] = `VFPGA_ST_SQ_BASE_HI_MASK;
+            m[32*`VFPGA_ST_SQ_SIZE +: 32] = `VFPGA_ST_SQ_SIZE_MASK;
+            m[32*`VFPGA_ST_SQ_HEAD +: 32] = `VFPGA_ST_SQ_HEAD_MASK;
+            m[32*`VFPGA_ST_SQ_TAIL +: 32] = `VFPGA_ST_SQ_TAIL_MASK;
+            m[32*`VFPGA_ST_CQ_BASE_LO +: 32] = `VFPGA_ST_CQ_BASE_LO_MASK;
+            m[32*`VFPGA_ST_CQ_BASE_HI +: 32] = `VFPGA_ST_CQ_BASE_HI_MASK;
+            m[32*`VFPGA_ST_CQ_SIZE +: 32] = `VFPGA_ST_CQ_SIZE_MASK;
+            m[32*`VFPGA_ST_CQ_HEAD +: 32] = `VFPGA_ST_CQ_HEAD_MASK;
+            m[32*`VFPGA_ST_CQ_TAIL +: 32] = `VFPGA_ST_CQ_TAIL_MASK;
+            m[32*`VFPGA_ST_TIMER_LO +: 32] = `VFPGA_ST_TIMER_LO_MASK;
+            m[32*`VFPGA_ST_TIMER_HI +: 32] = `VFPGA_ST_TIMER_HI_MASK;
+            m[32*`VFPGA_ST_CNT_DESC +: 32] = `VFPGA_ST_CNT_DESC_MASK;
+            m[32*`VFPGA_ST_CNT_ERR +: 32] = `VFPGA_ST_CNT_ERR_MASK;
+            m[32*`VFPGA_ST_CNT_BYTES_LO +: 32] = `VFPGA_ST_CNT_BYTES_LO_MASK;
+            m[32*`VFPGA_ST_CNT_BYTES_HI +: 32] = `VFPGA_ST_CNT_BYTES_HI_MASK;
+            m[32*`VFPGA_ST_CUR_FLAGS +: 32] = `VFPGA_ST_CUR_FLAGS_MASK;
+            m[32*`VFPGA_ST_CUR_CTL +: 32] = `VFPGA_ST_CUR_CTL_MASK;
+            m[32*`VFPGA_ST_CUR_TAG +: 32] = `VFPGA_ST_CUR_TAG_MASK;
+            m[32*`VFPGA_ST_CUR_SRC_LO +: 32] = `VFPGA_ST_CUR_SRC_LO_MASK;
+            m[32*`VFPGA_ST_CUR_SRC_HI +: 32] = `VFPGA_ST_CUR_SRC_HI_MASK;
+            m[32*`VFPGA_ST_CUR_DST_LO +: 32] = `VFPGA_ST_CUR_DST_LO_MASK;
+            m[32*`VFPGA_ST_CUR_DST_HI +: 32] = `VFPGA_ST_CUR_DST_HI_MASK;
+            m[32*`VFPGA_ST_CUR_LEN +: 32] = `VFPGA_ST_CUR_LEN_MASK;
+            m[32*`VFPGA_ST_CUR_PATTERN +: 32] = `VFPGA_ST_CUR_PATTERN_MASK;
+            m[32*`VFPGA_ST_CUR_DONE +: 32] = `VFPGA_ST_CUR_DONE_MASK;
+            m[32*`VFPGA_ST_CUR_CRC +: 32] = `VFPGA_ST_CUR_CRC_MASK;
+            m[32*`VFPGA_ST_CUR_SLOT +: 32] = `VFPGA_ST_CUR_SLOT_MASK;
+            st_masks = m;
+        end
+    endfunction
+
+    // State word `idx` (0 past the last one).
+    function automatic [31:0] st_word(input [7:0] idx);
+        reg [32*STW-1:0] v;
+        begin
+            v = st_vec(1'b0);
+            st_word = ({24'd0, idx} < STW) ? v[32*idx +: 32] : 32'd0;
+        end
     endfunction
 
     function automatic ring_size_ok(input [31:0] s);
@@ -374,7 +390,10 @@ module vfpga_top #(
         reg [15:0] r;
         reg [31:0] sq_lim, cq_lim;
         reg [7:0]  vst, vop;
+        reg [32*STW-1:0] words, masks;
         begin
+            words = st_vec(1'b0);
+            masks = st_masks(1'b0);
             r = 16'd0;
             found = 1'b0;
             sq_lim = (r_sq_size == 32'd0) ? 32'd1 : r_sq_size;
@@ -388,7 +407,7 @@ module vfpga_top #(
             end
             // 2. reserved bits, first by index
             for (i = 0; i < `VFPGA_STATE_WORDS; i = i + 1) begin
-                if (!found && (st_word(i[7:0]) & ~st_mask(i[7:0])) != 32'd0) begin
+                if (!found && (words[32*i +: 32] & ~masks[32*i +: 32]) != 32'd0) begin
                     r = {i[7:0], `VFPGA_STATEERR_RESERVED_BITS};
                     found = 1'b1;
                 end
@@ -420,7 +439,7 @@ module vfpga_top #(
             // 6. the in-flight descriptor
             if (!found && !r_cur_flags[0]) begin
                 for (i = {24'd0, ST_CUR_FIRST}; i <= {24'd0, ST_CUR_LAST}; i = i + 1) begin
-                    if (!found && st_word(i[7:0]) != 32'd0) begin
+                    if (!found && words[32*i +: 32] != 32'd0) begin
                         r = {i[7:0], `VFPGA_STATEERR_INFLIGHT}; found = 1'b1;
                     end
                 end
@@ -1005,7 +1024,7 @@ module vfpga_top #(
 
         if (!rst_n) begin
             reset_regs();
-            state          <= S_M_SWEEP;
+            state          <= S_INIT;
             prefer_engine  <= 1'b0;
             m_write        <= 1'b0;
             m_bar2         <= 1'b0;
@@ -1035,9 +1054,8 @@ module vfpga_top #(
             dm_req_wdata   <= 512'd0;
             irq_valid      <= 1'b0;
             irq_vector     <= 8'd0;
-            // Both bitmaps are cleared right after reset.
-            bmd_start <= 1'b1; bmd_op <= BM_CLEAR; bmd_arg <= DIRTY_WORDS;
-            bml_start <= 1'b1; bml_op <= BM_CLEAR; bml_arg <= LOG_WORDS;
+            bmd_start <= 1'b0; bmd_op <= BM_CLEAR; bmd_arg <= 32'd0;
+            bml_start <= 1'b0; bml_op <= BM_CLEAR; bml_arg <= 32'd0;
             b_src <= 64'd0; b_dst <= 64'd0; b_n <= 7'd0; b_buf <= 512'd0;
             b_crc <= 32'd0; b_crc_left <= 7'd0; c_addr <= 64'd0;
         end else begin
@@ -1264,6 +1282,13 @@ module vfpga_top #(
             end
 
             S_C_MARK: if (bml_done) finish_completion();
+
+            S_INIT: begin
+                // Both bitmaps are cleared right after reset.
+                bmd_start <= 1'b1; bmd_op <= BM_CLEAR; bmd_arg <= DIRTY_WORDS;
+                bml_start <= 1'b1; bml_op <= BM_CLEAR; bml_arg <= LOG_WORDS;
+                state     <= S_M_SWEEP;
+            end
 
             default: state <= S_IDLE;
             endcase
