@@ -29,6 +29,15 @@ pub trait GuestMemory: Send + Sync + std::fmt::Debug {
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaFault>;
     /// Copies `data` to `offset`.
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaFault>;
+    /// The host address of the region's first byte, when the region is one
+    /// contiguous shared host mapping that a real device may reach directly
+    /// (through an IOMMU mapping made by the board backend); `None` (the
+    /// default) for memory that is only reachable through `read`/`write`.
+    /// An implementation returning `Some` must keep the whole region mapped
+    /// for as long as it lives and access it only through raw-pointer copies.
+    fn host_addr(&self) -> Option<std::ptr::NonNull<u8>> {
+        None
+    }
 }
 
 /// Why a DMA access was refused.
@@ -220,6 +229,16 @@ impl DmaPort {
             .maps
             .iter()
             .map(|(s, m)| (*s, m.len))
+            .collect()
+    }
+
+    /// Every mapping with its memory and permissions, in address order (for
+    /// a backend that maps guest memory into an IOMMU).
+    pub fn regions(&self) -> Vec<(u64, Arc<dyn GuestMemory>, Perm)> {
+        self.read_lock()
+            .maps
+            .iter()
+            .map(|(s, m)| (*s, m.mem.clone(), m.perm))
             .collect()
     }
 
@@ -445,6 +464,10 @@ impl MmapMemory {
 impl GuestMemory for MmapMemory {
     fn len(&self) -> u64 {
         self.map.len() as u64
+    }
+
+    fn host_addr(&self) -> Option<std::ptr::NonNull<u8>> {
+        std::ptr::NonNull::new(self.map.as_mut_ptr())
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaFault> {

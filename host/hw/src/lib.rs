@@ -2,5 +2,110 @@
 //! bound to `vfio-pci`, driven through the same [`vfpga_device::Device`] seam
 //! as the model and the RTL; and [`doctor`], the host checks behind
 //! `vfpga doctor`.
+//!
+//! # Layers
+//!
+//! ```text
+//!   BoardDevice ── Device (provided part: quiesce, state port, dirty bitmap,
+//!        │                  DMA log ... the code CI runs on the model and RTL)
+//!   Board<B>    ── access rules (BAR0 32-bit, BAR2 aligned pieces), identity
+//!        │         and RTL-version checks, IOMMU kept in step with the DmaPort,
+//!        │         MSI-X eventfds forwarded to the IrqSink by a thread
+//!   Bottom      ── private trait, the only board-only code:
+//!   VfioBottom     pci-driver open, BAR mmap + volatile, IOMMU map, MSI-X, reset
+//! ```
+//!
+//! On a board the device reaches guest memory through the IOMMU, not through
+//! the [`vfpga_device::DmaPort`]'s bounds checks: the IOMMU is the bounds
+//! check, and the device's DMA write log (datasheet §7) is the dirty log.
+//! The port's memory must therefore be shared host memory
+//! ([`vfpga_device::MmapMemory`]); after changing its mappings call
+//! [`BoardDevice::sync_dma`].
 
+use std::sync::Arc;
+
+use vfpga_config::BoardConfig;
+use vfpga_device::{Bar, Device, DeviceError, DeviceInfo, DmaPort, IrqSink, Progress};
+
+mod board;
 pub mod doctor;
+mod error;
+mod irq;
+mod vfio;
+
+pub use error::{HwError, version_string};
+pub use vfio::preflight;
+
+use board::Board;
+use vfio::VfioBottom;
+
+/// A vfpga board through VFIO. See the crate docs.
+#[derive(Debug)]
+pub struct BoardDevice {
+    inner: Board<VfioBottom>,
+}
+
+impl BoardDevice {
+    /// Opens the board `cfg` names: checks it is present, bound to vfio-pci
+    /// and has its VFIO group node (each missing piece is one [`HwError`]
+    /// naming the PCI address), opens it, maps BAR0 and BAR2, refuses a
+    /// bitstream whose identity or RTL major.minor differ from this build and
+    /// `cfg.expected`, maps `dma`'s memory into the IOMMU and routes MSI-X to
+    /// `irq`.
+    pub fn open(
+        cfg: &BoardConfig,
+        devmem_size: u64,
+        dma: DmaPort,
+        irq: Arc<dyn IrqSink>,
+    ) -> Result<BoardDevice, HwError> {
+        let addr = cfg.pci_address.value.as_str();
+        let (sysfs, group) = preflight(&doctor::Host::system(), cfg)?;
+        tracing::info!(addr, group, "opening board");
+        let bottom = VfioBottom::open(&sysfs, addr)?;
+        let inner = Board::new(bottom, addr, &cfg.expected, devmem_size, dma, irq)?;
+        Ok(BoardDevice { inner })
+    }
+
+    /// Re-syncs the IOMMU with the DMA port's mappings (after the VMM mapped
+    /// or unmapped guest memory).
+    pub fn sync_dma(&mut self) -> Result<(), HwError> {
+        self.inner.sync_dma()
+    }
+
+    /// `(iova, len)` of every IOMMU mapping.
+    pub fn iommu_mappings(&self) -> Vec<(u64, u64)> {
+        self.inner.iommu_mappings()
+    }
+
+    /// PCI function reset (`VFIO_DEVICE_RESET`), then the identity check
+    /// again. For the device's own reset use [`Device::soft_reset`].
+    pub fn function_reset(&mut self) -> Result<(), HwError> {
+        self.inner.reset()
+    }
+
+    /// The board's PCI address.
+    pub fn pci_address(&self) -> &str {
+        self.inner.addr()
+    }
+}
+
+impl Device for BoardDevice {
+    fn info(&self) -> DeviceInfo {
+        self.inner.info()
+    }
+    fn mmio_read(&mut self, bar: Bar, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
+        self.inner.mmio_read(bar, offset, data)
+    }
+    fn mmio_write(&mut self, bar: Bar, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+        self.inner.mmio_write(bar, offset, data)
+    }
+    fn advance(&mut self, budget: u64) -> Result<Progress, DeviceError> {
+        self.inner.advance(budget)
+    }
+    fn devmem_read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        self.inner.devmem_read(offset, buf)
+    }
+    fn devmem_write(&mut self, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+        self.inner.devmem_write(offset, data)
+    }
+}

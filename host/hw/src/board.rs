@@ -1,0 +1,787 @@
+//! The board layer above the thin VFIO bottom: access rules, the open-time
+//! identity and version checks, IOMMU mappings kept in step with the
+//! [`DmaPort`], and MSI-X forwarding. Everything register-level beyond this
+//! (quiesce, state port, dirty bitmap, DMA log) is the provided part of
+//! [`Device`], the same code the model and the RTL run in CI.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use nix::sys::eventfd::EventFd;
+use vfpga_config::ExpectedIds;
+use vfpga_device::{
+    Bar, Device, DeviceError, DeviceInfo, DmaPort, GuestMemory, Identity, IrqSink, Perm, Progress,
+};
+use vfpga_regs::{Status, consts, fields, offsets};
+
+use crate::error::{HwError, version_string};
+use crate::irq::IrqForwarder;
+
+/// Size of the register window at the start of BAR0 (the rest is the MSI-X
+/// table and PBA, which belong to the kernel).
+pub(crate) const REG_WINDOW: u64 = consts::MSIX_TABLE_OFFSET as u64;
+
+/// The board-only bottom: BAR access, IOMMU, MSI-X eventfds, reset. The VFIO
+/// implementation is [`crate::vfio::VfioBottom`]; tests put a device model
+/// behind it.
+pub(crate) trait Bottom: Send + fmt::Debug {
+    /// Length of `bar` in bytes.
+    fn bar_len(&self, bar: Bar) -> u64;
+
+    /// Reads `width` (1, 2, 4 or 8) bytes at `offset`, naturally aligned and
+    /// inside the BAR (the caller checked), as a little-endian value.
+    fn read(&mut self, bar: Bar, offset: u64, width: usize) -> Result<u64, HwError>;
+
+    /// Writes the low `width` bytes of `value` at `offset` (same rules as `read`).
+    fn write(&mut self, bar: Bar, offset: u64, width: usize, value: u64) -> Result<(), HwError>;
+
+    /// Alignment the IOMMU needs for IOVAs, lengths and host addresses.
+    fn iommu_alignment(&self) -> u64;
+
+    /// Maps `[addr, addr+len)` of this process at `iova` for the device.
+    ///
+    /// # Safety
+    ///
+    /// `[addr, addr+len)` must be one live mapping of this process that stays
+    /// mapped (not unmapped, remapped or freed) until [`Bottom::dma_unmap`] of
+    /// exactly this range has returned `Ok` or the bottom is dropped. From the
+    /// call on, the device may read it (and write it when `perm.write`) at any
+    /// moment, so the process must access it only through raw-pointer copies,
+    /// never through Rust references.
+    unsafe fn dma_map(
+        &mut self,
+        iova: u64,
+        len: u64,
+        addr: NonNull<u8>,
+        perm: Perm,
+    ) -> Result<(), HwError>;
+
+    /// Removes the mapping made at `iova` with `len`.
+    fn dma_unmap(&mut self, iova: u64, len: u64) -> Result<(), HwError>;
+
+    /// Routes MSI-X vector `i` to `fds[i]` (all vectors at once).
+    fn enable_msix(&mut self, fds: &[&EventFd]) -> Result<(), HwError>;
+
+    /// Stops MSI-X delivery.
+    fn disable_msix(&mut self) -> Result<(), HwError>;
+
+    /// Function-level reset of the PCI function.
+    fn reset(&mut self) -> Result<(), HwError>;
+}
+
+#[derive(Debug)]
+struct IommuMap {
+    len: u64,
+    /// Keeps the memory alive while the IOMMU mapping exists.
+    mem: Arc<dyn GuestMemory>,
+}
+
+/// A board above some bottom. `BoardDevice` is `Board<VfioBottom>`.
+#[derive(Debug)]
+pub(crate) struct Board<B: Bottom> {
+    /// Dropped first: closing the VFIO container removes every IOMMU mapping
+    /// before `iommu` releases the memory behind them.
+    bottom: B,
+    addr: String,
+    info: DeviceInfo,
+    dma: DmaPort,
+    iommu: BTreeMap<u64, IommuMap>,
+    irq: Option<IrqForwarder>,
+}
+
+impl<B: Bottom> Board<B> {
+    /// Checks identity and version, maps the DMA port's memory, routes MSI-X.
+    pub(crate) fn new(
+        bottom: B,
+        addr: &str,
+        expected: &ExpectedIds,
+        devmem_size: u64,
+        dma: DmaPort,
+        irq: Arc<dyn IrqSink>,
+    ) -> Result<Self, HwError> {
+        let mut b = Board {
+            bottom,
+            addr: addr.to_string(),
+            info: DeviceInfo {
+                identity: Identity::this_build(0, 0),
+                bar0_size: consts::BAR0_SIZE.into(),
+                bar2_size: 0,
+                self_running: true,
+            },
+            dma,
+            iommu: BTreeMap::new(),
+            irq: None,
+        };
+        b.identify(expected, devmem_size)?;
+        b.sync_dma()?;
+        b.route_irqs(irq)?;
+        Ok(b)
+    }
+
+    fn err(&self, source: DeviceError) -> HwError {
+        HwError::Device {
+            addr: self.addr.clone(),
+            source,
+        }
+    }
+
+    fn reg(&mut self, off: u32) -> Result<u32, HwError> {
+        self.read_reg(off).map_err(|e| self.err(e))
+    }
+
+    /// The open-time checks: a vfpga device, an RTL version this host and the
+    /// config accept, then every identity register (`check_identity`).
+    fn identify(&mut self, expected: &ExpectedIds, devmem_size: u64) -> Result<(), HwError> {
+        let bar0 = self.bottom.bar_len(Bar::Regs);
+        if bar0 < u64::from(consts::BAR0_SIZE) {
+            return Err(HwError::Bar {
+                addr: self.addr.clone(),
+                what: format!(
+                    "BAR0 is {bar0:#x} bytes, the vfpga device has {:#x}",
+                    consts::BAR0_SIZE
+                ),
+            });
+        }
+        let bar2 = self.bottom.bar_len(Bar::DevMem);
+        if bar2 != devmem_size {
+            return Err(HwError::Bar {
+                addr: self.addr.clone(),
+                what: format!(
+                    "BAR2 is {bar2:#x} bytes, but device.devmem_size is {devmem_size:#x}"
+                ),
+            });
+        }
+        self.info.bar2_size = bar2;
+        let id = self.reg(offsets::ID)?;
+        if id != consts::DEVICE_MAGIC {
+            return Err(HwError::NotVfpga {
+                addr: self.addr.clone(),
+                found: id,
+                expected: consts::DEVICE_MAGIC,
+            });
+        }
+        let rtl = self.reg(offsets::RTL_VERSION)?;
+        let major_minor = |v: u32| {
+            (
+                fields::rtl_version::MAJOR.get(v),
+                fields::rtl_version::MINOR.get(v),
+            )
+        };
+        for (whose, wanted) in [
+            ("this host understands", consts::RTL_VERSION),
+            ("the config expects", expected.rtl_version),
+        ] {
+            if major_minor(rtl) != major_minor(wanted) {
+                return Err(HwError::RtlVersion {
+                    addr: self.addr.clone(),
+                    found: version_string(rtl),
+                    whose,
+                    wanted: version_string(wanted),
+                });
+            }
+        }
+        if rtl != expected.rtl_version {
+            tracing::warn!(
+                addr = %self.addr,
+                "bitstream RTL {} differs from the configured {} in the patch level only",
+                version_string(rtl),
+                version_string(expected.rtl_version)
+            );
+        }
+        let features = self.reg(offsets::FEATURES)?;
+        let dmalog_max_pages = self.reg(offsets::DMALOG_MAX_PAGES)?;
+        self.info.identity = Identity {
+            vendor_id: expected.vendor_id,
+            device_id: expected.device_id,
+            rtl_version: rtl,
+            features,
+            devmem_pages: (devmem_size / u64::from(consts::PAGE_SIZE)) as u32,
+            dmalog_max_pages,
+            ..Identity::this_build(0, 0)
+        };
+        self.check_identity().map_err(|source| HwError::Identity {
+            addr: self.addr.clone(),
+            source,
+        })?;
+        tracing::info!(addr = %self.addr, rtl = %version_string(rtl), "vfpga board identified");
+        Ok(())
+    }
+
+    /// Makes the IOMMU map exactly the DMA port's memory: unmaps what the
+    /// port no longer has, maps what is new. Call after every change to the
+    /// port's mappings (the vfio-user server's DMA_MAP / DMA_UNMAP).
+    pub(crate) fn sync_dma(&mut self) -> Result<(), HwError> {
+        let want = self.dma.regions();
+        let stale: Vec<(u64, u64)> = self
+            .iommu
+            .iter()
+            .filter(|(iova, m)| {
+                !want.iter().any(|(w, mem, _)| {
+                    *w == **iova && mem.len() == m.len && Arc::ptr_eq(mem, &m.mem)
+                })
+            })
+            .map(|(iova, m)| (*iova, m.len))
+            .collect();
+        for (iova, len) in stale {
+            self.bottom.dma_unmap(iova, len)?;
+            self.iommu.remove(&iova);
+            tracing::debug!(addr = %self.addr, iova, len, "IOMMU unmapped");
+        }
+        let align = self.bottom.iommu_alignment().max(1);
+        for (iova, mem, perm) in want {
+            if self.iommu.contains_key(&iova) {
+                continue;
+            }
+            let len = mem.len();
+            let bad = |what: String| HwError::Dma {
+                addr: self.addr.clone(),
+                iova,
+                len,
+                what,
+            };
+            let Some(host) = mem.host_addr() else {
+                return Err(bad(
+                    "not shared host memory (a board needs fd-backed guest memory, e.g. MmapMemory)"
+                        .into(),
+                ));
+            };
+            if !iova.is_multiple_of(align)
+                || !len.is_multiple_of(align)
+                || !(host.as_ptr() as u64).is_multiple_of(align)
+            {
+                return Err(bad(format!(
+                    "IOVA, length and host address must be {align:#x}-aligned for the IOMMU"
+                )));
+            }
+            // SAFETY: `host_addr` promises [host, host+len) is one live shared
+            // mapping, kept mapped as long as `mem` lives and accessed only by
+            // raw-pointer copies; we keep `mem` alive in `self.iommu` until
+            // `dma_unmap` of this exact range succeeded, and `bottom` (whose
+            // drop closes the container and so removes every mapping) is
+            // dropped before `iommu`.
+            unsafe { self.bottom.dma_map(iova, len, host, perm)? };
+            self.iommu.insert(iova, IommuMap { len, mem });
+            tracing::debug!(addr = %self.addr, iova, len, "IOMMU mapped");
+        }
+        Ok(())
+    }
+
+    fn route_irqs(&mut self, sink: Arc<dyn IrqSink>) -> Result<(), HwError> {
+        let irq_err = |what: &str, source| HwError::Irq {
+            addr: self.addr.clone(),
+            what: what.to_string(),
+            source,
+        };
+        let fds = (0..consts::NUM_VECTORS)
+            .map(|_| {
+                EventFd::from_flags(
+                    nix::sys::eventfd::EfdFlags::EFD_CLOEXEC
+                        | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| irq_err("eventfd", e.into()))?;
+        let refs: Vec<&EventFd> = fds.iter().collect();
+        self.bottom.enable_msix(&refs)?;
+        let fwd = IrqForwarder::start(fds, sink)
+            .map_err(|e| irq_err("starting the forwarding thread", e))?;
+        self.irq = Some(fwd);
+        Ok(())
+    }
+
+    /// Function-level reset, then the identity is read again.
+    pub(crate) fn reset(&mut self) -> Result<(), HwError> {
+        self.bottom.reset()?;
+        self.check_identity().map_err(|source| HwError::Identity {
+            addr: self.addr.clone(),
+            source,
+        })?;
+        Ok(())
+    }
+
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub(crate) fn iommu_mappings(&self) -> Vec<(u64, u64)> {
+        self.iommu.iter().map(|(i, m)| (*i, m.len)).collect()
+    }
+
+    /// Splits `[offset, offset+len)` into naturally aligned accesses of at
+    /// most `max` bytes (the bus needs aligned accesses; the seam does not).
+    fn pieces(offset: u64, len: usize, max: usize) -> Vec<(u64, usize)> {
+        let mut out = Vec::new();
+        let mut o = offset;
+        let end = offset + len as u64;
+        while o < end {
+            let mut w = max;
+            while w > 1 && (!o.is_multiple_of(w as u64) || o + w as u64 > end) {
+                w /= 2;
+            }
+            out.push((o, w));
+            o += w as u64;
+        }
+        out
+    }
+
+    fn check(&self, bar: Bar, offset: u64, len: usize) -> Result<(), DeviceError> {
+        let size = match bar {
+            Bar::Regs => self.info.bar0_size,
+            Bar::DevMem => self.info.bar2_size,
+        };
+        match offset.checked_add(len as u64) {
+            Some(e) if e <= size && len > 0 => Ok(()),
+            _ => Err(DeviceError::BadAccess { bar, offset, len }),
+        }
+    }
+
+    /// BAR0 rule (datasheet §1): 32-bit aligned accesses; 64 bits is two
+    /// 32-bit accesses, low half first; anything else reads all ones.
+    fn regs_ok(offset: u64, len: usize) -> bool {
+        offset.is_multiple_of(4) && (len == 4 || len == 8)
+    }
+}
+
+impl<B: Bottom> Drop for Board<B> {
+    fn drop(&mut self) {
+        if let Some(mut f) = self.irq.take() {
+            if let Err(e) = self.bottom.disable_msix() {
+                tracing::warn!(addr = %self.addr, "disabling MSI-X: {e}");
+            }
+            f.stop();
+        }
+        let maps: Vec<(u64, u64)> = self.iommu.iter().map(|(i, m)| (*i, m.len)).collect();
+        for (iova, len) in maps {
+            match self.bottom.dma_unmap(iova, len) {
+                Ok(()) => {
+                    self.iommu.remove(&iova);
+                }
+                // Kept: the container closes when `bottom` drops, before `iommu`.
+                Err(e) => tracing::warn!(addr = %self.addr, iova, "IOMMU unmap: {e}"),
+            }
+        }
+    }
+}
+
+fn to_dev(e: HwError) -> DeviceError {
+    e.into()
+}
+
+impl<B: Bottom> Device for Board<B> {
+    fn info(&self) -> DeviceInfo {
+        self.info
+    }
+
+    fn mmio_read(&mut self, bar: Bar, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
+        self.check(bar, offset, data.len())?;
+        match bar {
+            Bar::Regs if !Self::regs_ok(offset, data.len()) => data.fill(0xff),
+            Bar::Regs => {
+                for (i, chunk) in data.chunks_mut(4).enumerate() {
+                    let v = self
+                        .bottom
+                        .read(bar, offset + 4 * i as u64, 4)
+                        .map_err(to_dev)?;
+                    chunk.copy_from_slice(&(v as u32).to_le_bytes());
+                }
+            }
+            Bar::DevMem => {
+                let mut at = 0;
+                for (o, w) in Self::pieces(offset, data.len(), 8) {
+                    let v = self.bottom.read(bar, o, w).map_err(to_dev)?;
+                    data[at..at + w].copy_from_slice(&v.to_le_bytes()[..w]);
+                    at += w;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn mmio_write(&mut self, bar: Bar, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+        self.check(bar, offset, data.len())?;
+        match bar {
+            Bar::Regs if !Self::regs_ok(offset, data.len()) => {}
+            Bar::Regs => {
+                for (i, chunk) in data.chunks(4).enumerate() {
+                    let mut b = [0u8; 4];
+                    b.copy_from_slice(chunk);
+                    self.bottom
+                        .write(bar, offset + 4 * i as u64, 4, u32::from_le_bytes(b).into())
+                        .map_err(to_dev)?;
+                }
+            }
+            Bar::DevMem => {
+                let mut at = 0;
+                for (o, w) in Self::pieces(offset, data.len(), 8) {
+                    let mut b = [0u8; 8];
+                    b[..w].copy_from_slice(&data[at..at + w]);
+                    self.bottom
+                        .write(bar, o, w, u64::from_le_bytes(b))
+                        .map_err(to_dev)?;
+                    at += w;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The board runs by itself: this only yields, and reports whether the
+    /// device is idle (not busy, or quiesced, or halted).
+    fn advance(&mut self, _budget: u64) -> Result<Progress, DeviceError> {
+        std::thread::yield_now();
+        let st = self.status()?;
+        let idle = !st.contains(Status::BUSY) || st.intersects(Status::QUIESCED | Status::HALTED);
+        Ok(Progress { used: 0, idle })
+    }
+
+    /// One pass of naturally aligned accesses of up to 8 bytes (the
+    /// provided version's 8-byte chunks would be unaligned on the bus).
+    fn devmem_read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.mmio_read(Bar::DevMem, offset, buf)
+    }
+
+    /// As `devmem_read`.
+    fn devmem_write(&mut self, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.mmio_write(Bar::DevMem, offset, data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::sync::Mutex;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use vfpga_device::fake::FakeDevice;
+    use vfpga_device::{MmapMemory, NoIrq, VecMemory};
+
+    use super::*;
+
+    type Log<T> = Arc<Mutex<Vec<T>>>;
+
+    /// A bottom with a `FakeDevice` behind it, recording what the layer
+    /// above asks of the board.
+    #[derive(Debug)]
+    struct FakeBottom {
+        dev: FakeDevice,
+        overrides: HashMap<u32, u32>,
+        accesses: Log<(Bar, u64, usize)>,
+        maps: Log<(u64, u64, usize)>,
+        msix: Log<OwnedFd>,
+    }
+
+    fn lock<T>(l: &Log<T>) -> std::sync::MutexGuard<'_, Vec<T>> {
+        l.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    impl FakeBottom {
+        fn new(pages: u32) -> Self {
+            FakeBottom {
+                dev: FakeDevice::new(pages),
+                overrides: HashMap::new(),
+                accesses: Log::default(),
+                maps: Log::default(),
+                msix: Log::default(),
+            }
+        }
+    }
+
+    impl Bottom for FakeBottom {
+        fn bar_len(&self, bar: Bar) -> u64 {
+            match bar {
+                Bar::Regs => consts::BAR0_SIZE.into(),
+                Bar::DevMem => self.dev.info().bar2_size,
+            }
+        }
+        fn read(&mut self, bar: Bar, offset: u64, width: usize) -> Result<u64, HwError> {
+            assert!(
+                offset.is_multiple_of(width as u64),
+                "unaligned {offset:#x}/{width}"
+            );
+            lock(&self.accesses).push((bar, offset, width));
+            if bar == Bar::Regs
+                && let Some(v) = self.overrides.get(&(offset as u32))
+            {
+                return Ok((*v).into());
+            }
+            let mut b = [0u8; 8];
+            self.dev
+                .mmio_read(bar, offset, &mut b[..width])
+                .map_err(|source| HwError::Device {
+                    addr: "fake".into(),
+                    source,
+                })?;
+            Ok(u64::from_le_bytes(b))
+        }
+        fn write(
+            &mut self,
+            bar: Bar,
+            offset: u64,
+            width: usize,
+            value: u64,
+        ) -> Result<(), HwError> {
+            assert!(
+                offset.is_multiple_of(width as u64),
+                "unaligned {offset:#x}/{width}"
+            );
+            lock(&self.accesses).push((bar, offset, width));
+            self.dev
+                .mmio_write(bar, offset, &value.to_le_bytes()[..width])
+                .map_err(|source| HwError::Device {
+                    addr: "fake".into(),
+                    source,
+                })
+        }
+        fn iommu_alignment(&self) -> u64 {
+            4096
+        }
+        unsafe fn dma_map(
+            &mut self,
+            iova: u64,
+            len: u64,
+            addr: NonNull<u8>,
+            _perm: Perm,
+        ) -> Result<(), HwError> {
+            lock(&self.maps).push((iova, len, addr.as_ptr() as usize));
+            Ok(())
+        }
+        fn dma_unmap(&mut self, iova: u64, len: u64) -> Result<(), HwError> {
+            lock(&self.maps).retain(|m| (m.0, m.1) != (iova, len));
+            Ok(())
+        }
+        fn enable_msix(&mut self, fds: &[&EventFd]) -> Result<(), HwError> {
+            let mut l = lock(&self.msix);
+            for f in fds {
+                l.push(f.as_fd().try_clone_to_owned().expect("dup eventfd"));
+            }
+            Ok(())
+        }
+        fn disable_msix(&mut self) -> Result<(), HwError> {
+            lock(&self.msix).clear();
+            Ok(())
+        }
+        fn reset(&mut self) -> Result<(), HwError> {
+            self.dev = FakeDevice::new(self.dev.info().identity.devmem_pages);
+            Ok(())
+        }
+    }
+
+    const PAGES: u32 = 64;
+
+    fn expected() -> ExpectedIds {
+        ExpectedIds {
+            vendor_id: consts::PCI_VENDOR_ID as u16,
+            device_id: consts::PCI_DEVICE_ID as u16,
+            rtl_version: consts::RTL_VERSION,
+        }
+    }
+
+    fn open(bottom: FakeBottom, exp: &ExpectedIds) -> Result<Board<FakeBottom>, HwError> {
+        Board::new(
+            bottom,
+            "0000:01:00.0",
+            exp,
+            u64::from(PAGES) * 4096,
+            DmaPort::new(),
+            Arc::new(NoIrq),
+        )
+    }
+
+    #[test]
+    fn provided_driver_logic_runs_through_the_board_layer() {
+        let fb = FakeBottom::new(PAGES);
+        let acc = fb.accesses.clone();
+        let mut b = open(fb, &expected()).expect("opens");
+        assert!(b.info().self_running);
+        b.write_reg(offsets::SCRATCH, 0xfeed).expect("write");
+        b.quiesce().expect("quiesce");
+        let s = b.save_state().expect("save");
+        assert_eq!(s.arch.scratch, 0xfeed);
+        b.restore_state(&s).expect("restore");
+        b.resume().expect("resume");
+        // Unaligned device-memory access: one pass of aligned pieces.
+        lock(&acc).clear();
+        let data: Vec<u8> = (0..29u8).collect();
+        b.devmem_write(4096 * 3 + 5, &data).expect("write");
+        let widths: Vec<usize> = lock(&acc).iter().map(|a| a.2).collect();
+        assert_eq!(widths, vec![1, 2, 8, 8, 8, 2]);
+        let mut back = vec![0u8; data.len()];
+        b.devmem_read(4096 * 3 + 5, &mut back).expect("read");
+        assert_eq!(back, data);
+        assert_eq!(b.take_dirty_pages().expect("dirty"), vec![1 << 3]);
+    }
+
+    #[test]
+    fn bar0_is_32_bit_with_64_bit_as_two_halves_low_first() {
+        let fb = FakeBottom::new(PAGES);
+        let acc = fb.accesses.clone();
+        let mut b = open(fb, &expected()).expect("opens");
+        lock(&acc).clear();
+        let mut v = [0u8; 8];
+        b.mmio_read(Bar::Regs, u64::from(offsets::ID), &mut v)
+            .expect("read");
+        assert_eq!(
+            *lock(&acc),
+            vec![(Bar::Regs, 0, 4), (Bar::Regs, 4, 4)],
+            "two 32-bit reads, low half first"
+        );
+        assert_eq!(
+            u32::from_le_bytes([v[0], v[1], v[2], v[3]]),
+            consts::DEVICE_MAGIC
+        );
+        let mut h = [0u8; 2];
+        b.mmio_read(Bar::Regs, 0, &mut h).expect("read");
+        assert_eq!(h, [0xff, 0xff], "other widths read all ones");
+        assert!(matches!(
+            b.mmio_read(Bar::DevMem, u64::from(PAGES) * 4096 - 4, &mut v),
+            Err(DeviceError::BadAccess { .. })
+        ));
+    }
+
+    #[test]
+    fn a_bitstream_of_another_major_minor_is_refused_naming_both_versions() {
+        let mut fb = FakeBottom::new(PAGES);
+        fb.overrides.insert(offsets::RTL_VERSION, 0x0002_0100);
+        let e = open(fb, &expected()).expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            "VFIO device 0000:01:00.0: bitstream RTL version 2.1.0 refused: this host understands 1.0.0 (major.minor must match)"
+        );
+        let mut exp = expected();
+        exp.rtl_version = 0x0001_0100;
+        let e = open(FakeBottom::new(PAGES), &exp).expect_err("refused");
+        assert!(
+            e.to_string()
+                .contains("RTL version 1.0.0 refused: the config expects 1.1.0"),
+            "{e}"
+        );
+        // A patch-level difference is accepted.
+        let mut fb = FakeBottom::new(PAGES);
+        fb.overrides
+            .insert(offsets::RTL_VERSION, consts::RTL_VERSION | 7);
+        assert!(open(fb, &expected()).is_ok());
+    }
+
+    #[test]
+    fn wrong_identity_and_wrong_sizes_are_refused() {
+        let mut fb = FakeBottom::new(PAGES);
+        fb.overrides.insert(offsets::ID, 0xdead_beef);
+        assert!(matches!(
+            open(fb, &expected()),
+            Err(HwError::NotVfpga {
+                found: 0xdead_beef,
+                ..
+            })
+        ));
+        let mut exp = expected();
+        exp.device_id = 0x9999;
+        let e = open(FakeBottom::new(PAGES), &exp).expect_err("refused");
+        assert!(matches!(e, HwError::Identity { .. }), "{e}");
+        let e = Board::new(
+            FakeBottom::new(PAGES),
+            "0000:01:00.0",
+            &expected(),
+            1 << 20,
+            DmaPort::new(),
+            Arc::new(NoIrq),
+        )
+        .expect_err("refused");
+        assert!(
+            e.to_string().contains("but device.devmem_size is 0x100000"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_iommu_follows_the_dma_port_and_is_emptied_on_drop() {
+        let fb = FakeBottom::new(PAGES);
+        let maps = fb.maps.clone();
+        let dma = DmaPort::new();
+        let file = tempfile::tempfile().expect("tempfile");
+        file.set_len(8 * 4096).expect("set_len");
+        let m1 = Arc::new(MmapMemory::map_file(&file, 0, 4 * 4096).expect("map"));
+        let m2 = Arc::new(MmapMemory::map_file(&file, 4 * 4096, 4 * 4096).expect("map"));
+        let p1 = m1.host_addr().expect("host memory").as_ptr() as usize;
+        dma.map(0x10000, m1, Perm::RW).expect("map");
+        let mut b = Board::new(
+            fb,
+            "0000:01:00.0",
+            &expected(),
+            u64::from(PAGES) * 4096,
+            dma.clone(),
+            Arc::new(NoIrq),
+        )
+        .expect("opens");
+        assert_eq!(*lock(&maps), vec![(0x10000, 0x4000, p1)]);
+        dma.map(0x40000, m2, Perm::RW).expect("map");
+        b.sync_dma().expect("sync");
+        assert_eq!(
+            b.iommu_mappings(),
+            vec![(0x10000, 0x4000), (0x40000, 0x4000)]
+        );
+        dma.unmap(0x10000, 0x4000).expect("unmap");
+        b.sync_dma().expect("sync");
+        assert_eq!(
+            lock(&maps).iter().map(|m| m.0).collect::<Vec<_>>(),
+            vec![0x40000]
+        );
+        // Memory the device cannot reach directly is refused, by IOVA.
+        dma.map(0x80000, Arc::new(VecMemory::new(4096)), Perm::RW)
+            .expect("map");
+        let e = b.sync_dma().expect_err("refused");
+        assert!(
+            e.to_string()
+                .contains("[0x80000, +0x1000): not shared host memory"),
+            "{e}"
+        );
+        drop(b);
+        assert!(lock(&maps).is_empty());
+    }
+
+    #[derive(Debug)]
+    struct ChanSink(Mutex<mpsc::Sender<u16>>);
+
+    impl IrqSink for ChanSink {
+        fn raise(&self, vector: u16) {
+            let _ = self
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .send(vector);
+        }
+    }
+
+    #[test]
+    fn msix_eventfds_are_forwarded_to_the_sink() {
+        let fb = FakeBottom::new(PAGES);
+        let fds = fb.msix.clone();
+        let (tx, rx) = mpsc::channel();
+        let b = Board::new(
+            fb,
+            "0000:01:00.0",
+            &expected(),
+            u64::from(PAGES) * 4096,
+            DmaPort::new(),
+            Arc::new(ChanSink(Mutex::new(tx))),
+        )
+        .expect("opens");
+        assert_eq!(lock(&fds).len(), consts::NUM_VECTORS as usize);
+        for v in [consts::VECTOR_ERR, consts::VECTOR_CPL] {
+            nix::unistd::write(&lock(&fds)[v as usize], &1u64.to_ne_bytes()).expect("signal");
+            // A hang guard only: the vector must arrive, however long it takes.
+            assert_eq!(rx.recv_timeout(Duration::from_secs(120)), Ok(v as u16));
+        }
+        drop(b);
+        assert!(lock(&fds).is_empty(), "MSI-X disabled on close");
+    }
+}
