@@ -60,16 +60,16 @@ pub fn serve(common: &Common, _socket: Option<PathBuf>) -> u8 {
 /// `vfpga demo`.
 pub fn demo(
     common: &Common,
-    _backend: Option<String>,
-    _json: Option<PathBuf>,
-    _plot: Option<PathBuf>,
+    backend: Option<String>,
+    json: Option<PathBuf>,
+    plot: Option<PathBuf>,
 ) -> u8 {
     let cfg = match load_config(common) {
         Ok(c) => c,
         Err(code) => return code,
     };
     init_logging(cfg.as_ref());
-    not_built("demo", "live migration mid-workload is issue 8")
+    crate::demo::run(cfg.as_ref(), backend.as_deref(), json.as_deref(), plot.as_deref())
 }
 
 /// `vfpga migrate`.

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod commands;
+mod demo;
 mod doctor;
 
 /// Host-side backend for a live-migratable PCIe FPGA device.

@@ -9,4 +9,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backend;
+pub mod channel;
+pub mod demo;
+pub mod live;
 pub mod workload;

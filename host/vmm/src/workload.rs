@@ -140,10 +140,26 @@ pub enum WorkloadError {
     Dma(#[from] vfpga_device::DmaFault),
 }
 
+/// Where a workload is in its sequence: all a destination needs to rebuild
+/// it (the sequence is a pure function of the seed), so the guest driver's
+/// state crosses a migration in a few bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Seed of the sequence.
+    pub seed: u64,
+    /// Descriptors in the whole run.
+    pub total: u64,
+    /// Counters at the snapshot.
+    pub stats: Stats,
+    /// Descriptors with the IRQ flag submitted so far.
+    pub irq_wanted: u64,
+}
+
 /// The workload: generator, shadow memories, and descriptors in flight.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Workload {
     layout: Layout,
+    seed: u64,
     rng: Rng,
     total: u64,
     next_tag: u32,
@@ -165,6 +181,7 @@ impl Workload {
         let guest: Vec<u8> = (0..layout.data_size()).map(|_| rng.next() as u8).collect();
         Workload {
             layout,
+            seed,
             rng,
             total,
             next_tag: 1,
@@ -176,6 +193,34 @@ impl Workload {
         }
     }
 
+    /// Where the workload is (see [`Snapshot`]).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            seed: self.seed,
+            total: self.total,
+            stats: self.stats,
+            irq_wanted: self.irq_wanted,
+        }
+    }
+
+    /// Rebuilds a workload at `snap` by replaying its sequence: the shadow
+    /// memories and the descriptors still in flight come out exactly as the
+    /// source had them.
+    pub fn from_snapshot(layout: Layout, snap: &Snapshot) -> Self {
+        let mut w = Workload::new(layout, snap.seed, snap.total);
+        let submitted = snap.stats.submitted.min(snap.total);
+        for i in 0..submitted {
+            let d = w.generate();
+            let e = w.shadow_apply(&d);
+            if i >= snap.stats.verified {
+                w.in_flight.push_back(e);
+            }
+        }
+        w.stats = snap.stats;
+        w.irq_wanted = snap.irq_wanted;
+        w
+    }
+
     /// Writes the initial data area into guest memory and programs the rings.
     pub fn start<D: Device + ?Sized>(
         &self,
@@ -183,6 +228,7 @@ impl Workload {
         dma: &DmaPort,
     ) -> Result<RingDriver, WorkloadError> {
         dma.host_write(self.layout.data_base(), &self.guest)?;
+        dev.write_reg(vfpga_regs::offsets::IRQ_MASK, 0)?;
         Ok(RingDriver::setup(
             dev,
             dma,
@@ -353,6 +399,13 @@ impl Workload {
             self.stats.verified += 1;
             self.stats.bytes += u64::from(c.bytes);
         }
+        if !done.is_empty() {
+            // The guest's interrupt handler acknowledges the completion cause.
+            dev.write_reg(
+                vfpga_regs::offsets::IRQ_STATUS,
+                vfpga_regs::IrqStatus::CPL.bits(),
+            )?;
+        }
         Ok(done.len())
     }
 
@@ -438,6 +491,27 @@ mod tests {
                 Opcode::Nop => panic!("no NOPs generated"),
             }
         }
+    }
+
+    #[test]
+    fn snapshot_replay_rebuilds_the_same_workload() {
+        let l = layout();
+        let mut a = Workload::new(l, 11, 50);
+        for _ in 0..20 {
+            let d = a.generate();
+            let e = a.shadow_apply(&d);
+            a.in_flight.push_back(e);
+            a.stats.submitted += 1;
+        }
+        for _ in 0..12 {
+            a.in_flight.pop_front();
+            a.stats.verified += 1;
+        }
+        let b = Workload::from_snapshot(l, &a.snapshot());
+        assert_eq!(b.in_flight, a.in_flight);
+        assert_eq!(b.guest, a.guest);
+        assert_eq!(b.devmem, a.devmem);
+        assert_eq!(b.rng, a.rng);
     }
 
     #[test]

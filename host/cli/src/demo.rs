@@ -1,0 +1,80 @@
+//! `vfpga demo`: live migration of the device mid-workload (see
+//! `vfpga_vmm::demo`).
+
+use std::path::Path;
+
+use vfpga_config::{Backend, Config};
+use vfpga_vmm::backend::Kind;
+use vfpga_vmm::demo::{self, DemoOptions};
+
+use crate::commands::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+
+/// Runs the demo and prints the report; returns the exit status.
+pub fn run(
+    cfg: Option<&Config>,
+    backend: Option<&str>,
+    json: Option<&Path>,
+    plot: Option<&Path>,
+) -> u8 {
+    let kind = match backend {
+        Some(b) => match Kind::parse(b) {
+            Some(k) => k,
+            None => {
+                eprintln!("vfpga demo: --backend must be `model` or `sim`, not `{b}`");
+                return EXIT_USAGE;
+            }
+        },
+        None => match cfg.map(|c| c.backend.value) {
+            None | Some(Backend::Sim) => Kind::Sim,
+            Some(Backend::Model) => Kind::Model,
+            Some(other) => {
+                eprintln!(
+                    "vfpga demo: backend `{}` cannot run the demo; use a model or sim config, or --backend",
+                    other.name()
+                );
+                return EXIT_USAGE;
+            }
+        },
+    };
+    let devmem = cfg.map(|c| c.device.devmem_size.value.0).unwrap_or(1 << 20);
+    let opts = DemoOptions::new(kind, devmem);
+    println!(
+        "vfpga demo: {} backend, {} KiB device memory, {} descriptors; reference run, then live migration over TCP",
+        kind.name(),
+        devmem >> 10,
+        opts.descriptors
+    );
+    let report = match demo::run(&opts) {
+        Ok(r) => r,
+        Err(e) => {
+            let chain = demo::error_chain(&e);
+            eprintln!(
+                "vfpga demo: could not run: {e}{}{chain}",
+                if chain.is_empty() { "" } else { ": " }
+            );
+            return EXIT_USAGE;
+        }
+    };
+    print!("{}", report.text());
+    if let Some(p) = json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(t) => {
+                if let Err(e) = std::fs::write(p, t + "\n") {
+                    eprintln!("vfpga demo: cannot write {}: {e}", p.display());
+                    return EXIT_USAGE;
+                }
+            }
+            Err(e) => {
+                eprintln!("vfpga demo: cannot encode the report: {e}");
+                return EXIT_USAGE;
+            }
+        }
+    }
+    if let Some(p) = plot
+        && let Err(e) = std::fs::write(p, report.svg())
+    {
+        eprintln!("vfpga demo: cannot write {}: {e}", p.display());
+        return EXIT_USAGE;
+    }
+    if report.pass { EXIT_OK } else { EXIT_FAILED }
+}

@@ -1,0 +1,71 @@
+//! Opens a device of the configured backend behind the Device seam.
+
+use std::sync::Arc;
+
+use vfpga_device::{Device, DmaPort, IrqSink};
+
+/// Which form of the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The Rust reference model.
+    Model,
+    /// The RTL under Verilator.
+    Sim,
+}
+
+impl Kind {
+    /// Parses `model` or `sim`.
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "model" => Some(Kind::Model),
+            "sim" => Some(Kind::Sim),
+            _ => None,
+        }
+    }
+
+    /// Name as in config files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Model => "model",
+            Kind::Sim => "sim",
+        }
+    }
+}
+
+/// Why a device could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The model refused the configuration.
+    #[error("cannot create the model")]
+    Model(#[source] vfpga_model::ModelError),
+    /// The simulator could not start (for example Verilator is not installed).
+    #[error("cannot start the simulator")]
+    Sim(#[source] vfpga_sim::SimError),
+}
+
+/// Opens a device with `devmem_pages` of device memory, in explicit-step mode
+/// (the caller's `advance` drives it, deterministically).
+pub fn open(
+    kind: Kind,
+    devmem_pages: u32,
+    dma: DmaPort,
+    irq: Arc<dyn IrqSink>,
+) -> Result<Box<dyn Device>, BackendError> {
+    match kind {
+        Kind::Model => {
+            let cfg = vfpga_model::ModelConfig::with_pages(devmem_pages);
+            Ok(Box::new(
+                vfpga_model::Model::new(cfg, dma, irq).map_err(BackendError::Model)?,
+            ))
+        }
+        Kind::Sim => {
+            let opts = vfpga_sim::SimOptions {
+                devmem_pages,
+                ..Default::default()
+            };
+            Ok(Box::new(
+                vfpga_sim::SimDevice::new(opts, dma, irq).map_err(BackendError::Sim)?,
+            ))
+        }
+    }
+}
