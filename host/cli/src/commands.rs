@@ -48,13 +48,17 @@ fn init_logging(cfg: Option<&Config>) {
 }
 
 /// `vfpga serve`.
-pub fn serve(common: &Common, _socket: Option<PathBuf>) -> u8 {
+pub fn serve(common: &Common, socket: Option<PathBuf>) -> u8 {
     let cfg = match load_config(common) {
-        Ok(c) => c,
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            crate::serve::usage();
+            return EXIT_USAGE;
+        }
         Err(code) => return code,
     };
-    init_logging(cfg.as_ref());
-    not_built("serve", "the vfio-user server is issue 6")
+    init_logging(Some(&cfg));
+    crate::serve::run(&cfg, socket)
 }
 
 /// `vfpga demo`.

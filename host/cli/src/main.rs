@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 mod commands;
 mod demo;
 mod doctor;
+mod serve;
 
 /// Host-side backend for a live-migratable PCIe FPGA device.
 #[derive(Debug, Parser)]
