@@ -185,7 +185,8 @@ module vfpga_top #(
         S_B_MARK  = 5'd11,  // burst: dirty / log bit being set
         S_C_WR    = 5'd12,  // complete: completion write in flight
         S_C_MARK  = 5'd13,  // complete: log bit being set
-        S_INIT    = 5'd14;  // after reset: start clearing both bitmaps
+        S_INIT    = 5'd14,  // after reset: start clearing both bitmaps
+        S_M_VAL   = 5'd15;  // STATE_CTRL.VALIDATE or CTRL.RESUME: validate the state
 
     reg [4:0]   state;
     reg         prefer_engine;     // an MMIO access just finished: let a step go first
@@ -198,6 +199,7 @@ module vfpga_top #(
     reg [2:0]   m_lane;            // BAR2: first enabled byte lane
     reg [31:0]  m_bm_sel_next;     // BAR0: next DIRTY_SEL / DMALOG_SEL after a TAKE
     reg         m_bm_log;          // BAR0: the TAKE is on the log bitmap
+    reg         m_resume;          // S_M_VAL: the validation is a RESUME
 
     // Step being executed.
     reg [63:0]  b_src, b_dst;      // burst addresses (SRC+DONE, DST+DONE)
@@ -275,7 +277,7 @@ module vfpga_top #(
     // All state words, word i at bits 32i+31:32i (positions from the
     // generated indices).
     localparam integer STW = `VFPGA_STATE_WORDS;
-    function automatic [32*STW-1:0] st_vec(input unused_dummy);
+    function automatic [32*STW-1:0] st_vec(input [63:0] timer);
         reg [32*STW-1:0] v;
         begin
             v = {(32*STW){1'b0}};
@@ -299,8 +301,8 @@ module vfpga_top #(
             v[32*`VFPGA_ST_CQ_SIZE +: 32] = r_cq_size;
             v[32*`VFPGA_ST_CQ_HEAD +: 32] = r_cq_head;
             v[32*`VFPGA_ST_CQ_TAIL +: 32] = r_cq_tail;
-            v[32*`VFPGA_ST_TIMER_LO +: 32] = r_timer[31:0];
-            v[32*`VFPGA_ST_TIMER_HI +: 32] = r_timer[63:32];
+            v[32*`VFPGA_ST_TIMER_LO +: 32] = timer[31:0];
+            v[32*`VFPGA_ST_TIMER_HI +: 32] = timer[63:32];
             v[32*`VFPGA_ST_CNT_DESC +: 32] = r_cnt_desc;
             v[32*`VFPGA_ST_CNT_ERR +: 32] = r_cnt_err;
             v[32*`VFPGA_ST_CNT_BYTES_LO +: 32] = r_cnt_bytes[31:0];
@@ -372,7 +374,7 @@ module vfpga_top #(
     function automatic [31:0] st_word(input [7:0] idx);
         reg [32*STW-1:0] v;
         begin
-            v = st_vec(1'b0);
+            v = st_vec(r_timer);
             st_word = ({24'd0, idx} < STW) ? v[32*idx +: 32] : 32'd0;
         end
     endfunction
@@ -382,87 +384,95 @@ module vfpga_top #(
                        || (s >= 32'd2 && s <= `VFPGA_MAX_RING_ENTRIES && (s & (s - 32'd1)) == 32'd0);
     endfunction
 
-    // Validation of the state words (datasheet §9.3, in its order):
+    // Validation of the state words `w` (datasheet §9.3, in its order):
     // {WORD, CODE} of the first failure, or 0.
-    function automatic [15:0] validate_state(input unused_dummy);
+    function automatic [15:0] validate_state(input [32*STW-1:0] w);
         integer i;
         reg        found;
         reg [15:0] r;
-        reg [31:0] sq_lim, cq_lim;
+        reg [31:0] sq_size, cq_size, sq_lim, cq_lim, ctl, len, slot, done;
+        reg [63:0] src, dst;
         reg [7:0]  vst, vop;
-        reg [32*STW-1:0] words, masks;
+        reg        unused_bit;        // CTL.IRQ: any value is valid
+        reg [32*STW-1:0] masks;
         begin
-            words = st_vec(1'b0);
-            masks = st_masks(1'b0);
+            masks   = st_masks(1'b0);
+            sq_size = w[32*`VFPGA_ST_SQ_SIZE +: 32];
+            cq_size = w[32*`VFPGA_ST_CQ_SIZE +: 32];
+            sq_lim  = (sq_size == 32'd0) ? 32'd1 : sq_size;
+            cq_lim  = (cq_size == 32'd0) ? 32'd1 : cq_size;
+            ctl     = w[32*`VFPGA_ST_CUR_CTL +: 32];
+            len     = w[32*`VFPGA_ST_CUR_LEN +: 32];
+            slot    = w[32*`VFPGA_ST_CUR_SLOT +: 32];
+            done    = w[32*`VFPGA_ST_CUR_DONE +: 32];
+            src     = {w[32*`VFPGA_ST_CUR_SRC_HI +: 32], w[32*`VFPGA_ST_CUR_SRC_LO +: 32]};
+            dst     = {w[32*`VFPGA_ST_CUR_DST_HI +: 32], w[32*`VFPGA_ST_CUR_DST_LO +: 32]};
+            vst     = w[32*`VFPGA_ST_CUR_FLAGS + 16 +: 8];
+            vop     = ctl[7:0];
+            unused_bit = ctl[8];
             r = 16'd0;
             found = 1'b0;
-            sq_lim = (r_sq_size == 32'd0) ? 32'd1 : r_sq_size;
-            cq_lim = (r_cq_size == 32'd0) ? 32'd1 : r_cq_size;
-            vst = r_cur_flags[23:16];
-            vop = r_cur_ctl[7:0];
             // 1. header
-            if (r_header != `VFPGA_STATE_HEADER) begin
+            if (w[32*`VFPGA_ST_HEADER +: 32] != `VFPGA_STATE_HEADER) begin
                 r = {`VFPGA_ST_HEADER, `VFPGA_STATEERR_HEADER};
                 found = 1'b1;
             end
             // 2. reserved bits, first by index
-            for (i = 0; i < `VFPGA_STATE_WORDS; i = i + 1) begin
-                if (!found && (words[32*i +: 32] & ~masks[32*i +: 32]) != 32'd0) begin
+            for (i = 0; i < STW; i = i + 1) begin
+                if (!found && (w[32*i +: 32] & ~masks[32*i +: 32]) != 32'd0) begin
                     r = {i[7:0], `VFPGA_STATEERR_RESERVED_BITS};
                     found = 1'b1;
                 end
             end
             // 3. ring sizes
-            if (!found && !ring_size_ok(r_sq_size)) begin
+            if (!found && !ring_size_ok(sq_size)) begin
                 r = {`VFPGA_ST_SQ_SIZE, `VFPGA_STATEERR_RING_SIZE}; found = 1'b1;
             end
-            if (!found && !ring_size_ok(r_cq_size)) begin
+            if (!found && !ring_size_ok(cq_size)) begin
                 r = {`VFPGA_ST_CQ_SIZE, `VFPGA_STATEERR_RING_SIZE}; found = 1'b1;
             end
             // 4. ring indices
-            if (!found && r_sq_head >= sq_lim) begin
+            if (!found && w[32*`VFPGA_ST_SQ_HEAD +: 32] >= sq_lim) begin
                 r = {`VFPGA_ST_SQ_HEAD, `VFPGA_STATEERR_RING_INDEX}; found = 1'b1;
             end
-            if (!found && r_sq_tail >= sq_lim) begin
+            if (!found && w[32*`VFPGA_ST_SQ_TAIL +: 32] >= sq_lim) begin
                 r = {`VFPGA_ST_SQ_TAIL, `VFPGA_STATEERR_RING_INDEX}; found = 1'b1;
             end
-            if (!found && r_cq_head >= cq_lim) begin
+            if (!found && w[32*`VFPGA_ST_CQ_HEAD +: 32] >= cq_lim) begin
                 r = {`VFPGA_ST_CQ_HEAD, `VFPGA_STATEERR_RING_INDEX}; found = 1'b1;
             end
-            if (!found && {20'd0, r_cq_tail[11:0]} >= cq_lim) begin
+            if (!found && {20'd0, w[32*`VFPGA_ST_CQ_TAIL +: 12]} >= cq_lim) begin
                 r = {`VFPGA_ST_CQ_TAIL, `VFPGA_STATEERR_RING_INDEX}; found = 1'b1;
             end
             // 5. ERR_CODE is a CplStatus
-            if (!found && r_err_code > {24'd0, `VFPGA_CPLSTATUS_CQ_WRITE_FAULT}) begin
+            if (!found && w[32*`VFPGA_ST_ERR_CODE +: 32] > {24'd0, `VFPGA_CPLSTATUS_CQ_WRITE_FAULT}) begin
                 r = {`VFPGA_ST_ERR_CODE, `VFPGA_STATEERR_VALUE}; found = 1'b1;
             end
             // 6. the in-flight descriptor
-            if (!found && !r_cur_flags[0]) begin
+            if (!found && !w[32*`VFPGA_ST_CUR_FLAGS]) begin
                 for (i = {24'd0, ST_CUR_FIRST}; i <= {24'd0, ST_CUR_LAST}; i = i + 1) begin
-                    if (!found && words[32*i +: 32] != 32'd0) begin
+                    if (!found && w[32*i +: 32] != 32'd0) begin
                         r = {i[7:0], `VFPGA_STATEERR_INFLIGHT}; found = 1'b1;
                     end
                 end
             end
-            if (!found && r_cur_flags[0]) begin
+            if (!found && w[32*`VFPGA_ST_CUR_FLAGS]) begin
                 if (vst > `VFPGA_CPLSTATUS_DMA_WRITE_FAULT) begin
                     r = {`VFPGA_ST_CUR_FLAGS, `VFPGA_STATEERR_INFLIGHT}; found = 1'b1;
-                end else if (r_cur_done > r_cur_len) begin
+                end else if (done > len) begin
                     r = {`VFPGA_ST_CUR_DONE, `VFPGA_STATEERR_INFLIGHT}; found = 1'b1;
-                end else if (r_cur_slot >= sq_lim) begin
+                end else if (slot >= sq_lim) begin
                     r = {`VFPGA_ST_CUR_SLOT, `VFPGA_STATEERR_INFLIGHT}; found = 1'b1;
                 end else if (vst == `VFPGA_CPLSTATUS_OK) begin
-                    if (vop > `VFPGA_OPCODE_FILL_HOST || r_cur_ctl[31:9] != 23'd0) begin
+                    if (vop > `VFPGA_OPCODE_FILL_HOST || ctl[31:9] != 23'd0) begin
                         r = {`VFPGA_ST_CUR_CTL, `VFPGA_STATEERR_INFLIGHT}; found = 1'b1;
-                    end else if (r_cur_len > `VFPGA_MAX_DESC_LEN) begin
+                    end else if (len > `VFPGA_MAX_DESC_LEN) begin
                         r = {`VFPGA_ST_CUR_LEN, `VFPGA_STATEERR_INFLIGHT}; found = 1'b1;
-                    end else if (is_dev_dst(vop)
-                                 && devmem_beyond({r_cur_dst_hi, r_cur_dst_lo}, r_cur_len, devmem_bytes)) begin
+                    end else if (is_dev_dst(vop) && devmem_beyond(dst, len, devmem_bytes)) begin
                         r = {`VFPGA_ST_CUR_DST_LO, `VFPGA_STATEERR_INFLIGHT}; found = 1'b1;
-                    end else if (is_dev_src(vop)
-                                 && devmem_beyond({r_cur_src_hi, r_cur_src_lo}, r_cur_len, devmem_bytes)) begin
+                    end else if (is_dev_src(vop) && devmem_beyond(src, len, devmem_bytes)) begin
                         r = {`VFPGA_ST_CUR_SRC_LO, `VFPGA_STATEERR_INFLIGHT}; found = 1'b1;
-                    end else if (vop != `VFPGA_OPCODE_CRC32C && r_cur_crc != 32'd0) begin
+                    end else if (vop != `VFPGA_OPCODE_CRC32C && w[32*`VFPGA_ST_CUR_CRC +: 32] != 32'd0) begin
                         r = {`VFPGA_ST_CUR_CRC, `VFPGA_STATEERR_INFLIGHT}; found = 1'b1;
                     end
                 end
@@ -774,7 +784,6 @@ module vfpga_top #(
     // host-side machinery, the state port, SOFT_RESET and RESUME act (§8).
     task automatic reg_write(input [11:0] off, input [31:0] v, output wait_);
         reg        q, en;
-        reg [15:0] vres;
         begin
             q  = s_quiesced;
             en = enable;
@@ -787,14 +796,9 @@ module vfpga_top #(
                         wait_ = 1'b1;
                     end else if (q) begin
                         if (v[`VFPGA_CTRL_RESUME_LSB]) begin
-                            vres = validate_state(1'b0);
-                            set_state_err(vres);
-                            if (vres == 16'd0) begin
-                                s_quiesced      <= 1'b0;
-                                s_state_invalid <= 1'b0;
-                            end else begin
-                                s_state_invalid <= 1'b1;
-                            end
+                            m_resume <= 1'b1;
+                            state    <= S_M_VAL;
+                            wait_ = 1'b1;
                         end
                     end else begin
                         r_ctrl <= v & `VFPGA_ST_CTRL_MASK;
@@ -855,7 +859,11 @@ module vfpga_top #(
                     end
                 end
                 `VFPGA_REG_STATE_CTRL: begin
-                    if (v[`VFPGA_STATE_CTRL_VALIDATE_LSB]) set_state_err(validate_state(1'b0));
+                    if (v[`VFPGA_STATE_CTRL_VALIDATE_LSB]) begin
+                        m_resume <= 1'b0;
+                        state    <= S_M_VAL;
+                        wait_ = 1'b1;
+                    end
                 end
                 default: ;
             endcase
@@ -1021,6 +1029,7 @@ module vfpga_top #(
         reg [7:0]  st;
         reg [3:0]  nb;
         reg [31:0] crc_next;
+        reg [15:0] vres;
 
         if (!rst_n) begin
             reset_regs();
@@ -1039,6 +1048,7 @@ module vfpga_top #(
             m_dm_ok        <= 1'b0;
             m_bm_sel_next  <= 32'd0;
             m_bm_log       <= 1'b0;
+            m_resume       <= 1'b0;
             mmio_rsp_valid <= 1'b0;
             mmio_rsp_rdata <= 64'd0;
             mmio_rd        <= 64'd0;
@@ -1282,6 +1292,21 @@ module vfpga_top #(
             end
 
             S_C_MARK: if (bml_done) finish_completion();
+
+            S_M_VAL: begin
+                // The one place the state is validated (§9.3); the access ends here.
+                vres = validate_state(st_vec(r_timer));
+                set_state_err(vres);
+                if (m_resume) begin
+                    if (vres == 16'd0) begin
+                        s_quiesced      <= 1'b0;
+                        s_state_invalid <= 1'b0;
+                    end else begin
+                        s_state_invalid <= 1'b1;
+                    end
+                end
+                finish_mmio(64'd0);
+            end
 
             S_INIT: begin
                 // Both bitmaps are cleared right after reset.

@@ -92,6 +92,23 @@ pub struct SimStats {
     pub irqs: u64,
 }
 
+/// Time a benchmark run took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BenchTime {
+    /// Wall-clock time.
+    pub wall: Duration,
+    /// CPU time of the simulator thread (from `/proc/thread-self/schedstat`;
+    /// `None` where that is not available). Unlike wall time it does not count
+    /// time other processes took the CPU away.
+    pub cpu: Option<Duration>,
+}
+
+/// CPU time of the calling thread in nanoseconds.
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
 /// Errors of the simulator backend.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
@@ -166,6 +183,7 @@ enum Reply {
     Data(Vec<u8>),
     Count(u64),
     Stats(SimStats),
+    Bench(BenchTime),
     Err(String),
 }
 
@@ -313,9 +331,9 @@ impl SimDevice {
         &mut self,
         cycles: u64,
         bare: Option<(u64, Vec<u8>)>,
-    ) -> Result<Duration, DeviceError> {
+    ) -> Result<BenchTime, DeviceError> {
         match self.call(Cmd::Bench { cycles, bare })? {
-            Reply::Count(ns) => Ok(Duration::from_nanos(ns)),
+            Reply::Bench(t) => Ok(t),
             _ => Err(protocol_error()),
         }
     }
@@ -807,6 +825,7 @@ fn handle(h: &mut Harness, cmd: Cmd, free: bool, waiter: &mut Option<u64>) -> Op
         }),
         Cmd::Bench { cycles, bare } => {
             let t = std::time::Instant::now();
+            let cpu0 = thread_cpu_ns();
             match bare {
                 Some((base, mut host)) => {
                     h.model.bench_bare(cycles, &mut host, base, &mut h.mem);
@@ -816,7 +835,13 @@ fn handle(h: &mut Harness, cmd: Cmd, free: bool, waiter: &mut Option<u64>) -> Op
                     h.run(cycles, false);
                 }
             }
-            Reply::Count(t.elapsed().as_nanos() as u64)
+            let wall = t.elapsed().as_nanos() as u64;
+            Reply::Bench(BenchTime {
+                wall: Duration::from_nanos(wall),
+                cpu: thread_cpu_ns()
+                    .zip(cpu0)
+                    .map(|(b, a)| Duration::from_nanos(b.saturating_sub(a))),
+            })
         }
     })
 }
