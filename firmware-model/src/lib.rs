@@ -65,8 +65,15 @@
 //!   leaves in place) read 0 through the register, so a read-modify-write of
 //!   `CTRL` can never turn them into `SOFT_RESET`/`QUIESCE`/`RESUME` pulses.
 //!   `STATE_DATA` returns the raw word.
-//! - `STATE_DATA` accesses move `STATE_IDX` on even past `STATE_WORDS`
-//!   (wrapping at 2^32); while not quiesced they do not move it.
+//! - `STATE_DATA` accesses move `STATE_IDX` on only while it is below
+//!   `STATE_WORDS` and the device is quiesced (it stops at `STATE_WORDS`).
+//! - `DMALOG_SEL` is stored as written; a `DMALOG_BITS` read with it at or
+//!   past the last group returns 0 and sets it to 0.
+//! - The DMA-log bitmap and `OVERFLOW` are cleared only when `ENABLE` goes
+//!   from 0 to 1, so writing `ENABLE | OVERFLOW` while logging clears just
+//!   the overflow flag.
+//! - A `CTRL` write with `SOFT_RESET` does only the reset (other bits of the
+//!   same write are ignored).
 //! - Ring addresses (`SQ_BASE + HEAD*32`, `CQ_BASE + INDEX*16`, `SRC/DST +
 //!   DONE`) wrap modulo 2^64 like a hardware adder; the DMA port then
 //!   refuses what is not mapped.

@@ -256,7 +256,6 @@ pub(crate) const FLAG_HALTED: u32 = 1;
 const BATCH_BYTES: u32 = 1 << 20;
 
 /// The reference model. See the crate docs.
-#[derive(Debug)]
 pub struct Model {
     pub(crate) cfg: ModelConfig,
     pub(crate) identity: Identity,
@@ -866,6 +865,22 @@ impl Model {
                 len,
             }),
         }
+    }
+}
+
+impl std::fmt::Debug for Model {
+    /// The registers and flags; not the contents of device memory.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("cfg", &self.cfg)
+            .field("arch", &self.arch)
+            .field("quiesced", &self.quiesced)
+            .field("state_invalid", &self.state_invalid)
+            .field("state_idx", &self.state_idx)
+            .field("state_err", &self.state_err)
+            .field("dmalog_enable", &self.dmalog.enable)
+            .field("devmem_bytes", &self.mem.len())
+            .finish_non_exhaustive()
     }
 }
 

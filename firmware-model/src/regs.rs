@@ -117,12 +117,15 @@ impl Model {
             offsets::DMALOG_PAGES => self.dmalog.pages,
             offsets::DMALOG_SEL => self.dmalog.sel,
             offsets::DMALOG_BITS => {
+                // DMALOG_SEL is stored as written; a read at or past the last
+                // group returns 0 and starts over at group 0.
                 let groups = self.dmalog.groups();
-                if groups == 0 {
+                let g = self.dmalog.sel;
+                if g >= groups {
+                    self.dmalog.sel = 0;
                     return 0;
                 }
-                let g = self.dmalog.sel % groups;
-                self.dmalog.sel = (g + 1) % groups;
+                self.dmalog.sel = if g + 1 == groups { 0 } else { g + 1 };
                 self.dmalog
                     .bits
                     .get_mut(g as usize)
@@ -135,8 +138,13 @@ impl Model {
                     return 0;
                 }
                 let i = self.state_idx as usize;
-                self.state_idx = self.state_idx.wrapping_add(1);
-                self.arch.to_words().get(i).copied().unwrap_or(0)
+                match self.arch.to_words().get(i) {
+                    Some(&w) => {
+                        self.state_idx += 1;
+                        w
+                    }
+                    None => 0,
+                }
             }
             offsets::STATE_ERR => self.state_err,
             _ => 0,
@@ -159,14 +167,13 @@ impl Model {
                 return;
             }
             offsets::STATE_DATA => {
-                if self.quiesced {
-                    let i = self.state_idx as usize;
-                    self.state_idx = self.state_idx.wrapping_add(1);
-                    let mut w = self.arch.to_words();
-                    if let Some(x) = w.get_mut(i) {
-                        *x = v;
-                        self.arch = vfpga_regs::ArchState::from_words(&w);
-                    }
+                let mut w = self.arch.to_words();
+                if self.quiesced
+                    && let Some(x) = w.get_mut(self.state_idx as usize)
+                {
+                    *x = v;
+                    self.arch = vfpga_regs::ArchState::from_words(&w);
+                    self.state_idx += 1;
                 }
                 return;
             }
@@ -198,7 +205,7 @@ impl Model {
                 return;
             }
             offsets::DMALOG_SEL => {
-                self.dmalog.sel = v % self.dmalog.groups().max(1);
+                self.dmalog.sel = v;
                 return;
             }
             _ => {}

@@ -571,6 +571,11 @@ fn state_port_stores_words_raw_and_validation_names_the_word() {
         .unwrap();
     r.dev.write_reg(offsets::STATE_DATA, 1).unwrap();
     assert_eq!(r.dev.read_reg(offsets::STATE_DATA).unwrap(), 0);
+    assert_eq!(
+        r.dev.read_reg(offsets::STATE_IDX).unwrap(),
+        sw::WORDS as u32,
+        "STATE_IDX stops at STATE_WORDS"
+    );
     r.dev.write_reg(offsets::STATE_CTRL, 1).unwrap();
     let v = r.dev.state_error().unwrap().unwrap();
     assert_eq!((v.code, v.word), (StateErr::ReservedBits, sw::IRQ_MASK));
@@ -805,6 +810,12 @@ fn dma_log_records_device_writes_in_its_window() {
     assert!(overflow, "completions were written outside the window");
     let (bits, overflow) = r.dev.dma_log_take().unwrap();
     assert_eq!((bits, overflow), (vec![0], false));
+    // DMALOG_SEL is stored as written; a read past the last group returns 0
+    // and starts over.
+    r.dev.write_reg(offsets::DMALOG_SEL, 5).unwrap();
+    assert_eq!(r.dev.read_reg(offsets::DMALOG_SEL).unwrap(), 5);
+    assert_eq!(r.dev.read_reg(offsets::DMALOG_BITS).unwrap(), 0);
+    assert_eq!(r.dev.read_reg(offsets::DMALOG_SEL).unwrap(), 0);
     // Restarting clears; reads of the device do not log.
     r.dev.dma_log_stop().unwrap();
     r.dev.dma_log_start(GUEST, 64).unwrap();
