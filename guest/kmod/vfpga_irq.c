@@ -113,13 +113,13 @@ static void vfpga_irq_remove(struct pci_dev *pdev)
 	pci_disable_device(pdev);
 }
 
-static const struct pci_device_id vfpga_irq_ids[] = {
-	{ 0, } /* bound through new_id only */
-};
-
 static struct pci_driver vfpga_irq_driver = {
 	.name = "vfpga_irq",
-	.id_table = vfpga_irq_ids,
+	/*
+	 * No ID table: bound through new_id only. (With an empty table, new_id
+	 * refuses every entry: it only accepts driver_data found in the table.)
+	 */
+	.id_table = NULL,
 	.probe = vfpga_irq_probe,
 	.remove = vfpga_irq_remove,
 };
