@@ -186,7 +186,8 @@ module vfpga_top #(
         S_C_WR    = 5'd12,  // complete: completion write in flight
         S_C_MARK  = 5'd13,  // complete: log bit being set
         S_INIT    = 5'd14,  // after reset: start clearing both bitmaps
-        S_M_VAL   = 5'd15;  // STATE_CTRL.VALIDATE or CTRL.RESUME: validate the state
+        S_M_VAL0  = 5'd15,  // STATE_CTRL.VALIDATE or CTRL.RESUME: validation computing
+        S_M_VAL   = 5'd16;  // ... and its result applied
 
     reg [4:0]   state;
     reg         prefer_engine;     // an MMIO access just finished: let a step go first
@@ -204,7 +205,9 @@ module vfpga_top #(
     // Step being executed.
     reg [63:0]  b_src, b_dst;      // burst addresses (SRC+DONE, DST+DONE)
     reg [6:0]   b_n;               // burst length
-    reg [511:0] b_buf;             // burst data
+    reg [511:0] b_buf;             // burst data (CRC unit)
+    reg [15:0]  vres_q;            // validation result {WORD, CODE}
+    reg [31:0]  st_rd_q;           // state word STATE_IDX, for STATE_DATA reads
     reg [31:0]  b_crc;
     reg [6:0]   b_crc_left;
     reg [63:0]  c_addr;            // completion / descriptor address
@@ -770,7 +773,7 @@ module vfpga_top #(
                 `VFPGA_REG_STATE_IDX:        rd = r_state_idx;
                 `VFPGA_REG_STATE_DATA: begin
                     if (s_quiesced && r_state_idx < `VFPGA_STATE_WORDS) begin
-                        rd = st_word(r_state_idx[7:0]);
+                        rd = st_rd_q;
                         r_state_idx <= r_state_idx + 32'd1;
                     end
                 end
@@ -797,7 +800,7 @@ module vfpga_top #(
                     end else if (q) begin
                         if (v[`VFPGA_CTRL_RESUME_LSB]) begin
                             m_resume <= 1'b1;
-                            state    <= S_M_VAL;
+                            state    <= S_M_VAL0;
                             wait_ = 1'b1;
                         end
                     end else begin
@@ -861,7 +864,7 @@ module vfpga_top #(
                 `VFPGA_REG_STATE_CTRL: begin
                     if (v[`VFPGA_STATE_CTRL_VALIDATE_LSB]) begin
                         m_resume <= 1'b0;
-                        state    <= S_M_VAL;
+                        state    <= S_M_VAL0;
                         wait_ = 1'b1;
                     end
                 end
@@ -1027,9 +1030,6 @@ module vfpga_top #(
         reg [31:0] dw_wdata, dw_rdata;
         reg        dw_last, wt;
         reg [7:0]  st;
-        reg [3:0]  nb;
-        reg [31:0] crc_next;
-        reg [15:0] vres;
 
         if (!rst_n) begin
             reset_regs();
@@ -1066,8 +1066,7 @@ module vfpga_top #(
             irq_vector     <= 8'd0;
             bmd_start <= 1'b0; bmd_op <= BM_CLEAR; bmd_arg <= 32'd0;
             bml_start <= 1'b0; bml_op <= BM_CLEAR; bml_arg <= 32'd0;
-            b_src <= 64'd0; b_dst <= 64'd0; b_n <= 7'd0; b_buf <= 512'd0;
-            b_crc <= 32'd0; b_crc_left <= 7'd0; c_addr <= 64'd0;
+            b_src <= 64'd0; b_dst <= 64'd0; b_n <= 7'd0; c_addr <= 64'd0;
         end else begin
             bmd_start <= 1'b0;
             bml_start <= 1'b0;
@@ -1231,26 +1230,16 @@ module vfpga_top #(
                     raise_err(`VFPGA_CPLSTATUS_DMA_READ_FAULT, b_src);
                     state <= S_IDLE;
                 end else if (cur_op == `VFPGA_OPCODE_CRC32C) begin
-                    b_buf      <= dma_rsp_rdata;
-                    b_crc      <= r_cur_crc;
-                    b_crc_left <= b_n;
-                    state      <= S_B_CRC;
+                    state <= S_B_CRC;       // the CRC unit below loads the data
                 end else begin
                     start_write(is_dev_src(cur_op) ? dm_rsp_rdata : dma_rsp_rdata);
                 end
             end
 
-            S_B_CRC: begin
-                nb = (b_crc_left > 7'd8) ? 4'd8 : b_crc_left[3:0];
-                crc_next = crc32c_upd(b_crc, b_buf[63:0], nb);
-                b_crc      <= crc_next;
-                b_buf      <= b_buf >> 64;
-                b_crc_left <= b_crc_left - {3'd0, nb};
-                if (b_crc_left <= 7'd8) begin
-                    r_cur_crc  <= crc_next;
-                    r_cur_done <= r_cur_done + {25'd0, b_n};
-                    state      <= S_IDLE;
-                end
+            S_B_CRC: if (b_crc_left == 7'd0) begin
+                r_cur_crc  <= b_crc;
+                r_cur_done <= r_cur_done + {25'd0, b_n};
+                state      <= S_IDLE;
             end
 
             S_B_WR: if (is_dev_dst(cur_op) ? dm_rsp_valid : dma_rsp_valid) begin
@@ -1293,12 +1282,13 @@ module vfpga_top #(
 
             S_C_MARK: if (bml_done) finish_completion();
 
+            S_M_VAL0: state <= S_M_VAL;     // vres_q is computed below
+
             S_M_VAL: begin
-                // The one place the state is validated (§9.3); the access ends here.
-                vres = validate_state(st_vec(r_timer));
-                set_state_err(vres);
+                // The one place a validation result is applied; the access ends here.
+                set_state_err(vres_q);
                 if (m_resume) begin
-                    if (vres == 16'd0) begin
+                    if (vres_q == 16'd0) begin
                         s_quiesced      <= 1'b0;
                         s_state_invalid <= 1'b0;
                     end else begin
@@ -1318,6 +1308,44 @@ module vfpga_top #(
             default: state <= S_IDLE;
             endcase
         end
+    end
+
+    // ------------------------------------------------------------------
+    // Side units, each in its own small process and evaluated only when the
+    // state machine needs it (a cheap cycle in simulation, a small process
+    // tree in synthesis).
+
+    // CRC-32C of a burst, 8 bytes per cycle: loaded when the burst's read
+    // data arrives, done when b_crc_left reaches 0.
+    wire crc_load = state == S_B_RD && dma_rsp_valid && dma_rsp_ok && cur_op == `VFPGA_OPCODE_CRC32C;
+    always @(posedge clk) begin : crc_unit
+        reg [3:0] nb;
+        if (!rst_n) begin
+            b_buf      <= 512'd0;
+            b_crc      <= 32'd0;
+            b_crc_left <= 7'd0;
+        end else if (crc_load) begin
+            b_buf      <= dma_rsp_rdata;
+            b_crc      <= r_cur_crc;
+            b_crc_left <= b_n;
+        end else if (state == S_B_CRC && b_crc_left != 7'd0) begin
+            nb = (b_crc_left > 7'd8) ? 4'd8 : b_crc_left[3:0];
+            b_crc      <= crc32c_upd(b_crc, b_buf[63:0], nb);
+            b_buf      <= b_buf >> 64;
+            b_crc_left <= b_crc_left - {3'd0, nb};
+        end
+    end
+
+    // Validation of the state words (S_M_VAL0 -> vres_q -> S_M_VAL).
+    always @(posedge clk) begin
+        if (!rst_n) vres_q <= 16'd0;
+        else if (state == S_M_VAL0) vres_q <= validate_state(st_vec(r_timer));
+    end
+
+    // The state word STATE_DATA reads (only while quiesced).
+    always @(posedge clk) begin
+        if (!rst_n) st_rd_q <= 32'd0;
+        else if (s_quiesced) st_rd_q <= st_word(r_state_idx[7:0]);
     end
 
     wire unused_ok = &{1'b0, mmio_req_addr[2:0], devmem_pages[31:21], dm_rsp_rdata[511:64],
