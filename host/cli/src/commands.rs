@@ -73,7 +73,12 @@ pub fn demo(
         Err(code) => return code,
     };
     init_logging(cfg.as_ref());
-    crate::demo::run(cfg.as_ref(), backend.as_deref(), json.as_deref(), plot.as_deref())
+    crate::demo::run(
+        cfg.as_ref(),
+        backend.as_deref(),
+        json.as_deref(),
+        plot.as_deref(),
+    )
 }
 
 /// `vfpga migrate`.
