@@ -17,22 +17,12 @@ fn setup(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> HilEr
 
 /// The model, stepped.
 fn model(dma: DmaPort, irq: Arc<IrqLog>) -> Result<Option<Box<dyn Device>>, HilError> {
-    let cfg = vfpga_model::ModelConfig::with_pages(64);
-    let m = vfpga_model::Model::new(cfg, dma, irq).map_err(|e| setup("model", e))?;
-    Ok(Some(Box::new(m)))
+    model_on(dma, irq)
 }
 
 /// The RTL under Verilator, explicitly clocked.
 fn sim(dma: DmaPort, irq: Arc<IrqLog>) -> Result<Option<Box<dyn Device>>, HilError> {
-    if !vfpga_sim::AVAILABLE {
-        return Ok(None);
-    }
-    let opts = vfpga_sim::SimOptions {
-        devmem_pages: 64,
-        ..Default::default()
-    };
-    let s = vfpga_sim::SimDevice::new(opts, dma, irq).map_err(|e| setup("sim", e))?;
-    Ok(Some(Box::new(s)))
+    sim_on(dma, irq)
 }
 
 /// The board named by `VFPGA_HIL_CONFIG`, else `config/board.yaml`; none
@@ -55,6 +45,100 @@ fn board(dma: DmaPort, irq: Arc<IrqLog>) -> Result<Option<Box<dyn Device>>, HilE
     let dev = vfpga_hw::BoardDevice::open(b, cfg.device.devmem_size.value.0, dma, irq)
         .map_err(|e| setup("opening the board", e))?;
     Ok(Some(Box::new(dev)))
+}
+
+/// A device built on a given DMA port and IRQ sink (`None`: not built here).
+type Maker =
+    fn(DmaPort, Arc<dyn vfpga_device::IrqSink>) -> Result<Option<Box<dyn Device>>, HilError>;
+
+/// What this build of vfpga expects a board to report.
+fn expected() -> vfpga_config::ExpectedIds {
+    use vfpga_regs::consts;
+    vfpga_config::ExpectedIds {
+        vendor_id: consts::PCI_VENDOR_ID as u16,
+        device_id: consts::PCI_DEVICE_ID as u16,
+        rtl_version: consts::RTL_VERSION,
+    }
+}
+
+/// The board path (`vfpga_hw::BoardDevice` above the bottom: access rules,
+/// identity checks, IOMMU bookkeeping, MSI-X through eventfds and the
+/// forwarding thread) with `make`'s device standing in for the board.
+fn stand_in(
+    dma: DmaPort,
+    irq: Arc<IrqLog>,
+    make: Maker,
+) -> Result<Option<Box<dyn Device>>, HilError> {
+    let pages = 64u32;
+    let port = dma.clone();
+    let mut made = None;
+    let mut unavailable = false;
+    let dev = vfpga_hw::BoardDevice::stand_in(
+        |sink| match make(port, sink) {
+            Ok(Some(d)) => Ok(d),
+            Ok(None) => {
+                unavailable = true;
+                Err(vfpga_device::DeviceError::NotImplemented(
+                    "stand-in not built",
+                ))
+            }
+            Err(e) => {
+                made = Some(e);
+                Err(vfpga_device::DeviceError::NotImplemented("stand-in failed"))
+            }
+        },
+        &expected(),
+        u64::from(pages) * 4096,
+        dma,
+        irq,
+    );
+    if unavailable {
+        return Ok(None);
+    }
+    if let Some(e) = made {
+        return Err(e);
+    }
+    Ok(Some(Box::new(dev.map_err(|e| setup("stand-in board", e))?)))
+}
+
+fn model_on(
+    dma: DmaPort,
+    irq: Arc<dyn vfpga_device::IrqSink>,
+) -> Result<Option<Box<dyn Device>>, HilError> {
+    let cfg = vfpga_model::ModelConfig::with_pages(64);
+    let m = vfpga_model::Model::new(cfg, dma, irq).map_err(|e| setup("model", e))?;
+    Ok(Some(Box::new(m)))
+}
+
+fn sim_on(
+    dma: DmaPort,
+    irq: Arc<dyn vfpga_device::IrqSink>,
+) -> Result<Option<Box<dyn Device>>, HilError> {
+    if !vfpga_sim::AVAILABLE {
+        return Ok(None);
+    }
+    let opts = vfpga_sim::SimOptions {
+        devmem_pages: 64,
+        ..Default::default()
+    };
+    let s = vfpga_sim::SimDevice::new(opts, dma, irq).map_err(|e| setup("sim", e))?;
+    Ok(Some(Box::new(s)))
+}
+
+fn board_path_model(dma: DmaPort, irq: Arc<IrqLog>) -> Result<Option<Box<dyn Device>>, HilError> {
+    stand_in(dma, irq, model_on)
+}
+
+fn board_path_sim(dma: DmaPort, irq: Arc<IrqLog>) -> Result<Option<Box<dyn Device>>, HilError> {
+    stand_in(dma, irq, sim_on)
+}
+
+mod on_board_path_with_model {
+    vfpga_hil::hil_suite!("board path, model standing in", super::board_path_model);
+}
+
+mod on_board_path_with_rtl {
+    vfpga_hil::hil_suite!("board path, RTL standing in", super::board_path_sim);
 }
 
 mod on_model {

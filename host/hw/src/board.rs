@@ -69,6 +69,61 @@ pub(crate) trait Bottom: Send + fmt::Debug {
 
     /// Function-level reset of the PCI function.
     fn reset(&mut self) -> Result<(), HwError>;
+
+    /// Whether the device behind runs by itself (a board does).
+    fn self_running(&self) -> bool {
+        true
+    }
+
+    /// Lets a device that does not run by itself progress (a stand-in);
+    /// `None` for a self-running one.
+    fn advance(&mut self, _budget: u64) -> Result<Option<Progress>, HwError> {
+        Ok(None)
+    }
+}
+
+impl<T: Bottom + ?Sized> Bottom for Box<T> {
+    fn bar_len(&self, bar: Bar) -> u64 {
+        (**self).bar_len(bar)
+    }
+    fn read(&mut self, bar: Bar, offset: u64, width: usize) -> Result<u64, HwError> {
+        (**self).read(bar, offset, width)
+    }
+    fn write(&mut self, bar: Bar, offset: u64, width: usize, value: u64) -> Result<(), HwError> {
+        (**self).write(bar, offset, width, value)
+    }
+    fn iommu_alignment(&self) -> u64 {
+        (**self).iommu_alignment()
+    }
+    unsafe fn dma_map(
+        &mut self,
+        iova: u64,
+        len: u64,
+        addr: NonNull<u8>,
+        perm: Perm,
+    ) -> Result<(), HwError> {
+        // SAFETY: the caller upholds `Bottom::dma_map`'s contract, which is
+        // forwarded unchanged.
+        unsafe { (**self).dma_map(iova, len, addr, perm) }
+    }
+    fn dma_unmap(&mut self, iova: u64, len: u64) -> Result<(), HwError> {
+        (**self).dma_unmap(iova, len)
+    }
+    fn enable_msix(&mut self, fds: &[&EventFd]) -> Result<(), HwError> {
+        (**self).enable_msix(fds)
+    }
+    fn disable_msix(&mut self) -> Result<(), HwError> {
+        (**self).disable_msix()
+    }
+    fn reset(&mut self) -> Result<(), HwError> {
+        (**self).reset()
+    }
+    fn self_running(&self) -> bool {
+        (**self).self_running()
+    }
+    fn advance(&mut self, budget: u64) -> Result<Option<Progress>, HwError> {
+        (**self).advance(budget)
+    }
 }
 
 #[derive(Debug)]
@@ -78,7 +133,7 @@ struct IommuMap {
     mem: Arc<dyn GuestMemory>,
 }
 
-/// A board above some bottom. `BoardDevice` is `Board<VfioBottom>`.
+/// A board above some bottom. `BoardDevice` is `Board<Box<dyn Bottom>>`.
 #[derive(Debug)]
 pub(crate) struct Board<B: Bottom> {
     /// Dropped first: closing the VFIO container removes every IOMMU mapping
@@ -101,6 +156,7 @@ impl<B: Bottom> Board<B> {
         dma: DmaPort,
         irq: Arc<dyn IrqSink>,
     ) -> Result<Self, HwError> {
+        let self_running = bottom.self_running();
         let mut b = Board {
             bottom,
             addr: addr.to_string(),
@@ -108,7 +164,7 @@ impl<B: Bottom> Board<B> {
                 identity: Identity::this_build(0, 0),
                 bar0_size: consts::BAR0_SIZE.into(),
                 bar2_size: 0,
-                self_running: true,
+                self_running,
             },
             dma,
             iommu: BTreeMap::new(),
@@ -399,8 +455,16 @@ impl<B: Bottom> Device for Board<B> {
         Ok(())
     }
 
+    /// Before every BAR0 write (a doorbell, CTRL, a ring base: whatever can
+    /// make the device use new guest memory) the IOMMU is brought in step
+    /// with the DMA port, so a VMM's DMA_MAP is in the IOMMU before the
+    /// device is told about the memory. A removed mapping stays alive (its
+    /// memory is held) until that sync unmaps it.
     fn mmio_write(&mut self, bar: Bar, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
         self.check(bar, offset, data.len())?;
+        if bar == Bar::Regs {
+            self.sync_dma().map_err(to_dev)?;
+        }
         match bar {
             Bar::Regs if !Self::regs_ok(offset, data.len()) => {}
             Bar::Regs => {
@@ -427,9 +491,13 @@ impl<B: Bottom> Device for Board<B> {
         Ok(())
     }
 
-    /// The board runs by itself: this only yields, and reports whether the
-    /// device is idle (not busy, or quiesced, or halted).
-    fn advance(&mut self, _budget: u64) -> Result<Progress, DeviceError> {
+    /// A board runs by itself: this only yields, and reports whether the
+    /// device is idle (not busy, or quiesced, or halted). A stand-in is
+    /// advanced by `budget`.
+    fn advance(&mut self, budget: u64) -> Result<Progress, DeviceError> {
+        if let Some(p) = self.bottom.advance(budget).map_err(to_dev)? {
+            return Ok(p);
+        }
         std::thread::yield_now();
         let st = self.status()?;
         let idle = !st.contains(Status::BUSY) || st.intersects(Status::QUIESCED | Status::HALTED);
@@ -724,7 +792,8 @@ mod tests {
         .expect("opens");
         assert_eq!(*lock(&maps), vec![(0x10000, 0x4000, p1)]);
         dma.map(0x40000, m2, Perm::RW).expect("map");
-        b.sync_dma().expect("sync");
+        // A register write (here a doorbell) syncs the IOMMU first.
+        b.write_reg(offsets::SQ_TAIL, 0).expect("doorbell");
         assert_eq!(
             b.iommu_mappings(),
             vec![(0x10000, 0x4000), (0x40000, 0x4000)]

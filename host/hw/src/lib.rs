@@ -19,8 +19,9 @@
 //! the [`vfpga_device::DmaPort`]'s bounds checks: the IOMMU is the bounds
 //! check, and the device's DMA write log (datasheet §7) is the dirty log.
 //! The port's memory must therefore be shared host memory
-//! ([`vfpga_device::MmapMemory`]); after changing its mappings call
-//! [`BoardDevice::sync_dma`].
+//! ([`vfpga_device::MmapMemory`]). The IOMMU follows the port's mappings:
+//! at open, before every BAR0 write (so a mapping is in place before the
+//! device can be told about it), and on [`BoardDevice::sync_dma`].
 
 use std::sync::Arc;
 
@@ -31,18 +32,21 @@ mod board;
 pub mod doctor;
 mod error;
 mod irq;
+mod standin;
 mod vfio;
 
 pub use error::{HwError, version_string};
 pub use vfio::preflight;
 
-use board::Board;
+use board::{Board, Bottom};
+use standin::StandIn;
 use vfio::VfioBottom;
 
-/// A vfpga board through VFIO. See the crate docs.
+/// A vfpga board through VFIO (or a stand-in, see [`BoardDevice::stand_in`]).
+/// See the crate docs.
 #[derive(Debug)]
 pub struct BoardDevice {
-    inner: Board<VfioBottom>,
+    inner: Board<Box<dyn Bottom>>,
 }
 
 impl BoardDevice {
@@ -61,8 +65,30 @@ impl BoardDevice {
         let addr = cfg.pci_address.value.as_str();
         let (sysfs, group) = preflight(&doctor::Host::system(), cfg)?;
         tracing::info!(addr, group, "opening board");
-        let bottom = VfioBottom::open(&sysfs, addr)?;
+        let bottom: Box<dyn Bottom> = Box::new(VfioBottom::open(&sysfs, addr)?);
         let inner = Board::new(bottom, addr, &cfg.expected, devmem_size, dma, irq)?;
+        Ok(BoardDevice { inner })
+    }
+
+    /// The board path with another device standing in for the board (the
+    /// RTL under Verilator, or the model), for CI and for the cross-check:
+    /// everything but the VFIO bottom runs as on a board (access rules,
+    /// identity and RTL-version checks against `expected`, IOMMU bookkeeping
+    /// over `dma`, MSI-X through eventfds and the forwarding thread to
+    /// `irq`). `make` builds the stand-in on the same `dma`, raising its
+    /// interrupts on the sink it is given.
+    pub fn stand_in<F>(
+        make: F,
+        expected: &vfpga_config::ExpectedIds,
+        devmem_size: u64,
+        dma: DmaPort,
+        irq: Arc<dyn IrqSink>,
+    ) -> Result<BoardDevice, HwError>
+    where
+        F: FnOnce(Arc<dyn IrqSink>) -> Result<Box<dyn Device>, DeviceError>,
+    {
+        let bottom: Box<dyn Bottom> = Box::new(StandIn::new(make)?);
+        let inner = Board::new(bottom, "stand-in", expected, devmem_size, dma, irq)?;
         Ok(BoardDevice { inner })
     }
 
