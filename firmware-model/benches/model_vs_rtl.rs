@@ -1,6 +1,6 @@
 //! The model's workload (see `throughput.rs`) on the model and on the
 //! Verilated RTL (`vfpga-sim`, explicit clocking), for the model/RTL speed
-//! ratio. Built only with `--features rtl-bench`; without Verilator the RTL
+//! ratio. Built only with `--features rtl`; without Verilator the RTL
 //! half is skipped with a message.
 
 use std::hint::black_box;
