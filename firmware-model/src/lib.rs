@@ -57,9 +57,19 @@
 //!   thread, runs it while it has work and sleeps (no spinning) while idle,
 //!   for use behind vfio-user.
 //!
-//! # Choices where the datasheet leaves room
+//! # Verification
 //!
-//! Each is also listed in the issue note; the RTL makes the same ones.
+//! `tests/` holds the datasheet checks (`engine.rs`), the shared
+//! save/restore conformance suite of `vfpga_device::conformance` on the
+//! stepped, unbatched and free-running model (`conformance.rs`, with mutants
+//! it must catch), 13,000 property cases against plain Rust and against
+//! uninterrupted runs (`properties.rs`), quiesce and migrate at every step
+//! boundary (`quiesce_points.rs`), and, with `--features rtl`, the same suite
+//! and a differential check against the Verilated RTL (`rtl_conformance.rs`).
+//!
+//! # Choices where the datasheet left room
+//!
+//! Each is now written into `bitstream-docs/datasheet.md`.
 //! - A BAR0 register that is a state word reads the word's defined bits:
 //!   reserved bits written through the state port (which a refused restore
 //!   leaves in place) read 0 through the register, so a read-modify-write of
