@@ -222,20 +222,40 @@ impl RingDriver {
         })
     }
 
-    /// Rebuilds the driver's view from the device's registers and guest
-    /// memory (after a migration: the driver state lives in the guest).
-    pub fn attach<D: Device + ?Sized>(dev: &mut D, dma: &DmaPort) -> Result<Self, RingError> {
-        let lo = |d: &mut D, o| d.read_reg(o);
-        let sq_base = u64::from(lo(dev, offsets::SQ_BASE_LO)?)
-            | (u64::from(lo(dev, offsets::SQ_BASE_HI)?) << 32);
-        let cq_base = u64::from(lo(dev, offsets::CQ_BASE_LO)?)
-            | (u64::from(lo(dev, offsets::CQ_BASE_HI)?) << 32);
+    /// Rebuilds the driver's view from the device's registers (after a
+    /// migration: the driver's ring state lives in the guest). `in_flight` is
+    /// the number of descriptors the guest submitted and has not collected
+    /// yet, which only the guest knows exactly.
+    pub fn attach_counted<D: Device + ?Sized>(
+        dev: &mut D,
+        dma: &DmaPort,
+        in_flight: usize,
+    ) -> Result<Self, RingError> {
+        let sq_base = u64::from(dev.read_reg(offsets::SQ_BASE_LO)?)
+            | (u64::from(dev.read_reg(offsets::SQ_BASE_HI)?) << 32);
+        let cq_base = u64::from(dev.read_reg(offsets::CQ_BASE_LO)?)
+            | (u64::from(dev.read_reg(offsets::CQ_BASE_HI)?) << 32);
         let sq_size = dev.read_reg(offsets::SQ_SIZE)?;
         let cq_size = dev.read_reg(offsets::CQ_SIZE)?;
+        for s in [sq_size, cq_size] {
+            if !s.is_power_of_two() || !(2..=consts::MAX_RING_ENTRIES).contains(&s) {
+                return Err(RingError::BadSize(s));
+            }
+        }
         let sq_tail = dev.read_reg(offsets::SQ_TAIL)?;
-        let sq_head = dev.read_reg(offsets::SQ_HEAD)?;
         let cq_head = dev.read_reg(offsets::CQ_HEAD)?;
-        let mut r = RingDriver {
+        // The phase expected at cq_head: entries from cq_head up to the
+        // device's tail carry the device's current phase when the tail has
+        // not wrapped past cq_head, else the previous one.
+        let tail = dev.read_reg(offsets::CQ_TAIL)?;
+        let dev_phase = fields::cq_tail::PHASE.get(tail) != 0;
+        let dev_idx = fields::cq_tail::INDEX.get(tail);
+        let phase = if dev_idx >= cq_head {
+            dev_phase
+        } else {
+            !dev_phase
+        };
+        Ok(RingDriver {
             dma: dma.clone(),
             sq_base,
             sq_size,
@@ -243,22 +263,22 @@ impl RingDriver {
             cq_size,
             sq_tail,
             cq_head,
-            phase: true,
-            in_flight: 0,
-        };
-        // The expected phase of slot cq_head: the entry there is either
-        // already consumed-and-stale (phase != expected) or new. The device's
-        // CQ_TAIL tells which pass it is on.
-        let tail = dev.read_reg(offsets::CQ_TAIL)?;
-        let dev_phase = fields::cq_tail::PHASE.get(tail) != 0;
-        let dev_idx = fields::cq_tail::INDEX.get(tail);
-        r.phase = if dev_idx >= cq_head {
-            dev_phase
-        } else {
-            !dev_phase
-        };
-        let pending_sq = (sq_tail + sq_size - sq_head) % sq_size.max(1);
-        let pending_cq = (dev_idx + cq_size - cq_head) % cq_size.max(1);
+            phase,
+            in_flight,
+        })
+    }
+
+    /// Like [`RingDriver::attach_counted`], estimating the descriptors in
+    /// flight from the device's registers (SQ entries not yet fetched, CQ
+    /// entries not yet consumed, and one more if the device is busy with an
+    /// empty SQ). The estimate can be one too high or too low around a
+    /// completion; a driver that knows its count should use `attach_counted`.
+    pub fn attach<D: Device + ?Sized>(dev: &mut D, dma: &DmaPort) -> Result<Self, RingError> {
+        let mut r = Self::attach_counted(dev, dma, 0)?;
+        let sq_head = dev.read_reg(offsets::SQ_HEAD)?;
+        let dev_idx = fields::cq_tail::INDEX.get(dev.read_reg(offsets::CQ_TAIL)?);
+        let pending_sq = (r.sq_tail + r.sq_size - sq_head) % r.sq_size;
+        let pending_cq = (dev_idx + r.cq_size - r.cq_head) % r.cq_size;
         let busy = dev.read_reg(offsets::STATUS)? & vfpga_regs::Status::BUSY.bits() != 0;
         r.in_flight =
             pending_sq as usize + pending_cq as usize + usize::from(busy && pending_sq == 0);

@@ -350,7 +350,7 @@ pub fn migrate_in<S: Read + Write>(
     match r {
         Ok((snap, mut report)) => {
             let workload = Workload::from_snapshot(layout, &snap);
-            let ring = RingDriver::attach(dev.as_mut(), &guest.dma)
+            let ring = RingDriver::attach_counted(dev.as_mut(), &guest.dma, workload.in_flight())
                 .map_err(|e| LiveError::Protocol(format!("re-attaching the rings: {e}")))?;
             report.resumed_at_us = now_us();
             channel::write_record(
