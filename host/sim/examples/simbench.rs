@@ -52,12 +52,12 @@ fn main() {
     let (mut dev, _mem) = busy_device();
     dev.bench_run(100_000, None).expect("warm-up");
     let t_harness = dev.bench_run(cycles, None).expect("run");
-    let bytes_h = dev.read_reg(offsets::CNT_BYTES_LO).unwrap();
+    let bytes_h = dev.read_reg(offsets::CNT_BYTES_LO).expect("simulator");
     assert!(
-        dev.status().unwrap().contains(Status::BUSY),
+        dev.status().expect("simulator").contains(Status::BUSY),
         "the engine stayed busy"
     );
-    let stats = dev.stats().unwrap();
+    let stats = dev.stats().expect("simulator");
 
     // Bare loop over the same model and the same guest memory contents.
     let (mut bare, mem) = busy_device();
@@ -67,7 +67,7 @@ fn main() {
     let t_bare = bare
         .bench_run(cycles, Some((GUEST, snapshot)))
         .expect("run");
-    let bytes_b = bare.read_reg(offsets::CNT_BYTES_LO).unwrap();
+    let bytes_b = bare.read_reg(offsets::CNT_BYTES_LO).expect("simulator");
 
     // CPU time of the simulator thread: robust against other load on the
     // machine (wall time is printed too).

@@ -181,7 +181,7 @@ enum Reply {
     Values(Vec<u32>),
     Progress(Progress),
     Data(Vec<u8>),
-    Count(u64),
+    Done,
     Stats(SimStats),
     Bench(BenchTime),
     Err(String),
@@ -234,7 +234,7 @@ impl SimDevice {
             .spawn(move || sim_thread(o, dma, irq, cmd_rx, reply_tx))
             .map_err(|e| SimError::Start(e.to_string()))?;
         match rx.recv() {
-            Ok(Reply::Count(_)) => {}
+            Ok(Reply::Done) => {}
             Ok(Reply::Err(e)) => return Err(SimError::Start(e)),
             _ => return Err(SimError::Start("simulator thread exited".into())),
         }
@@ -523,7 +523,7 @@ impl Device for SimDevice {
             offset,
             data: data.to_vec(),
         })? {
-            Reply::Count(_) => Ok(()),
+            Reply::Done => Ok(()),
             _ => Err(protocol_error()),
         }
     }
@@ -704,7 +704,7 @@ fn sim_thread(
     };
     // Let the reset sweep of the bitmaps finish.
     h.run_until_idle(1 << 20);
-    if tx.send(Reply::Count(h.cycles)).is_err() {
+    if tx.send(Reply::Done).is_err() {
         return;
     }
     let free = opts.clocking == Clocking::FreeRunning;
@@ -816,7 +816,7 @@ fn handle(h: &mut Harness, cmd: Cmd, free: bool, waiter: &mut Option<u64>) -> Op
             Reply::Data(h.mem[o..o + len].to_vec())
         }
         Cmd::DevmemWrite { offset, data } => match h.devmem_write(offset, &data) {
-            Ok(()) => Reply::Count(0),
+            Ok(()) => Reply::Done,
             Err(e) => Reply::Err(e),
         },
         Cmd::Stats => Reply::Stats(SimStats {

@@ -1,5 +1,7 @@
 //! The device-memory dirty bitmap (§6) and the DMA write log (§7).
 
+#![cfg(not(vfpga_sim_unavailable))]
+
 mod common;
 
 use common::GUEST;

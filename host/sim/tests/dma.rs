@@ -1,6 +1,8 @@
 //! Every DMA operation through the rings: lengths (zero, misaligned, across
 //! 4 KiB pages), ring wrap-around, descriptor errors, DMA faults.
 
+#![cfg(not(vfpga_sim_unavailable))]
+
 mod common;
 
 use common::{GUEST, Rig, pattern_bytes};

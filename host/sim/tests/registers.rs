@@ -1,5 +1,7 @@
 //! Every register of the generated map: reset value and access type.
 
+#![cfg(not(vfpga_sim_unavailable))]
+
 mod common;
 
 use vfpga_device::{Bar, Device};

@@ -1,5 +1,7 @@
 //! The model comes up and answers its identity registers.
 
+#![cfg(not(vfpga_sim_unavailable))]
+
 mod common;
 
 use vfpga_device::Device;

@@ -3,6 +3,8 @@
 //! bit for bit; hostile BAR writes while quiesced change nothing they may not
 //! and cannot make the device reach memory it was not given.
 
+#![cfg(not(vfpga_sim_unavailable))]
+
 mod common;
 
 use std::sync::Arc;
