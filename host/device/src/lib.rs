@@ -231,8 +231,9 @@ pub trait Device: Send {
         if self.status()?.contains(Status::QUIESCED) {
             return Ok(());
         }
-        let ctrl = self.read_reg(offsets::CTRL)?;
-        self.write_reg(offsets::CTRL, ctrl | Ctrl::QUIESCE.bits())?;
+        // Keep ENABLE as it is; every other CTRL bit is a pulse.
+        let enable = self.read_reg(offsets::CTRL)? & Ctrl::ENABLE.bits();
+        self.write_reg(offsets::CTRL, enable | Ctrl::QUIESCE.bits())?;
         let start = Instant::now();
         loop {
             if self.status()?.contains(Status::QUIESCED) {
@@ -254,8 +255,9 @@ pub trait Device: Send {
         if !self.status()?.contains(Status::QUIESCED) {
             return Ok(());
         }
-        let ctrl = self.read_reg(offsets::CTRL)?;
-        self.write_reg(offsets::CTRL, ctrl | Ctrl::RESUME.bits())?;
+        // Only the RESUME pulse: a restored CTRL word with reserved bits set
+        // must not turn into a SOFT_RESET here.
+        self.write_reg(offsets::CTRL, Ctrl::RESUME.bits())?;
         let st = self.status()?;
         if st.contains(Status::QUIESCED) {
             return Err(self.state_error()?.map_or_else(
