@@ -421,6 +421,12 @@ fn migrate_in_inner<S: Read + Write>(
         }
     };
     let snap = snap.ok_or_else(|| LiveError::Protocol("no workload snapshot".into()))?;
+    if snap.layout != guest.layout {
+        return Err(LiveError::Protocol(format!(
+            "the source's guest layout {:?} differs from this destination's {:?}",
+            snap.layout, guest.layout
+        )));
+    }
     // RESUMING → STOP validates and restores; STOP → RUNNING resumes.
     eng.set_state(dev, MigState::Running as u32)?;
     Ok((

@@ -145,6 +145,8 @@ pub enum WorkloadError {
 /// state crosses a migration in a few bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
+    /// Guest layout the workload runs in.
+    pub layout: Layout,
     /// Seed of the sequence.
     pub seed: u64,
     /// Descriptors in the whole run.
@@ -196,6 +198,7 @@ impl Workload {
     /// Where the workload is (see [`Snapshot`]).
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
+            layout: self.layout,
             seed: self.seed,
             total: self.total,
             stats: self.stats,
