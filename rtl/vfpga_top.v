@@ -77,7 +77,9 @@ module vfpga_top #(
     // Status for the integration (not needed by a bridge).
     output wire         busy,              // STATUS.BUSY
     output wire         quiesced,          // STATUS.QUIESCED
-    output wire         idle               // nothing to do until an MMIO access arrives
+    output wire         idle,              // nothing to do until an MMIO access arrives
+    output wire         step_done,         // one-cycle pulse: an engine step just ended
+    output reg  [1:0]   step_kind          // of that step: 0 fetch, 1 burst, 2 complete
 );
     // ------------------------------------------------------------------
     // Parameters checked at elaboration.
@@ -909,6 +911,7 @@ module vfpga_top #(
         reg [6:0]  n;
         begin
             if (cpl_due) begin
+                step_kind <= 2'd2;
                 a = {r_cq_base_hi, r_cq_base_lo} + {48'd0, cq_idx, 4'd0};
                 c_addr        <= a;
                 dma_req_valid <= 1'b1;
@@ -923,6 +926,7 @@ module vfpga_top #(
                                   r_cur_tag};
                 state <= S_C_WR;
             end else if (cur_valid) begin
+                step_kind <= 2'd1;
                 s = {r_cur_src_hi, r_cur_src_lo} + {32'd0, r_cur_done};
                 d = {r_cur_dst_hi, r_cur_dst_lo} + {32'd0, r_cur_done};
                 n = burst_len(cur_op, r_cur_len - r_cur_done, s[11:0], d[11:0]);
@@ -957,6 +961,7 @@ module vfpga_top #(
                     state <= S_B_WR;
                 end
             end else begin
+                step_kind <= 2'd0;
                 a = {r_sq_base_hi, r_sq_base_lo} + {47'd0, r_sq_head[11:0], 5'd0};
                 c_addr        <= a;
                 dma_req_valid <= 1'b1;
@@ -1049,6 +1054,7 @@ module vfpga_top #(
             m_bm_sel_next  <= 32'd0;
             m_bm_log       <= 1'b0;
             m_resume       <= 1'b0;
+            step_kind      <= 2'd0;
             mmio_rsp_valid <= 1'b0;
             mmio_rsp_rdata <= 64'd0;
             mmio_rd        <= 64'd0;
@@ -1309,6 +1315,17 @@ module vfpga_top #(
             endcase
         end
     end
+
+    // ------------------------------------------------------------------
+    // Step boundaries, for observers (the simulator's lockstep runs step by step).
+    wire in_step = state == S_F_RSP || state == S_B_RD || state == S_B_CRC || state == S_B_WR
+                   || state == S_B_MARK || state == S_C_WR || state == S_C_MARK;
+    reg  was_in_step;
+    always @(posedge clk) begin
+        if (!rst_n) was_in_step <= 1'b0;
+        else        was_in_step <= in_step;
+    end
+    assign step_done = was_in_step && !in_step;
 
     // ------------------------------------------------------------------
     // Side units, each in its own small process and evaluated only when the

@@ -24,6 +24,7 @@ enum : uint32_t {
     EV_DMA = 1u,   // a DMA request was accepted (fields below)
     EV_IRQ = 2u,   // an interrupt message was sent (irq_vector)
     EV_MMIO = 4u,  // the MMIO response arrived (mmio_rdata)
+    EV_STEP = 8u,  // an engine step ended (step_kind); only with stop_on_step
 };
 
 struct SimEvent {
@@ -34,6 +35,8 @@ struct SimEvent {
     uint32_t irq_vector;
     uint64_t mmio_rdata;
     uint64_t cycles;  // cycles run by this sim_run call
+    uint32_t step_kind;
+    uint32_t reserved;
     uint8_t dma_data[64];
 };
 
@@ -43,6 +46,8 @@ struct Sim {
     std::unique_ptr<VerilatedVcdC> vcd;
     uint64_t time = 0;
     uint64_t cycles = 0;
+    uint64_t steps = 0;
+    bool stop_on_step = false;
 };
 
 }  // extern "C"
@@ -170,6 +175,13 @@ void sim_run(Sim* s, uint64_t max_cycles, uint8_t* mem, uint64_t mem_len, SimEve
         if (mreq_fire) t->mmio_req_valid = 0;
         if (dm_fire) serve_devmem(t, dm_write, dm_addr, dm_len, mem, mem_len);
         half_cycle(s, 0);
+        if (t->step_done) {
+            s->steps++;
+            if (s->stop_on_step) {
+                flags |= EV_STEP;
+                ev->step_kind = t->step_kind;
+            }
+        }
         if (flags) {
             ev->flags = flags;
             break;
@@ -210,7 +222,9 @@ uint32_t sim_idle(Sim* s) {
 
 uint32_t sim_quiesced(Sim* s) { return s->top->quiesced; }
 
-uint64_t sim_cycles(Sim* s) { return s->cycles; }
+uint64_t sim_steps(Sim* s) { return s->steps; }
+
+void sim_stop_on_step(Sim* s, uint32_t on) { s->stop_on_step = on != 0; }
 
 void sim_flush_trace(Sim* s) {
     if (s->vcd) s->vcd->flush();

@@ -13,6 +13,7 @@ use std::path::Path;
 pub(crate) const EV_DMA: u32 = 1;
 pub(crate) const EV_IRQ: u32 = 2;
 pub(crate) const EV_MMIO: u32 = 4;
+pub(crate) const EV_STEP: u32 = 8;
 
 /// What ended a `sim_run` call (layout shared with `shim.cpp`).
 #[repr(C)]
@@ -25,6 +26,8 @@ pub(crate) struct SimEvent {
     pub irq_vector: u32,
     pub mmio_rdata: u64,
     pub cycles: u64,
+    pub step_kind: u32,
+    pub reserved: u32,
     pub dma_data: [u8; 64],
 }
 
@@ -38,6 +41,8 @@ impl Default for SimEvent {
             irq_vector: 0,
             mmio_rdata: 0,
             cycles: 0,
+            step_kind: 0,
+            reserved: 0,
             dma_data: [0; 64],
         }
     }
@@ -57,6 +62,8 @@ unsafe extern "C" {
     fn sim_mmio(s: *mut RawSim, bar2: u32, write: u32, addr: u32, be: u32, wdata: u64);
     fn sim_idle(s: *mut RawSim) -> u32;
     fn sim_flush_trace(s: *mut RawSim);
+    fn sim_steps(s: *mut RawSim) -> u64;
+    fn sim_stop_on_step(s: *mut RawSim, on: u32);
     fn sim_bench_bare(
         s: *mut RawSim,
         cycles: u64,
@@ -84,6 +91,10 @@ mod absent {
         1
     }
     pub unsafe fn sim_flush_trace(_: *mut RawSim) {}
+    pub unsafe fn sim_steps(_: *mut RawSim) -> u64 {
+        0
+    }
+    pub unsafe fn sim_stop_on_step(_: *mut RawSim, _: u32) {}
     pub unsafe fn sim_bench_bare(
         _: *mut RawSim,
         _: u64,
@@ -169,6 +180,18 @@ impl Model {
     pub(crate) fn idle(&mut self) -> bool {
         // SAFETY: live model on its thread.
         unsafe { sim_idle(self.raw) != 0 }
+    }
+
+    /// Engine steps completed so far.
+    pub(crate) fn steps(&mut self) -> u64 {
+        // SAFETY: live model on its thread.
+        unsafe { sim_steps(self.raw) }
+    }
+
+    /// Whether `run` also stops after each engine step.
+    pub(crate) fn stop_on_step(&mut self, on: bool) {
+        // SAFETY: live model on its thread.
+        unsafe { sim_stop_on_step(self.raw, u32::from(on)) }
     }
 
     /// Flushes the waveform file, if any.

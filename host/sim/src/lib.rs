@@ -90,6 +90,19 @@ pub struct SimStats {
     pub dma_faults: u64,
     /// Interrupt messages sent.
     pub irqs: u64,
+    /// Engine steps completed (datasheet §5.3: fetch, burst or complete).
+    pub steps: u64,
+}
+
+/// The kind of an engine step (datasheet §5.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StepKind {
+    /// A descriptor fetch.
+    Fetch,
+    /// A data burst.
+    Burst,
+    /// A completion.
+    Complete,
 }
 
 /// Time a benchmark run took.
@@ -152,6 +165,10 @@ enum Cmd {
     Batch(Vec<RegOp>),
     Advance(u64),
     RunUntilIdle(u64),
+    RunSteps {
+        steps: u64,
+        max_cycles: u64,
+    },
     DevmemRead {
         offset: u64,
         len: usize,
@@ -184,6 +201,7 @@ enum Reply {
     Done,
     Stats(SimStats),
     Bench(BenchTime),
+    Steps(Vec<StepKind>, u64),
     Err(String),
 }
 
@@ -311,6 +329,26 @@ impl SimDevice {
         }
         match self.call(Cmd::Batch(ops.to_vec()))? {
             Reply::Values(v) => Ok(v),
+            _ => Err(protocol_error()),
+        }
+    }
+
+    /// Runs until `steps` more engine steps have completed, or the device is
+    /// idle, or `max_cycles` cycles have passed (explicit clocking only).
+    /// Returns the kinds of the steps taken and the cycles used. The
+    /// cross-check uses this to compare the RTL with the model step by step.
+    pub fn run_steps(
+        &mut self,
+        steps: u64,
+        max_cycles: u64,
+    ) -> Result<(Vec<StepKind>, u64), DeviceError> {
+        if self.clocking != Clocking::Explicit {
+            return Err(DeviceError::Device(
+                "run_steps needs explicit clocking".into(),
+            ));
+        }
+        match self.call(Cmd::RunSteps { steps, max_cycles })? {
+            Reply::Steps(k, c) => Ok((k, c)),
             _ => Err(protocol_error()),
         }
     }
@@ -594,6 +632,9 @@ impl Harness {
                     break;
                 }
             }
+            if f & ffi::EV_STEP != 0 {
+                break; // only reported while run_steps asks for it
+            }
         }
         self.cycles += used;
         used
@@ -640,6 +681,24 @@ impl Harness {
             spent += self.run(4096, true);
         }
         Ok(self.mmio_rsp.take().unwrap_or(0))
+    }
+
+    fn run_steps(&mut self, steps: u64, max: u64) -> (Vec<StepKind>, u64) {
+        let mut kinds = Vec::new();
+        let mut used = 0;
+        self.model.stop_on_step(true);
+        while (kinds.len() as u64) < steps && used < max && !self.model.idle() {
+            used += self.run(max - used, false);
+            if self.ev.flags & ffi::EV_STEP != 0 {
+                kinds.push(match self.ev.step_kind {
+                    0 => StepKind::Fetch,
+                    1 => StepKind::Burst,
+                    _ => StepKind::Complete,
+                });
+            }
+        }
+        self.model.stop_on_step(false);
+        (kinds, used)
     }
 
     fn run_until_idle(&mut self, max: u64) -> u64 {
@@ -821,8 +880,13 @@ fn handle(h: &mut Harness, cmd: Cmd, free: bool, waiter: &mut Option<u64>) -> Op
         },
         Cmd::Stats => Reply::Stats(SimStats {
             cycles: h.cycles,
+            steps: h.model.steps(),
             ..h.stats
         }),
+        Cmd::RunSteps { steps, max_cycles } => {
+            let (kinds, used) = h.run_steps(steps, max_cycles);
+            Reply::Steps(kinds, used)
+        }
         Cmd::Bench { cycles, bare } => {
             let t = std::time::Instant::now();
             let cpu0 = thread_cpu_ns();

@@ -433,3 +433,28 @@ fn full_completion_ring_makes_the_engine_wait() {
     tags.push(Completion::from_bytes(&b).tag);
     assert_eq!(tags, vec![1, 2]);
 }
+
+#[test]
+fn steps_follow_the_datasheet_order() {
+    use vfpga_sim::StepKind::{Burst, Complete, Fetch};
+    let mut r = common::rig();
+    let mut drv = ring(&mut r, 4);
+    r.wr(offsets::CTRL, 0);
+    // 130 bytes from SRC+4000: bursts of 64, 32 (to the page end), 34.
+    drv.submit(
+        &mut r.dev,
+        &Desc::new(Opcode::CopyH2h, 1, SRC + 4000, DST, 130, 0),
+    )
+    .unwrap();
+    drv.submit(&mut r.dev, &Desc::new(Opcode::Nop, 2, 0, 0, 0, 0))
+        .unwrap();
+    r.wr(offsets::CTRL, 1);
+    let (kinds, _) = r.dev.run_steps(100, 100_000).unwrap();
+    assert_eq!(
+        kinds,
+        vec![Fetch, Burst, Burst, Burst, Complete, Fetch, Complete]
+    );
+    assert_eq!(r.dev.stats().unwrap().steps, 7);
+    let (kinds, _) = r.dev.run_steps(1, 10_000).unwrap();
+    assert!(kinds.is_empty(), "idle: no step");
+}
