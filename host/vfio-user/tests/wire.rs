@@ -25,9 +25,8 @@ fn errno(r: Result<impl std::fmt::Debug, vfpga_vfio_user::ClientError>) -> Errno
     }
 }
 
-#[test]
-fn a1_version_majors_and_minors() {
-    let h = start_model();
+fn a1_version_majors_and_minors(b: Backend) {
+    let h = start(b);
     for minor in [0u16, 1, 2, 7] {
         let c = h.client_when_free(minor, Caps::default());
         let v = c.version().unwrap();
@@ -55,9 +54,8 @@ fn a1_version_majors_and_minors() {
     assert!(c.device_info().is_ok());
 }
 
-#[test]
-fn a2_a3_a4_version_json() {
-    let h = start_model();
+fn a2_a3_a4_version_json(b: Backend) {
+    let h = start(b);
     for bad in [
         &b"{\"capabilities\":{}}"[..],
         &b"{\"capabilities\":{\"max_msg_fds\":\"8\"}}\0"[..],
@@ -103,9 +101,8 @@ fn a2_a3_a4_version_json() {
     );
 }
 
-#[test]
-fn a5_a6_a7_framing_errors_keep_the_session() {
-    let h = start_model();
+fn a5_a6_a7_framing_errors_keep_the_session(b: Backend) {
+    let h = start(b);
     let c = h.client();
     // msg_size below the header: error reply, session goes on.
     let mut hd = Header {
@@ -178,9 +175,8 @@ fn a5_a6_a7_framing_errors_keep_the_session() {
     assert_eq!(c.read32(offsets::SCRATCH.into()).unwrap(), 9);
 }
 
-#[test]
-fn a8_unsolicited_reply_is_not_executed() {
-    let h = start_model();
+fn a8_unsolicited_reply_is_not_executed(b: Backend) {
+    let h = start(b);
     let c = h.client();
     c.write32(offsets::SCRATCH.into(), 1).unwrap();
     let a = wire::RegionAccess {
@@ -202,9 +198,8 @@ fn a8_unsolicited_reply_is_not_executed() {
     assert_eq!(c.read32(offsets::SCRATCH.into()).unwrap(), 1);
 }
 
-#[test]
-fn a9_fds_on_commands_that_take_none_are_closed() {
-    let h = start_model();
+fn a9_fds_on_commands_that_take_none_are_closed(b: Backend) {
+    let h = start(b);
     let c = h.client();
     let (rd, wr) = nix::unistd::pipe().unwrap();
     let r = c.request(
@@ -220,9 +215,8 @@ fn a9_fds_on_commands_that_take_none_are_closed() {
     assert!(c.device_info().is_ok(), "session goes on");
 }
 
-#[test]
-fn device_region_and_irq_info() {
-    let h = start_model();
+fn device_region_and_irq_info(b: Backend) {
+    let h = start(b);
     let c = h.client();
     let i = c.device_info().unwrap();
     assert_eq!(i.flags, wire::DEVICE_FLAGS_RESET | wire::DEVICE_FLAGS_PCI);
@@ -259,9 +253,8 @@ fn device_region_and_irq_info() {
     assert_eq!(errno(c.irq_info(5)), Errno::EINVAL);
 }
 
-#[test]
-fn config_space_ids_bars_and_command() {
-    let h = start_model();
+fn config_space_ids_bars_and_command(b: Backend) {
+    let h = start(b);
     let c = h.client();
     let cfg = c.config_read(0, 256).unwrap();
     let r = wire::Reader::new(&cfg, "cfg");
@@ -292,9 +285,8 @@ fn efd() -> EventFd {
     EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK).unwrap()
 }
 
-#[test]
-fn msix_eventfds_masks_and_pba() {
-    let h = start_model();
+fn msix_eventfds_masks_and_pba(b: Backend) {
+    let h = start(b);
     let c = h.client();
     let (e0, e1) = (efd(), efd());
     c.msix_eventfds(0, &[e0.as_fd(), e1.as_fd()]).unwrap();
@@ -367,9 +359,8 @@ fn run_copy(c: &vfpga_vfio_user::Client, g: &GuestMem) -> Vec<vfpga_device::ring
     rd.run(&mut dev, &[d], 200_000).unwrap()
 }
 
-#[test]
-fn dma_through_an_fd_is_gated_by_bus_master_and_logged() {
-    let h = start_model();
+fn dma_through_an_fd_is_gated_by_bus_master_and_logged(b: Backend) {
+    let h = start(b);
     let c = h.client();
     let g = GuestMem::new(0x10_0000, 0x2_0000);
     g.map_into(&c);
@@ -445,10 +436,9 @@ fn dma_through_an_fd_is_gated_by_bus_master_and_logged() {
     c.dma_logging_stop().unwrap();
 }
 
-#[test]
-fn dma_without_fd_uses_messages_in_both_layouts() {
+fn dma_without_fd_uses_messages_in_both_layouts(b: Backend) {
     for minor in [2u16, 0] {
-        let h = start_model();
+        let h = start(b);
         let mut c = h.raw_client();
         c.negotiate(
             minor,
@@ -501,9 +491,8 @@ fn dma_without_fd_uses_messages_in_both_layouts() {
     }
 }
 
-#[test]
-fn g56_g58_disconnect_keeps_device_state_and_one_client_at_a_time() {
-    let h = start_model();
+fn g56_g58_disconnect_keeps_device_state_and_one_client_at_a_time(b: Backend) {
+    let h = start(b);
     let c = h.client();
     c.write32(offsets::SCRATCH.into(), 0x1234).unwrap();
     let g = GuestMem::new(0x10_0000, 0x1_0000);
@@ -528,3 +517,17 @@ fn g56_g58_disconnect_keeps_device_state_and_one_client_at_a_time() {
     );
     assert_eq!(c2.mig_state().unwrap(), 2, "RUNNING");
 }
+
+backend_tests!(
+    a1_version_majors_and_minors,
+    a2_a3_a4_version_json,
+    a5_a6_a7_framing_errors_keep_the_session,
+    a8_unsolicited_reply_is_not_executed,
+    a9_fds_on_commands_that_take_none_are_closed,
+    device_region_and_irq_info,
+    config_space_ids_bars_and_command,
+    msix_eventfds_masks_and_pba,
+    dma_through_an_fd_is_gated_by_bus_master_and_logged,
+    dma_without_fd_uses_messages_in_both_layouts,
+    g56_g58_disconnect_keeps_device_state_and_one_client_at_a_time
+);

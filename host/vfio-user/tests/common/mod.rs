@@ -58,6 +58,58 @@ pub fn start_model() -> Harness {
     start_with(d, dma, irq)
 }
 
+/// Which device the server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The Rust model.
+    Model,
+    /// The Verilated RTL, free-running.
+    Sim,
+}
+
+/// `Some(Sim)` when this build has the Verilated RTL; otherwise says why
+/// the sim tests are skipped.
+pub fn sim_backend() -> Option<Backend> {
+    if vfpga_sim::AVAILABLE {
+        Some(Backend::Sim)
+    } else {
+        eprintln!("skipping the sim backend: vfpga-sim was built without Verilator");
+        None
+    }
+}
+
+pub fn start(b: Backend) -> Harness {
+    match b {
+        Backend::Model => start_model(),
+        Backend::Sim => {
+            let dma = DmaPort::new();
+            let irq = Arc::new(IrqHub::new());
+            let opts = vfpga_sim::SimOptions {
+                devmem_pages: PAGES,
+                clocking: vfpga_sim::Clocking::FreeRunning,
+                ..Default::default()
+            };
+            let d = vfpga_sim::SimDevice::new(opts, dma.clone(), irq.clone()).expect("sim");
+            start_with(Box::new(d), dma, irq)
+        }
+    }
+}
+
+/// Instantiates each test function (taking a [`Backend`]) once per backend.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($t:ident),* $(,)?) => {
+        mod model {
+            $( #[test] fn $t() { super::$t($crate::common::Backend::Model) } )*
+        }
+        mod sim {
+            $( #[test] fn $t() {
+                if let Some(b) = $crate::common::sim_backend() { super::$t(b) }
+            } )*
+        }
+    };
+}
+
 impl Harness {
     pub fn client(&self) -> Client {
         let mut c = Client::connect(&self.path).expect("connect");
