@@ -82,11 +82,23 @@ pub fn demo(
 }
 
 /// `vfpga migrate`.
-pub fn migrate(common: &Common, _to: Option<String>, _incoming: Option<String>) -> u8 {
-    if let Err(code) = load_config(common) {
-        return code;
-    }
-    not_built("migrate", "migration over TCP is issue 8")
+pub fn migrate(
+    common: &Common,
+    to: Option<String>,
+    incoming: Option<String>,
+    backend: Option<String>,
+) -> u8 {
+    let cfg = match load_config(common) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_logging(cfg.as_ref());
+    crate::migrate::run(
+        cfg.as_ref(),
+        backend.as_deref(),
+        to.as_deref(),
+        incoming.as_deref(),
+    )
 }
 
 /// `vfpga crosscheck`.

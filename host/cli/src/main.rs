@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 mod commands;
 mod demo;
 mod doctor;
+mod migrate;
 mod serve;
 
 /// Host-side backend for a live-migratable PCIe FPGA device.
@@ -64,6 +65,9 @@ enum Command {
         /// Destination side: listen on tcp:ADDR:PORT.
         #[arg(long, value_name = "tcp:ADDR:PORT")]
         incoming: Option<String>,
+        /// Backend to use instead of the config's: model or sim.
+        #[arg(long, value_name = "NAME")]
+        backend: Option<String>,
     },
     /// Cross-check the reference model against the RTL (or a board) in lockstep.
     Crosscheck {
@@ -111,7 +115,8 @@ fn main() -> ExitCode {
             common,
             to,
             incoming,
-        } => commands::migrate(&common, to, incoming),
+            backend,
+        } => commands::migrate(&common, to, incoming, backend),
         Command::Crosscheck {
             common,
             seeds,

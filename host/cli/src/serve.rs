@@ -36,7 +36,10 @@ enum ServeError {
     },
 }
 
-fn build_device(cfg: &Config) -> Result<(Box<dyn Device>, DmaPort, Arc<IrqHub>), ServeError> {
+/// A device with the DMA port and interrupt hub it was built over.
+type Built = (Box<dyn Device>, DmaPort, Arc<IrqHub>);
+
+fn build_device(cfg: &Config) -> Result<Built, ServeError> {
     let dma = DmaPort::new();
     let irq = Arc::new(IrqHub::new());
     let backend = cfg.backend.value;

@@ -58,7 +58,8 @@ impl DemoOptions {
         }
     }
 
-    fn layout(&self) -> Layout {
+    /// The guest layout both sides of a migration use.
+    pub fn layout(&self) -> Layout {
         Layout {
             base: 0x1_0000_0000,
             size: self.guest_mem,

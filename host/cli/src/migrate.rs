@@ -1,0 +1,275 @@
+//! `vfpga migrate`: one side of a live migration between two hosts over TCP.
+//!
+//! The source (`--to tcp:HOST:PORT`) runs the seeded workload on its device,
+//! live-migrates it part-way, and prints the passes; the destination
+//! (`--incoming tcp:ADDR:PORT`) receives the device, its guest memory and the
+//! workload, resumes them and runs the workload to the end, verifying every
+//! completion and the final memory. If the migration fails, the source
+//! resumes, finishes the workload locally and verifies it (exit 1).
+
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vfpga_config::{Backend, Config};
+use vfpga_device::IrqLog;
+use vfpga_vmm::backend::{self, Kind};
+use vfpga_vmm::demo::{DemoOptions, error_chain};
+use vfpga_vmm::live::{self, Guest, LiveError};
+use vfpga_vmm::workload::Workload;
+
+use crate::commands::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+
+fn parse_tcp(s: &str) -> Option<String> {
+    let rest = s.strip_prefix("tcp:")?;
+    (rest
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()))
+    .then(|| rest.to_string())
+}
+
+fn kind_of(cfg: Option<&Config>, backend: Option<&str>) -> Result<Kind, String> {
+    if let Some(b) = backend {
+        return Kind::parse(b)
+            .ok_or_else(|| format!("--backend must be `model` or `sim`, not `{b}`"));
+    }
+    match cfg.map(|c| c.backend.value) {
+        None | Some(Backend::Sim) => Ok(Kind::Sim),
+        Some(Backend::Model) => Ok(Kind::Model),
+        Some(o) => Err(format!(
+            "backend `{}` cannot be migrated by `vfpga migrate` yet",
+            o.name()
+        )),
+    }
+}
+
+fn pages(devmem: u64) -> u32 {
+    (devmem / 4096) as u32
+}
+
+fn fail(msg: impl std::fmt::Display, e: &LiveError) -> u8 {
+    let chain = error_chain(e);
+    eprintln!(
+        "vfpga migrate: {msg}: {e}{}{chain}",
+        if chain.is_empty() { "" } else { ": " }
+    );
+    EXIT_FAILED
+}
+
+/// Runs `vfpga migrate`; returns the exit status.
+pub fn run(
+    cfg: Option<&Config>,
+    backend: Option<&str>,
+    to: Option<&str>,
+    incoming: Option<&str>,
+) -> u8 {
+    let kind = match kind_of(cfg, backend) {
+        Ok(k) => k,
+        Err(m) => {
+            eprintln!("vfpga migrate: {m}");
+            return EXIT_USAGE;
+        }
+    };
+    let devmem = cfg.map(|c| c.device.devmem_size.value.0).unwrap_or(1 << 20);
+    let opts = DemoOptions::new(kind, devmem);
+    match (to, incoming) {
+        (Some(t), None) => match parse_tcp(t) {
+            Some(addr) => source(&opts, &addr),
+            None => {
+                eprintln!("vfpga migrate: --to takes tcp:HOST:PORT, not `{t}`");
+                EXIT_USAGE
+            }
+        },
+        (None, Some(i)) => match parse_tcp(i) {
+            Some(addr) => destination(&opts, &addr),
+            None => {
+                eprintln!("vfpga migrate: --incoming takes tcp:ADDR:PORT, not `{i}`");
+                EXIT_USAGE
+            }
+        },
+        _ => {
+            eprintln!(
+                "vfpga migrate: give --to tcp:HOST:PORT (source) or --incoming tcp:ADDR:PORT (destination)"
+            );
+            EXIT_USAGE
+        }
+    }
+}
+
+fn source(opts: &DemoOptions, addr: &str) -> u8 {
+    let layout = opts.layout();
+    let guest = match Guest::new(layout) {
+        Ok(g) => g,
+        Err(e) => return fail("guest memory", &e),
+    };
+    let mut dev = match backend::open(
+        opts.kind,
+        pages(opts.devmem),
+        guest.dma.clone(),
+        Arc::new(IrqLog::new()),
+    ) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("vfpga migrate: {e}: {}", error_chain(&e));
+            return EXIT_USAGE;
+        }
+    };
+    let mut wl = Workload::new(layout, opts.seed, opts.descriptors);
+    let mut ring = match wl.start(dev.as_mut(), &guest.dma) {
+        Ok(r) => r,
+        Err(e) => return fail("starting the workload", &LiveError::Workload(e)),
+    };
+    let switch_at = (opts.descriptors as f64 * opts.migrate_at) as u64;
+    while wl.stats().verified < switch_at {
+        if let Err(e) = wl.pump(dev.as_mut(), &mut ring, opts.source.budget) {
+            return fail("workload", &LiveError::Workload(e));
+        }
+    }
+    println!(
+        "source: {} backend, {} of {} descriptors verified; connecting to {addr}",
+        opts.kind.name(),
+        wl.stats().verified,
+        opts.descriptors
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut conn = loop {
+        match TcpStream::connect(addr) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!("connect {addr}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => {
+                eprintln!("vfpga migrate: cannot connect to {addr}: {e}");
+                return EXIT_FAILED;
+            }
+        }
+    };
+    let _ = conn.set_nodelay(true);
+    let r = live::migrate_out(
+        dev.as_mut(),
+        &guest,
+        &mut wl,
+        &mut ring,
+        &mut conn,
+        &opts.source,
+    );
+    match r {
+        Ok(rep) => {
+            for p in &rep.passes {
+                println!(
+                    "source: pre-copy pass {:>2}: device {:>9} bytes, guest {:>5} pages, {:>4} descriptors meanwhile",
+                    p.pass, p.device_bytes, p.guest_pages, p.descriptors_during
+                );
+            }
+            println!(
+                "source: stop-and-copy: device {} bytes, guest {} pages ({}); {} descriptors verified here; the guest now runs on the destination",
+                rep.stop_copy_device_bytes,
+                rep.stop_copy_guest_pages,
+                rep.stop_reason,
+                wl.stats().verified
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            let code = fail("migration failed; the source device resumed", &e);
+            while !wl.done() {
+                if let Err(e) = wl.pump(dev.as_mut(), &mut ring, opts.source.budget) {
+                    return fail(
+                        "workload after the failed migration",
+                        &LiveError::Workload(e),
+                    );
+                }
+            }
+            match wl.verify_memory(dev.as_mut(), &guest.dma) {
+                Ok(()) => println!(
+                    "source: workload finished locally, {} descriptors verified, memory matches the shadow",
+                    wl.stats().verified
+                ),
+                Err(e) => {
+                    return fail(
+                        "workload after the failed migration",
+                        &LiveError::Workload(e),
+                    );
+                }
+            }
+            code
+        }
+    }
+}
+
+fn destination(opts: &DemoOptions, addr: &str) -> u8 {
+    let listener = match TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("vfpga migrate: cannot listen on {addr}: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    println!(
+        "destination: {} backend, listening on {addr}",
+        opts.kind.name()
+    );
+    let (mut conn, peer) = match listener.accept() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vfpga migrate: accept: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let kind = opts.kind;
+    let p = pages(opts.devmem);
+    let arrived = live::migrate_in(
+        opts.layout(),
+        |dma| {
+            backend::open(kind, p, dma, Arc::new(IrqLog::new()))
+                .map_err(|e| LiveError::Protocol(format!("{e}: {}", error_chain(&e))))
+        },
+        &mut conn,
+    );
+    let mut a = match arrived {
+        Ok(a) => a,
+        Err(e) => return fail(format!("refused the migration from {peer}"), &e),
+    };
+    println!(
+        "destination: device running after {:.3} ms of downtime ({} device bytes, {} guest pages received)",
+        a.report.downtime_ms(),
+        a.report.device_bytes,
+        a.report.guest_pages
+    );
+    let before = a.workload.stats().verified;
+    while !a.workload.done() {
+        if let Err(e) = a
+            .workload
+            .pump(a.dev.as_mut(), &mut a.ring, opts.source.budget)
+        {
+            return fail("workload after migration", &LiveError::Workload(e));
+        }
+    }
+    if let Err(e) = a.workload.verify_memory(a.dev.as_mut(), &a.guest.dma) {
+        return fail("final memory", &LiveError::Workload(e));
+    }
+    println!(
+        "destination: {} descriptors verified here ({} in all); guest and device memory match the shadow\nPASS",
+        a.workload.stats().verified - before,
+        a.workload.stats().verified
+    );
+    EXIT_OK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_addresses() {
+        assert_eq!(
+            parse_tcp("tcp:10.0.0.2:7777").as_deref(),
+            Some("10.0.0.2:7777")
+        );
+        assert_eq!(parse_tcp("tcp:[::1]:7").as_deref(), Some("[::1]:7"));
+        assert!(parse_tcp("10.0.0.2:7777").is_none());
+        assert!(parse_tcp("tcp:host").is_none());
+        assert!(parse_tcp("tcp::80").is_none());
+    }
+}
