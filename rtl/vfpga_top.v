@@ -152,7 +152,7 @@ module vfpga_top #(
 
     assign busy     = cur_valid || fetch_ok;
     assign quiesced = s_quiesced;
-    assign intx     = run_ok && ((r_irq_status[1:0] & ~r_irq_mask[1:0]) != 2'b00);
+    assign intx     = !s_quiesced && ((r_irq_status[1:0] & ~r_irq_mask[1:0]) != 2'b00);
 
     // ------------------------------------------------------------------
     // Bitmaps.
