@@ -6,7 +6,7 @@ use std::sync::atomic::{Ordering, fence};
 use std::time::{Duration, Instant};
 
 use vfpga_device::ring::{Completion, Desc};
-use vfpga_regs::{Ctrl, consts, cpl, desc, fields, offsets};
+use vfpga_regs::{CplStatus, Ctrl, Status, consts, cpl, desc, fields, offsets};
 
 use crate::dma::DmaBuf;
 use crate::mmio::Regs;
@@ -141,20 +141,34 @@ impl<'a, R: Regs> Rings<'a, R> {
         self.submitted += descs.len() as u32;
 
         let start = Instant::now();
+        let mut polls = 0u64;
         let mut out = Vec::with_capacity(descs.len());
         while out.len() < descs.len() {
             let off = self.layout.cq_off + self.cq_head as usize * cpl::SIZE;
             let info = self.mem.read_u32(off + cpl::INFO * 4);
             if (fields_phase(info) == 1) != self.phase {
-                if start.elapsed() > HANG_GUARD {
+                polls += 1;
+                // A ring fault halts the engine: no completion will come.
+                let halted = polls.is_multiple_of(64)
+                    && Status::from_bits_retain(self.regs.read32(offsets::STATUS))
+                        .contains(Status::HALTED);
+                if halted || start.elapsed() > HANG_GUARD {
+                    let status = self.regs.read32(offsets::STATUS);
+                    let err = self.regs.read32(offsets::ERR_CODE);
                     return Err(format!(
-                        "no completion {} of {} after {HANG_GUARD:?} (SQ_HEAD {}, CQ_TAIL {:#x}, STATUS {:#x}, ERR_CODE {})",
+                        "no completion {} of {} ({}): SQ_HEAD {}, CQ_TAIL {:#x}, STATUS {status:#x}, ERR_CODE {err} ({}), ERR_ADDR {:#x}",
                         out.len() + 1,
                         descs.len(),
+                        if halted {
+                            "the engine halted".to_string()
+                        } else {
+                            format!("after {HANG_GUARD:?}")
+                        },
                         self.regs.read32(offsets::SQ_HEAD),
                         self.regs.read32(offsets::CQ_TAIL),
-                        self.regs.read32(offsets::STATUS),
-                        self.regs.read32(offsets::ERR_CODE),
+                        CplStatus::from_raw(err).map_or("?", |s| s.name()),
+                        u64::from(self.regs.read32(offsets::ERR_ADDR_LO))
+                            | u64::from(self.regs.read32(offsets::ERR_ADDR_HI)) << 32,
                     ));
                 }
                 std::thread::sleep(Duration::from_micros(200));
