@@ -16,7 +16,12 @@
 //! cycles; deterministic, used by the cross-check) and **free-running** (the
 //! thread clocks while the device is busy and blocks while it is idle, so an
 //! idle device costs no CPU; `info().self_running` is true). MMIO accesses
-//! take the cycles the RTL needs to answer in both modes.
+//! take the cycles the RTL needs to answer in both modes. In free-running
+//! mode `advance(n)` waits until `n` more cycles have passed or the device is
+//! idle, and reports `used: 0` (the device runs by itself); the timer then
+//! counts simulated cycles, which stop while the device is idle.
+//! [`SimDevice::run_steps`] runs the RTL engine step by step (explicit mode),
+//! for the lockstep cross-check against the model.
 //!
 //! Device memory backdoor: [`Device::devmem_read`] and
 //! [`Device::devmem_write`] copy directly from and to the buffer (one round
