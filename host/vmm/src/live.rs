@@ -348,11 +348,10 @@ pub fn migrate_in<S: Read + Write>(
     let mut dev = make_dev(guest.dma.clone())?;
     let r = migrate_in_inner(&guest, dev.as_mut(), conn);
     match r {
-        Ok((snap, mut report)) => {
+        Ok((snap, report)) => {
             let workload = Workload::from_snapshot(layout, &snap);
             let ring = RingDriver::attach_counted(dev.as_mut(), &guest.dma, workload.in_flight())
                 .map_err(|e| LiveError::Protocol(format!("re-attaching the rings: {e}")))?;
-            report.resumed_at_us = now_us();
             channel::write_record(
                 conn,
                 &Record::Done {
@@ -429,11 +428,13 @@ fn migrate_in_inner<S: Read + Write>(
     }
     // RESUMING → STOP validates and restores; STOP → RUNNING resumes.
     eng.set_state(dev, MigState::Running as u32)?;
+    // The device runs from here: the end of the downtime window.
+    let resumed_at_us = now_us();
     Ok((
         snap,
         DestReport {
             stopped_at_us,
-            resumed_at_us: 0,
+            resumed_at_us,
             device_bytes,
             guest_pages,
         },
