@@ -99,6 +99,10 @@ pub struct DemoReport {
     pub migration_ms: f64,
     /// Whole demo.
     pub total_ms: f64,
+    /// Same-run baseline for the total: the unmigrated reference run.
+    pub reference_ms: f64,
+    /// Same-run baseline for the downtime: a memcpy of the stop-and-copy bytes.
+    pub stop_copy_memcpy_ms: f64,
     /// Interrupts wanted / received (source + destination).
     pub irqs_wanted: u64,
     /// Interrupts received on the completion vector.
@@ -175,6 +179,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, LiveError> {
     let layout = opts.layout();
 
     // 1. Reference run, never migrated.
+    let t_ref = Instant::now();
     let ref_guest = Guest::new(layout)?;
     let ref_irq = Arc::new(IrqLog::new());
     let mut ref_dev = open(opts.kind, opts.devmem, &ref_guest, ref_irq.clone())?;
@@ -189,6 +194,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, LiveError> {
     ref_wl.verify_memory(ref_dev.as_mut(), &ref_guest.dma)?;
     let (ref_g, ref_d) = final_memory(ref_dev.as_mut(), &ref_guest)?;
     drop(ref_dev);
+    let reference_ms = t_ref.elapsed().as_secs_f64() * 1000.0;
 
     // 2. Source and destination over TCP on loopback.
     let listener =
@@ -295,7 +301,16 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, LiveError> {
     if failure.is_none() && verified_on_source + verified_on_destination != opts.descriptors {
         failure = Some("not every descriptor was verified".into());
     }
+    let n = (src.stop_copy_device_bytes + src.stop_copy_guest_pages * 4096) as usize;
+    let from = vec![0x5au8; n];
+    let mut to = vec![0u8; n];
+    let t_copy = Instant::now();
+    to.copy_from_slice(std::hint::black_box(&from));
+    std::hint::black_box(&mut to);
+    let stop_copy_memcpy_ms = t_copy.elapsed().as_secs_f64() * 1000.0;
     Ok(DemoReport {
+        reference_ms,
+        stop_copy_memcpy_ms,
         backend: opts.kind.name().into(),
         devmem_bytes: opts.devmem,
         descriptors: opts.descriptors,
