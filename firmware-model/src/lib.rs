@@ -98,7 +98,7 @@ pub mod model;
 mod regs;
 pub mod runner;
 
-pub use model::{Model, ModelConfig, Step, StepKind};
+pub use model::{Fault, Model, ModelConfig, Step, StepKind};
 pub use runner::ModelRunner;
 use vfpga_device::{DeviceError, StateViolation};
 

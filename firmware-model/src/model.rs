@@ -112,6 +112,24 @@ impl Step {
     }
 }
 
+/// A deliberate bug the model can be switched into, to prove that a
+/// cross-check catches it (checker power). Only settable with the cargo
+/// feature `fault-injection` ([`Model::inject_fault`]); never used otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// The last burst of a descriptor moves one byte less (but counts it).
+    OffByOneLen,
+    /// A `CRC32C` descriptor starts from `PATTERN` instead of `!PATTERN`.
+    WrongCrcSeed,
+    /// Completion-vector messages are dropped while `CNT_DESC` is odd
+    /// (the pending bit is cleared as if sent).
+    DroppedIrq,
+    /// DMA bursts into device memory set no dirty bit.
+    DirtyBitNotSet,
+    /// The state port reads `CUR_CRC` as 0 (the word is not saved).
+    StateWordNotSaved,
+}
+
 /// Instance parameters of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelConfig {
@@ -273,6 +291,8 @@ pub struct Model {
     pub(crate) dma: DmaPort,
     pub(crate) irq: Arc<dyn IrqSink>,
     scratch: Vec<u8>,
+    /// A deliberate bug ([`Fault`]); `None` unless injected for a test.
+    pub(crate) fault: Option<Fault>,
 }
 
 impl Model {
@@ -299,6 +319,7 @@ impl Model {
             dma,
             irq,
             scratch: Vec::new(),
+            fault: None,
         })
     }
 
@@ -326,6 +347,14 @@ impl Model {
         m.arch = state.arch;
         m.quiesced = true;
         Ok(m)
+    }
+
+    /// Switches the model into a deliberate bug (test-only, feature
+    /// `fault-injection`): the cross-check must catch it. Batching is off
+    /// while a fault is injected.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_fault(&mut self, fault: Option<Fault>) {
+        self.fault = fault;
     }
 
     /// The configuration the model was built with.
@@ -471,6 +500,12 @@ impl Model {
             let bit = 1u32 << v;
             if ready & bit != 0 {
                 self.arch.irq_pending &= !bit;
+                if self.fault == Some(Fault::DroppedIrq)
+                    && v == consts::VECTOR_CPL
+                    && self.arch.cnt_desc % 2 == 1
+                {
+                    continue;
+                }
                 trace!(vector = v, "MSI-X message");
                 self.irq.raise(v as u16);
             }
@@ -532,7 +567,11 @@ impl Model {
         a.cur_flags = CUR_VALID;
         let op = self.cur_op();
         self.arch.cur_crc = if op == Some(Opcode::Crc32c) {
-            !self.arch.cur_pattern
+            if self.fault == Some(Fault::WrongCrcSeed) {
+                self.arch.cur_pattern
+            } else {
+                !self.arch.cur_pattern
+            }
         } else {
             0
         };
@@ -599,7 +638,13 @@ impl Model {
         let sa = self.cur_src().wrapping_add(u64::from(done));
         let da = self.cur_dst().wrapping_add(u64::from(done));
         let mut buf = [0u8; consts::BURST_BYTES as usize];
-        let b = &mut buf[..n as usize];
+        // The deliberate bug: the last burst moves one byte less.
+        let moved = if self.fault == Some(Fault::OffByOneLen) && done + n == self.arch.cur_len {
+            n - 1
+        } else {
+            n
+        };
+        let b = &mut buf[..moved as usize];
         match src_space(op) {
             Some(Space::Host) => {
                 if let Err(e) = self.dma.read(sa, b) {
@@ -607,7 +652,7 @@ impl Model {
                     return self.burst_fault(CplStatus::DmaReadFault, sa);
                 }
             }
-            Some(Space::Dev) => match devmem_range(sa, n, self.mem.len()) {
+            Some(Space::Dev) => match devmem_range(sa, moved, self.mem.len()) {
                 Some(r) => b.copy_from_slice(&self.mem[r]),
                 // Unreachable for a validated descriptor; fail safe anyway.
                 None => return self.burst_fault(CplStatus::DevmemRange, sa),
@@ -622,10 +667,12 @@ impl Model {
                 }
                 self.dmalog.record(da, u64::from(n));
             }
-            Some(Space::Dev) => match devmem_range(da, n, self.mem.len()) {
+            Some(Space::Dev) => match devmem_range(da, moved, self.mem.len()) {
                 Some(r) => {
                     self.mem[r].copy_from_slice(b);
-                    self.mark_dirty(da, u64::from(n));
+                    if self.fault != Some(Fault::DirtyBitNotSet) {
+                        self.mark_dirty(da, u64::from(n));
+                    }
                 }
                 None => return self.burst_fault(CplStatus::DevmemRange, da),
             },
@@ -712,7 +759,12 @@ impl Model {
     /// host-to-host copy does not overlap itself. Returns the bursts run, or
     /// `None` to let the caller take a single step.
     fn try_batch(&mut self, max_units: u64) -> Option<u64> {
-        if self.quiesced || self.halted() || !self.cur_valid() || self.must_complete() {
+        if self.quiesced
+            || self.halted()
+            || !self.cur_valid()
+            || self.must_complete()
+            || self.fault.is_some()
+        {
             return None;
         }
         let op = self.cur_op()?;

@@ -141,6 +141,11 @@ impl Model {
                 match self.arch.to_words().get(i) {
                     Some(&w) => {
                         self.state_idx += 1;
+                        if self.fault == Some(crate::model::Fault::StateWordNotSaved)
+                            && i == sw::CUR_CRC
+                        {
+                            return 0;
+                        }
                         w
                     }
                     None => 0,

@@ -1,0 +1,141 @@
+//! The implementations a cross-check can pair: the model (unbatched, one
+//! datasheet step per unit) and the Verilated RTL (explicit clocking).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde::{Deserialize, Serialize};
+use vfpga_device::{Bar, Device, DeviceError, DeviceInfo, DeviceState, DmaPort, IrqSink, Progress};
+use vfpga_model::{Model, ModelConfig};
+use vfpga_sim::{Clocking, SimDevice, SimOptions};
+
+use crate::lockstep::Factory;
+
+/// `DMALOG_MAX_PAGES` of the devices a cross-check builds (the generator's
+/// windows are at most 64 pages; a smaller log keeps the RTL's reset sweep short).
+pub const DMALOG_MAX_PAGES: u32 = 1024;
+
+/// One implementation of the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Impl {
+    /// The Rust reference model, `batch_bursts` off.
+    Model,
+    /// The RTL under Verilator, explicit clocking.
+    Sim,
+}
+
+impl Impl {
+    /// Name as in config files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Impl::Model => "model",
+            Impl::Sim => "sim",
+        }
+    }
+}
+
+/// Which two implementations run in lockstep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Pair {
+    /// The reference (expected values).
+    pub reference: Impl,
+    /// The side checked against it (actual values).
+    pub checked: Impl,
+}
+
+impl Pair {
+    /// Whether the pair needs the Verilated RTL.
+    pub fn needs_sim(&self) -> bool {
+        self.reference == Impl::Sim || self.checked == Impl::Sim
+    }
+}
+
+impl std::fmt::Display for Pair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} vs {}", self.reference.name(), self.checked.name())
+    }
+}
+
+/// Either implementation, behind one type (every provided method that a
+/// backend speeds up is forwarded).
+pub enum AnyDevice {
+    /// The model.
+    Model(Box<Model>),
+    /// The RTL.
+    Sim(SimDevice),
+}
+
+macro_rules! fwd {
+    ($self:ident, $d:ident => $e:expr) => {
+        match $self {
+            AnyDevice::Model($d) => $e,
+            AnyDevice::Sim($d) => $e,
+        }
+    };
+}
+
+impl Device for AnyDevice {
+    fn info(&self) -> DeviceInfo {
+        fwd!(self, d => d.info())
+    }
+    fn mmio_read(&mut self, bar: Bar, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
+        fwd!(self, d => d.mmio_read(bar, offset, data))
+    }
+    fn mmio_write(&mut self, bar: Bar, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+        fwd!(self, d => d.mmio_write(bar, offset, data))
+    }
+    fn advance(&mut self, budget: u64) -> Result<Progress, DeviceError> {
+        fwd!(self, d => d.advance(budget))
+    }
+    fn run_until_idle(&mut self, max_units: u64) -> Result<u64, DeviceError> {
+        fwd!(self, d => d.run_until_idle(max_units))
+    }
+    fn save_state(&mut self) -> Result<DeviceState, DeviceError> {
+        fwd!(self, d => d.save_state())
+    }
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), DeviceError> {
+        fwd!(self, d => d.restore_state(state))
+    }
+    fn devmem_read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        fwd!(self, d => d.devmem_read(offset, buf))
+    }
+    fn devmem_write(&mut self, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+        fwd!(self, d => d.devmem_write(offset, data))
+    }
+}
+
+/// A factory for `which` with `devmem_pages` pages. For the RTL, `vcd`
+/// names the waveform of the first instance; later instances (state
+/// transplants) write `<stem>.2.vcd`, `<stem>.3.vcd`, ...
+pub fn factory(which: Impl, devmem_pages: u32, vcd: Option<PathBuf>) -> Factory<AnyDevice> {
+    let n = Arc::new(AtomicU32::new(0));
+    Box::new(move |dma: DmaPort, irq: Arc<dyn IrqSink>| match which {
+        Impl::Model => {
+            let cfg = ModelConfig {
+                devmem_pages,
+                dmalog_max_pages: DMALOG_MAX_PAGES,
+                batch_bursts: false,
+            };
+            Ok(AnyDevice::Model(Box::new(Model::new(cfg, dma, irq)?)))
+        }
+        Impl::Sim => {
+            let k = n.fetch_add(1, Ordering::Relaxed);
+            let vcd = vcd.as_ref().map(|p| {
+                if k == 0 {
+                    p.clone()
+                } else {
+                    p.with_extension(format!("{}.vcd", k + 1))
+                }
+            });
+            let o = SimOptions {
+                devmem_pages,
+                dmalog_max_pages: DMALOG_MAX_PAGES,
+                clocking: Clocking::Explicit,
+                vcd,
+            };
+            Ok(AnyDevice::Sim(SimDevice::new(o, dma, irq)?))
+        }
+    })
+}

@@ -1,0 +1,811 @@
+//! Scenarios: plain serde data (so a failing one can be saved, replayed and
+//! shrunk), a seeded generator, and the host-side driver that applies one to
+//! a [`Lockstep`].
+
+use serde::{Deserialize, Serialize};
+use vfpga_device::ring::{Completion, Desc};
+use vfpga_device::{Device, DeviceError};
+use vfpga_regs::{Ctrl, consts, cpl, desc, offsets};
+
+use crate::lockstep::{GuestLayout, Lockstep, Transplant, fill};
+
+/// Version of the scenario format.
+pub const SCENARIO_VERSION: u32 = 1;
+
+/// IOVA of guest memory in generated scenarios (above 4 GiB, so the `_HI`
+/// address words matter).
+pub const GUEST_BASE: u64 = 0x1_0000_0000;
+/// Guest memory size in generated scenarios.
+pub const GUEST_LEN: u64 = 64 * 1024;
+/// Offset of the SQ area in guest memory (up to 4 KiB).
+const SQ_AREA: u64 = 0;
+/// Offset of the CQ area (up to 4 KiB).
+const CQ_AREA: u64 = 0x1000;
+/// Offset of the data area.
+const DATA_AREA: u64 = 0x2000;
+
+/// A descriptor as scenario data (all fields raw, so invalid ones can be
+/// expressed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DescSpec {
+    /// Raw opcode.
+    pub opcode: u8,
+    /// IRQ flag.
+    pub irq: bool,
+    /// Reserved CTL bits.
+    pub rsvd: u32,
+    /// Tag.
+    pub tag: u32,
+    /// Source.
+    pub src: u64,
+    /// Destination.
+    pub dst: u64,
+    /// Length.
+    pub len: u32,
+    /// Pattern / CRC seed.
+    pub pattern: u32,
+}
+
+impl From<DescSpec> for Desc {
+    fn from(d: DescSpec) -> Self {
+        Desc {
+            opcode: d.opcode,
+            irq: d.irq,
+            rsvd: d.rsvd,
+            tag: d.tag,
+            src: d.src,
+            dst: d.dst,
+            len: d.len,
+            pattern: d.pattern,
+        }
+    }
+}
+
+/// One stimulus operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Op {
+    /// Program the rings (`CTRL` cleared, ring registers, `CTRL.ENABLE`);
+    /// a base may be unmapped on purpose (fetch / completion-write faults).
+    SetupRings {
+        /// SQ base IOVA (low bits beyond the alignment are written too).
+        sq_base: u64,
+        /// SQ entries.
+        sq_size: u32,
+        /// CQ base IOVA.
+        cq_base: u64,
+        /// CQ entries.
+        cq_size: u32,
+    },
+    /// Write descriptors into free SQ slots (as the reference's `SQ_HEAD`
+    /// says) and ring the doorbell once.
+    Submit {
+        /// The descriptors (those that do not fit are dropped).
+        descs: Vec<DescSpec>,
+    },
+    /// Consume new completions (from the reference's guest memory) and
+    /// write `CQ_HEAD`.
+    Consume,
+    /// Run both sides until idle and compare.
+    Run,
+    /// Advance only the checked side by this many units.
+    RunChecked {
+        /// Units (cycles for the RTL, steps for the model).
+        units: u64,
+    },
+    /// Quiesce (the checked side where it is; the reference aligned to it).
+    Quiesce,
+    /// Resume.
+    Resume,
+    /// Save the state of both (compared).
+    Save,
+    /// While quiesced: restore a saved state with one word changed on both,
+    /// compare the verdicts, then restore the saved state.
+    RestoreMutated {
+        /// State word index.
+        word: usize,
+        /// Bits flipped.
+        xor: u32,
+    },
+    /// State transplant (quiesces first; both end quiesced).
+    Transplant {
+        /// Direction.
+        direction: Transplant,
+    },
+    /// `CTRL.SOFT_RESET`.
+    SoftReset,
+    /// Write a BAR0 register by name.
+    WriteReg {
+        /// Register name (from `regmap.yaml`).
+        reg: String,
+        /// Value.
+        value: u32,
+    },
+    /// Read a BAR0 register by name.
+    ReadReg {
+        /// Register name.
+        reg: String,
+    },
+    /// Host write to device memory through BAR2 (may run beside DMA: the
+    /// generator keeps it off the bytes DMA uses).
+    DevmemWrite {
+        /// Offset.
+        offset: u64,
+        /// Length.
+        len: u32,
+        /// Seed of the data.
+        seed: u64,
+    },
+    /// Read device memory through BAR2 (compared when aligned).
+    DevmemRead {
+        /// Offset.
+        offset: u64,
+        /// Length.
+        len: u32,
+    },
+    /// Host write to guest memory (both sides settle first).
+    HostWrite {
+        /// Offset in guest memory.
+        offset: u64,
+        /// Length.
+        len: u32,
+        /// Seed of the data.
+        seed: u64,
+    },
+    /// Read and clear the device-memory dirty bitmap (compared).
+    TakeDirty,
+    /// Start the DMA write log over a window.
+    DmaLogStart {
+        /// Window base IOVA.
+        base: u64,
+        /// Window pages.
+        pages: u32,
+    },
+    /// Read and clear the DMA write log (compared).
+    DmaLogTake,
+    /// Stop the DMA write log.
+    DmaLogStop,
+}
+
+/// A replayable scenario.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scenario {
+    /// [`SCENARIO_VERSION`].
+    pub version: u32,
+    /// Seed it was generated from.
+    pub seed: u64,
+    /// Device memory in pages.
+    pub devmem_pages: u32,
+    /// Guest memory of each side.
+    pub guest: GuestLayout,
+    /// The operations.
+    pub ops: Vec<Op>,
+}
+
+/// Host-side driver state (what a guest driver keeps).
+#[derive(Debug, Clone, Default)]
+struct Driver {
+    rings: Option<Rings>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Rings {
+    sq_base: u64,
+    sq_size: u32,
+    cq_base: u64,
+    cq_size: u32,
+    sq_tail: u32,
+    cq_head: u32,
+    phase: bool,
+}
+
+/// What a scenario run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RunStats {
+    /// Scenario operations applied.
+    pub scenario_ops: u64,
+    /// Lockstep operations (device-level stimulus).
+    pub operations: u64,
+    /// Operations after which effects were compared.
+    pub compared: u64,
+    /// State transplants.
+    pub transplants: u64,
+    /// Completions consumed by the driver.
+    pub completions: u64,
+}
+
+fn reg_offset(name: &str) -> Result<u32, DeviceError> {
+    vfpga_regs::REGISTERS
+        .iter()
+        .find(|r| r.name == name)
+        .map(|r| r.offset)
+        .ok_or_else(|| DeviceError::Device(format!("scenario names unknown register {name}")))
+}
+
+/// Applies `sc` to `ls`, then a final settle and comparison of the bitmaps,
+/// the DMA log and the quiesced state. Stops at the first error; a
+/// divergence is then in [`Lockstep::divergence`].
+pub fn apply<A: Device, B: Device>(
+    ls: &mut Lockstep<A, B>,
+    sc: &Scenario,
+    stats: &mut RunStats,
+) -> Result<(), DeviceError> {
+    let mut drv = Driver::default();
+    let finale = [
+        Op::Run,
+        Op::Consume,
+        Op::TakeDirty,
+        Op::DmaLogTake,
+        Op::Quiesce,
+        Op::Save,
+    ];
+    for (i, op) in sc.ops.iter().chain(finale.iter()).enumerate() {
+        ls.note(format!("scenario op {i}: {}", op_summary(op)));
+        stats.scenario_ops += 1;
+        apply_op(ls, &mut drv, op, stats)?;
+    }
+    Ok(())
+}
+
+/// One line describing an operation.
+pub fn op_summary(op: &Op) -> String {
+    match op {
+        Op::Submit { descs } => format!("submit {} descriptors", descs.len()),
+        other => serde_json::to_string(other).unwrap_or_default(),
+    }
+}
+
+fn apply_op<A: Device, B: Device>(
+    ls: &mut Lockstep<A, B>,
+    drv: &mut Driver,
+    op: &Op,
+    stats: &mut RunStats,
+) -> Result<(), DeviceError> {
+    match op {
+        Op::SetupRings {
+            sq_base,
+            sq_size,
+            cq_base,
+            cq_size,
+        } => {
+            if ls.is_quiesced()? {
+                return Ok(());
+            }
+            // Zero the CQ (when mapped) so stale phases cannot match.
+            let cq_bytes = u64::from(*cq_size) * cpl::SIZE as u64;
+            if cq_bytes > 0 && ls.reference().dma.is_mapped(*cq_base & !15, cq_bytes) {
+                ls.host_write(*cq_base & !15, &vec![0u8; cq_bytes as usize])?;
+            }
+            ls.write_reg(offsets::CTRL, 0)?;
+            ls.write_reg(offsets::SQ_BASE_LO, *sq_base as u32)?;
+            ls.write_reg(offsets::SQ_BASE_HI, (*sq_base >> 32) as u32)?;
+            ls.write_reg(offsets::SQ_SIZE, *sq_size)?;
+            ls.write_reg(offsets::CQ_BASE_LO, *cq_base as u32)?;
+            ls.write_reg(offsets::CQ_BASE_HI, (*cq_base >> 32) as u32)?;
+            ls.write_reg(offsets::CQ_SIZE, *cq_size)?;
+            ls.write_reg(offsets::CTRL, Ctrl::ENABLE.bits())?;
+            // The driver's view is what the device took.
+            let rd = |ls: &mut Lockstep<A, B>, lo, hi| -> Result<u64, DeviceError> {
+                Ok(u64::from(ls.read_reg(lo)?) | (u64::from(ls.read_reg(hi)?) << 32))
+            };
+            let sq_base = rd(ls, offsets::SQ_BASE_LO, offsets::SQ_BASE_HI)?;
+            let cq_base = rd(ls, offsets::CQ_BASE_LO, offsets::CQ_BASE_HI)?;
+            let sq_size = ls.read_reg(offsets::SQ_SIZE)?;
+            let cq_size = ls.read_reg(offsets::CQ_SIZE)?;
+            let sq_tail = ls.read_reg(offsets::SQ_TAIL)?;
+            let cq_head = ls.read_reg(offsets::CQ_HEAD)?;
+            let tail = ls.read_reg(offsets::CQ_TAIL)?;
+            let phase = vfpga_regs::fields::cq_tail::PHASE.get(tail) != 0;
+            let idx = vfpga_regs::fields::cq_tail::INDEX.get(tail);
+            drv.rings = (sq_size >= 2 && cq_size >= 2).then_some(Rings {
+                sq_base,
+                sq_size,
+                cq_base,
+                cq_size,
+                sq_tail,
+                cq_head,
+                phase: if idx >= cq_head { phase } else { !phase },
+            });
+        }
+        Op::Submit { descs } => {
+            let Some(r) = drv.rings.as_mut() else {
+                return Ok(());
+            };
+            if ls.is_quiesced()? {
+                return Ok(());
+            }
+            let head = ls.read_reg(offsets::SQ_HEAD)?;
+            let mut room = (head + r.sq_size - r.sq_tail - 1) % r.sq_size;
+            let mut wrote = false;
+            for d in descs {
+                if room == 0 {
+                    break;
+                }
+                let at = r
+                    .sq_base
+                    .wrapping_add(u64::from(r.sq_tail) * desc::SIZE as u64);
+                if ls.reference().dma.is_mapped(at, desc::SIZE as u64) {
+                    ls.host_write(at, &Desc::from(*d).to_bytes())?;
+                }
+                r.sq_tail = (r.sq_tail + 1) % r.sq_size;
+                room -= 1;
+                wrote = true;
+            }
+            if wrote {
+                let t = r.sq_tail;
+                ls.write_reg(offsets::SQ_TAIL, t)?;
+            }
+        }
+        Op::Consume => {
+            let Some(r) = drv.rings.as_mut() else {
+                return Ok(());
+            };
+            if ls.is_quiesced()? {
+                return Ok(());
+            }
+            let mut n = 0;
+            loop {
+                let at = r
+                    .cq_base
+                    .wrapping_add(u64::from(r.cq_head) * cpl::SIZE as u64);
+                let mut b = [0u8; cpl::SIZE];
+                if ls.host_read(at, &mut b).is_err() {
+                    break;
+                }
+                let c = Completion::from_bytes(&b);
+                if c.phase != r.phase || n >= r.cq_size {
+                    break;
+                }
+                n += 1;
+                r.cq_head = (r.cq_head + 1) % r.cq_size;
+                if r.cq_head == 0 {
+                    r.phase = !r.phase;
+                }
+            }
+            if n > 0 {
+                stats.completions += u64::from(n);
+                let h = r.cq_head;
+                ls.write_reg(offsets::CQ_HEAD, h)?;
+            }
+        }
+        Op::Run => {
+            ls.settle()?;
+        }
+        Op::RunChecked { units } => {
+            ls.run_checked(*units)?;
+        }
+        Op::Quiesce => ls.quiesce()?,
+        Op::Resume => {
+            // A refused resume (equal on both sides) leaves both quiesced.
+            match ls.resume() {
+                Ok(()) => {}
+                Err(e @ DeviceError::StateRejected(_)) if ls.divergence().is_none() => {
+                    tracing::debug!(%e, "resume refused on both sides");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Op::Save => {
+            if ls.is_quiesced()? {
+                ls.save_state()?;
+            }
+        }
+        Op::RestoreMutated { word, xor } => {
+            if !ls.is_quiesced()? {
+                return Ok(());
+            }
+            let s = ls.save_state()?;
+            let mut w = s.arch.to_words();
+            if let Some(x) = w.get_mut(*word) {
+                *x ^= *xor;
+            }
+            let mut bad = s;
+            bad.arch = vfpga_regs::ArchState::from_words(&w);
+            let r = ls.restore_state(&bad);
+            if ls.divergence().is_some() {
+                return r;
+            }
+            match r {
+                Ok(()) | Err(DeviceError::StateRejected(_)) => {}
+                Err(e) => return Err(e),
+            }
+            ls.restore_state(&s)?;
+        }
+        Op::Transplant { direction } => {
+            ls.transplant(*direction)?;
+        }
+        Op::SoftReset => {
+            ls.soft_reset()?;
+            drv.rings = None;
+        }
+        Op::WriteReg { reg, value } => {
+            let o = reg_offset(reg)?;
+            ls.write_reg(o, *value)?;
+            if o == offsets::CTRL && *value & Ctrl::SOFT_RESET.bits() != 0 {
+                drv.rings = None;
+            }
+        }
+        Op::ReadReg { reg } => {
+            let o = reg_offset(reg)?;
+            ls.read_reg(o)?;
+        }
+        Op::DevmemWrite { offset, len, seed } => {
+            let size = ls.info().bar2_size;
+            if offset.saturating_add(u64::from(*len)) <= size {
+                ls.devmem_write(*offset, &fill(*seed, *len as usize))?;
+            }
+        }
+        Op::DevmemRead { offset, len } => {
+            let size = ls.info().bar2_size;
+            if offset.saturating_add(u64::from(*len)) <= size {
+                let mut b = vec![0u8; *len as usize];
+                ls.devmem_read(*offset, &mut b)?;
+            }
+        }
+        Op::HostWrite { offset, len, seed } => {
+            let g = ls_guest(ls);
+            if offset.saturating_add(u64::from(*len)) <= g.len {
+                if !ls.is_quiesced()? {
+                    ls.settle()?;
+                }
+                ls.host_write(g.base + offset, &fill(*seed, *len as usize))?;
+            }
+        }
+        Op::TakeDirty => {
+            ls.take_dirty_pages()?;
+        }
+        Op::DmaLogStart { base, pages } => ls.dma_log_start(*base, *pages)?,
+        Op::DmaLogTake => {
+            ls.dma_log_take()?;
+        }
+        Op::DmaLogStop => ls.dma_log_stop()?,
+    }
+    Ok(())
+}
+
+fn ls_guest<A: Device, B: Device>(ls: &mut Lockstep<A, B>) -> GuestLayout {
+    let m = ls.reference().dma.mappings();
+    let (base, len) = m.first().copied().unwrap_or((0, 0));
+    GuestLayout {
+        base,
+        len,
+        fill_seed: 0,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The generator.
+
+/// A small seeded generator (splitmix64): scenarios depend on nothing but
+/// their seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// True with probability `pct`%.
+    pub fn pct(&mut self, pct: u64) -> bool {
+        self.below(100) < pct
+    }
+
+    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len() as u64) as usize]
+    }
+}
+
+/// Generates the scenario of `seed` for a device with `devmem_pages` pages
+/// (at least 2: the last page is where the host writes while DMA runs).
+pub fn generate(seed: u64, devmem_pages: u32) -> Scenario {
+    let mut g = Gen {
+        r: Rng::new(seed),
+        devmem: u64::from(devmem_pages) * u64::from(consts::PAGE_SIZE),
+        tag: 0,
+    };
+    let mut ops = Vec::new();
+    ops.push(g.setup_rings());
+    ops.push(Op::WriteReg {
+        reg: "IRQ_MASK".into(),
+        value: g.r.pick(&[0, 0, 0, 1, 2, 3]),
+    });
+    if g.r.pct(50) {
+        ops.push(g.dma_log_start());
+    }
+    let n = 8 + g.r.below(40);
+    for _ in 0..n {
+        g.one(&mut ops);
+    }
+    Scenario {
+        version: SCENARIO_VERSION,
+        seed,
+        devmem_pages,
+        guest: GuestLayout {
+            base: GUEST_BASE,
+            len: GUEST_LEN,
+            fill_seed: seed,
+        },
+        ops,
+    }
+}
+
+struct Gen {
+    r: Rng,
+    devmem: u64,
+    tag: u32,
+}
+
+impl Gen {
+    fn setup_rings(&mut self) -> Op {
+        let sq_size = self.r.pick(&[2u32, 4, 4, 8, 8, 16, 32]);
+        let cq_size = self.r.pick(&[2u32, 4, 4, 8, 16]);
+        let sq_slots = (4096 / desc::SIZE as u64) - u64::from(sq_size);
+        let cq_slots = (4096 / cpl::SIZE as u64) - u64::from(cq_size);
+        let mut sq_base = GUEST_BASE + SQ_AREA + self.r.below(sq_slots + 1) * desc::SIZE as u64;
+        let mut cq_base = GUEST_BASE + CQ_AREA + self.r.below(cq_slots + 1) * cpl::SIZE as u64;
+        if self.r.pct(10) {
+            sq_base |= self.r.below(32); // low bits the device drops
+        }
+        if self.r.pct(4) {
+            sq_base = GUEST_BASE + GUEST_LEN + 0x1000 * self.r.below(4); // fetch fault
+        }
+        if self.r.pct(4) {
+            cq_base = GUEST_BASE - 0x1000; // completion write fault
+        }
+        Op::SetupRings {
+            sq_base,
+            sq_size,
+            cq_base,
+            cq_size,
+        }
+    }
+
+    fn dma_log_start(&mut self) -> Op {
+        let base = GUEST_BASE + self.r.pick(&[0u64, 0, 0x2000, 0x8000]);
+        let pages = self.r.pick(&[1u32, 4, 8, 16, 16, 64]);
+        Op::DmaLogStart { base, pages }
+    }
+
+    fn len(&mut self) -> u32 {
+        match self.r.below(20) {
+            0 => 0,
+            1 => consts::MAX_DESC_LEN + 1,
+            2..=4 => 1 + self.r.below(8) as u32,
+            5..=6 => self.r.pick(&[64u32, 128, 4096, 4095, 4097]),
+            7..=9 => self.r.below(5000) as u32,
+            _ => self.r.below(700) as u32,
+        }
+    }
+
+    /// A host address for `len` bytes: mostly inside the data area, sometimes
+    /// outside mapped memory or straddling its end.
+    fn host(&mut self, len: u32) -> u64 {
+        let l = u64::from(len).min(GUEST_LEN - DATA_AREA);
+        match self.r.below(25) {
+            0 => GUEST_BASE + GUEST_LEN - l / 2 - 1, // straddles the end
+            1 => 0x1000 + self.r.below(0x1000),      // unmapped
+            _ => GUEST_BASE + DATA_AREA + self.r.below(GUEST_LEN - DATA_AREA - l + 1),
+        }
+    }
+
+    /// A device-memory offset for `len` bytes, off the last page (where the
+    /// host writes while DMA runs); sometimes out of range.
+    fn dev(&mut self, len: u32) -> u64 {
+        let limit = self.devmem - u64::from(consts::PAGE_SIZE);
+        let l = u64::from(len);
+        match self.r.below(20) {
+            0 => self.devmem.saturating_sub(l / 2),
+            1 => u64::MAX - self.r.below(64),
+            _ if l <= limit => self.r.below(limit - l + 1),
+            _ => self.devmem.saturating_sub(l / 2),
+        }
+    }
+
+    fn desc(&mut self) -> DescSpec {
+        let opcode = match self.r.below(24) {
+            0 => self.r.pick(&[7u8, 8, 0x80, 0xff]),
+            1 => 0,
+            n => 1 + (n % 6) as u8,
+        };
+        let mut len = self.len();
+        if len > consts::MAX_DESC_LEN {
+            // BAD_DESC: keep it.
+        } else if len as u64 > GUEST_LEN - DATA_AREA {
+            len = (GUEST_LEN - DATA_AREA) as u32;
+        }
+        let (src, dst) = match opcode {
+            1 => (self.host(len), self.dev(len)),
+            2 => (self.dev(len), self.host(len)),
+            3 => {
+                let s = self.host(len);
+                let d = if self.r.pct(15) {
+                    s.wrapping_add(self.r.below(96)) // overlapping copy
+                } else {
+                    self.host(len)
+                };
+                (s, d)
+            }
+            4 => (self.host(len), 0),
+            5 => (0, self.dev(len)),
+            6 => (0, self.host(len)),
+            _ => (self.r.next_u64(), self.r.next_u64()),
+        };
+        self.tag += 1;
+        DescSpec {
+            opcode,
+            irq: self.r.pct(50),
+            rsvd: u32::from(self.r.pct(4)),
+            tag: self.tag,
+            src,
+            dst,
+            len,
+            pattern: if self.r.pct(30) {
+                0
+            } else {
+                self.r.next_u64() as u32
+            },
+        }
+    }
+
+    fn one(&mut self, ops: &mut Vec<Op>) {
+        match self.r.below(100) {
+            0..=27 => {
+                let k = 1 + self.r.below(6);
+                let descs = (0..k).map(|_| self.desc()).collect();
+                ops.push(Op::Submit { descs });
+            }
+            28..=41 => ops.push(Op::Run),
+            42..=51 => ops.push(Op::RunChecked {
+                units: 1 + self.r.below(600),
+            }),
+            52..=61 => ops.push(Op::Consume),
+            62..=71 => {
+                ops.push(Op::RunChecked {
+                    units: self.r.below(300),
+                });
+                ops.push(Op::Quiesce);
+                match self.r.below(6) {
+                    0 | 1 => ops.push(Op::Save),
+                    2 => ops.push(Op::Transplant {
+                        direction: Transplant::ReferenceToChecked,
+                    }),
+                    3 => ops.push(Op::Transplant {
+                        direction: Transplant::CheckedToReference,
+                    }),
+                    4 => ops.push(Op::RestoreMutated {
+                        word: self.r.below(vfpga_regs::state::WORDS as u64) as usize,
+                        xor: 1 << self.r.below(32),
+                    }),
+                    _ => ops.push(Op::DevmemWrite {
+                        offset: self.r.below(self.devmem - 64),
+                        len: 1 + self.r.below(64) as u32,
+                        seed: self.r.next_u64(),
+                    }),
+                }
+                ops.push(Op::Resume);
+            }
+            72..=79 => {
+                let (reg, value) = match self.r.below(7) {
+                    0 => ("IRQ_MASK", self.r.below(4) as u32),
+                    1 => ("IRQ_STATUS", self.r.below(4) as u32),
+                    2 => ("ERR_CODE", 0),
+                    3 => ("SCRATCH", self.r.next_u64() as u32),
+                    4 => ("CTRL", self.r.pick(&[0u32, 1, 1])),
+                    5 => ("DIRTY_SEL", self.r.below(4) as u32),
+                    _ => ("STATE_CTRL", 1),
+                };
+                ops.push(Op::WriteReg {
+                    reg: reg.into(),
+                    value,
+                });
+            }
+            80..=83 => {
+                let reg = self.r.pick(&[
+                    "STATUS",
+                    "SQ_HEAD",
+                    "CQ_TAIL",
+                    "CNT_BYTES_LO",
+                    "ERR_ADDR_LO",
+                    "IRQ_STATUS",
+                    "IRQ_PENDING",
+                    "STATE_ERR",
+                    "DIRTY_BITS",
+                    "DMALOG_BITS",
+                ]);
+                ops.push(Op::ReadReg { reg: reg.into() });
+            }
+            84..=87 => {
+                // The last page: never a DMA target.
+                let page = self.devmem - u64::from(consts::PAGE_SIZE);
+                let len = 1 + self.r.below(300) as u32;
+                ops.push(Op::DevmemWrite {
+                    offset: page + self.r.below(4096 - u64::from(len) + 1),
+                    len,
+                    seed: self.r.next_u64(),
+                });
+            }
+            88 => ops.push(Op::DevmemRead {
+                offset: self.r.below(self.devmem - 256),
+                len: 1 + self.r.below(256) as u32,
+            }),
+            89..=90 => {
+                let len = 1 + self.r.below(2000) as u32;
+                ops.push(Op::HostWrite {
+                    offset: DATA_AREA + self.r.below(GUEST_LEN - DATA_AREA - u64::from(len)),
+                    len,
+                    seed: self.r.next_u64(),
+                });
+            }
+            91..=93 => ops.push(Op::TakeDirty),
+            94..=95 => ops.push(Op::DmaLogTake),
+            96 => ops.push(if self.r.pct(50) {
+                self.dma_log_start()
+            } else {
+                Op::DmaLogStop
+            }),
+            97 => {
+                ops.push(Op::SoftReset);
+                ops.push(self.setup_rings());
+                ops.push(Op::WriteReg {
+                    reg: "IRQ_MASK".into(),
+                    value: 0,
+                });
+            }
+            _ => ops.push(self.setup_rings()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_is_deterministic_and_round_trips_through_json() {
+        let a = generate(42, 16);
+        assert_eq!(a, generate(42, 16));
+        assert_ne!(a, generate(43, 16));
+        let j = serde_json::to_string(&a).expect("json");
+        let b: Scenario = serde_json::from_str(&j).expect("parse");
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn generated_dma_stays_off_the_host_written_page() {
+        for seed in 0..200 {
+            let sc = generate(seed, 16);
+            let last = 15 * 4096;
+            for op in &sc.ops {
+                if let Op::Submit { descs } = op {
+                    for d in descs {
+                        let (dev, len) = match d.opcode {
+                            1 | 5 => (d.dst, u64::from(d.len)),
+                            2 => (d.src, u64::from(d.len)),
+                            _ => continue,
+                        };
+                        let in_range = dev.checked_add(len).is_some_and(|e| e <= 16 * 4096);
+                        if in_range && d.len <= consts::MAX_DESC_LEN && len > 0 {
+                            assert!(dev + len <= last, "seed {seed}: {d:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
