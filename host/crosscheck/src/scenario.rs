@@ -271,6 +271,8 @@ fn apply_op<A: Device, B: Device>(
             if ls.is_quiesced()? {
                 return Ok(());
             }
+            // The host rewrites ring memory: both sides at the same point first.
+            ls.settle()?;
             // Zero the CQ (when mapped) so stale phases cannot match.
             let cq_bytes = u64::from(*cq_size) * cpl::SIZE as u64;
             if cq_bytes > 0 && ls.reference().dma.is_mapped(*cq_base & !15, cq_bytes) {
