@@ -64,7 +64,7 @@ fn main() {
         "fast",
         "--noassert",
     ])
-    .args(["--trace", "-Wno-REDEFMACRO"])
+    .args(["--trace"])
     .arg(format!("-I{}", rtl.display()));
     for f in RTL_FILES {
         cmd.arg(rtl.join(f));

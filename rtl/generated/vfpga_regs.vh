@@ -215,7 +215,7 @@
 `define VFPGA_STATEERR_INFLIGHT 8'd6
 
 // ---- in-memory structures: word indices and fields
-`define VFPGA_DESC_BYTES 32
+`define VFPGA_DESC_SIZE 32
 `define VFPGA_DESC_CTL_WORD 0
 `define VFPGA_DESC_CTL_OPCODE_LSB 0
 `define VFPGA_DESC_CTL_OPCODE_WIDTH 8
@@ -230,7 +230,7 @@
 `define VFPGA_DESC_DST_HI_WORD 5
 `define VFPGA_DESC_LEN_WORD 6
 `define VFPGA_DESC_PATTERN_WORD 7
-`define VFPGA_CPL_BYTES 16
+`define VFPGA_CPL_SIZE 16
 `define VFPGA_CPL_TAG_WORD 0
 `define VFPGA_CPL_INFO_WORD 1
 `define VFPGA_CPL_INFO_STATUS_LSB 0

@@ -430,7 +430,7 @@ pub fn verilog(m: &Model, hash: &str) -> String {
         let sn = s.name.to_ascii_uppercase();
         vdef(
             &mut o,
-            &format!("VFPGA_{sn}_BYTES"),
+            &format!("VFPGA_{sn}_SIZE"),
             format!("{}", s.bytes),
             "",
         );
