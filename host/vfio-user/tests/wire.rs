@@ -377,7 +377,18 @@ fn dma_through_an_fd_is_gated_by_bus_master_and_logged(b: Backend) {
         0,
     );
     rd.submit(&mut dev, &d).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    // The descriptor fetch is refused: the engine halts with an error.
+    let mut halted = false;
+    for _ in 0..2000 {
+        let st = c.read32(offsets::STATUS.into()).unwrap();
+        if st & vfpga_regs::Status::HALTED.bits() != 0 {
+            halted = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(halted, "DMA without bus mastering must fault");
+    assert_ne!(c.read32(offsets::ERR_CODE.into()).unwrap(), 0);
     assert_eq!(
         g.read(g.base + 0x8000, 4),
         [0; 4],
