@@ -75,6 +75,20 @@ fn build_device(cfg: &Config) -> Result<Built, ServeError> {
             })?;
             Box::new(s)
         }
+        Backend::Board => {
+            let board = cfg.board.as_ref().ok_or(ServeError::NotBuilt("board"))?;
+            let b = vfpga_hw::BoardDevice::open(
+                board,
+                cfg.device.devmem_size.value.0,
+                dma.clone(),
+                irq.clone(),
+            )
+            .map_err(|e| ServeError::Device {
+                backend: "board",
+                source: e.into(),
+            })?;
+            Box::new(b)
+        }
         other => return Err(ServeError::NotBuilt(other.name())),
     };
     Ok((dev, dma, irq))
