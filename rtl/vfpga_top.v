@@ -707,8 +707,8 @@ module vfpga_top #(
                 `VFPGA_REG_DEVMEM_PAGES:     rd = devmem_pages;
                 `VFPGA_REG_DMALOG_MAX_PAGES: rd = dmalog_max;
                 `VFPGA_REG_STATE_INFO:       rd = `VFPGA_REG_STATE_INFO_RESET;
-                `VFPGA_REG_SCRATCH:          rd = r_scratch;
-                `VFPGA_REG_CTRL:             rd = r_ctrl;
+                `VFPGA_REG_SCRATCH:          rd = r_scratch & `VFPGA_ST_SCRATCH_MASK;
+                `VFPGA_REG_CTRL:             rd = r_ctrl & `VFPGA_ST_CTRL_MASK;
                 `VFPGA_REG_STATUS: begin
                     rd[`VFPGA_STATUS_BUSY_LSB]          = busy;
                     rd[`VFPGA_STATUS_QUIESCING_LSB]     = s_quiescing;
@@ -716,29 +716,29 @@ module vfpga_top #(
                     rd[`VFPGA_STATUS_HALTED_LSB]        = halted;
                     rd[`VFPGA_STATUS_STATE_INVALID_LSB] = s_state_invalid;
                 end
-                `VFPGA_REG_ERR_CODE:         rd = r_err_code;
-                `VFPGA_REG_ERR_ADDR_LO:      rd = r_err_addr_lo;
-                `VFPGA_REG_ERR_ADDR_HI:      rd = r_err_addr_hi;
+                `VFPGA_REG_ERR_CODE:         rd = r_err_code & `VFPGA_ST_ERR_CODE_MASK;
+                `VFPGA_REG_ERR_ADDR_LO:      rd = r_err_addr_lo & `VFPGA_ST_ERR_ADDR_LO_MASK;
+                `VFPGA_REG_ERR_ADDR_HI:      rd = r_err_addr_hi & `VFPGA_ST_ERR_ADDR_HI_MASK;
                 `VFPGA_REG_TIMER_LO: begin
                     rd = r_timer[31:0];
                     r_timer_hi_latch <= r_timer[63:32];
                 end
                 `VFPGA_REG_TIMER_HI:         rd = r_timer_hi_latch;
-                `VFPGA_REG_IRQ_STATUS:       rd = r_irq_status;
-                `VFPGA_REG_IRQ_MASK:         rd = r_irq_mask;
-                `VFPGA_REG_IRQ_PENDING:      rd = r_irq_pending;
-                `VFPGA_REG_SQ_BASE_LO:       rd = r_sq_base_lo;
-                `VFPGA_REG_SQ_BASE_HI:       rd = r_sq_base_hi;
-                `VFPGA_REG_SQ_SIZE:          rd = r_sq_size;
-                `VFPGA_REG_SQ_TAIL:          rd = r_sq_tail;
-                `VFPGA_REG_SQ_HEAD:          rd = r_sq_head;
-                `VFPGA_REG_CQ_BASE_LO:       rd = r_cq_base_lo;
-                `VFPGA_REG_CQ_BASE_HI:       rd = r_cq_base_hi;
-                `VFPGA_REG_CQ_SIZE:          rd = r_cq_size;
-                `VFPGA_REG_CQ_HEAD:          rd = r_cq_head;
-                `VFPGA_REG_CQ_TAIL:          rd = r_cq_tail;
-                `VFPGA_REG_CNT_DESC:         rd = r_cnt_desc;
-                `VFPGA_REG_CNT_ERR:          rd = r_cnt_err;
+                `VFPGA_REG_IRQ_STATUS:       rd = r_irq_status & `VFPGA_ST_IRQ_STATUS_MASK;
+                `VFPGA_REG_IRQ_MASK:         rd = r_irq_mask & `VFPGA_ST_IRQ_MASK_MASK;
+                `VFPGA_REG_IRQ_PENDING:      rd = r_irq_pending & `VFPGA_ST_IRQ_PENDING_MASK;
+                `VFPGA_REG_SQ_BASE_LO:       rd = r_sq_base_lo & `VFPGA_ST_SQ_BASE_LO_MASK;
+                `VFPGA_REG_SQ_BASE_HI:       rd = r_sq_base_hi & `VFPGA_ST_SQ_BASE_HI_MASK;
+                `VFPGA_REG_SQ_SIZE:          rd = r_sq_size & `VFPGA_ST_SQ_SIZE_MASK;
+                `VFPGA_REG_SQ_TAIL:          rd = r_sq_tail & `VFPGA_ST_SQ_TAIL_MASK;
+                `VFPGA_REG_SQ_HEAD:          rd = r_sq_head & `VFPGA_ST_SQ_HEAD_MASK;
+                `VFPGA_REG_CQ_BASE_LO:       rd = r_cq_base_lo & `VFPGA_ST_CQ_BASE_LO_MASK;
+                `VFPGA_REG_CQ_BASE_HI:       rd = r_cq_base_hi & `VFPGA_ST_CQ_BASE_HI_MASK;
+                `VFPGA_REG_CQ_SIZE:          rd = r_cq_size & `VFPGA_ST_CQ_SIZE_MASK;
+                `VFPGA_REG_CQ_HEAD:          rd = r_cq_head & `VFPGA_ST_CQ_HEAD_MASK;
+                `VFPGA_REG_CQ_TAIL:          rd = r_cq_tail & `VFPGA_ST_CQ_TAIL_MASK;
+                `VFPGA_REG_CNT_DESC:         rd = r_cnt_desc & `VFPGA_ST_CNT_DESC_MASK;
+                `VFPGA_REG_CNT_ERR:          rd = r_cnt_err & `VFPGA_ST_CNT_ERR_MASK;
                 `VFPGA_REG_CNT_BYTES_LO:     rd = r_cnt_bytes[31:0];
                 `VFPGA_REG_CNT_BYTES_HI:     rd = r_cnt_bytes[63:32];
                 `VFPGA_REG_DIRTY_SEL:        rd = r_dirty_sel;
@@ -822,17 +822,17 @@ module vfpga_top #(
                     end
                 end
                 `VFPGA_REG_IRQ_MASK: if (!q) r_irq_mask <= v & `VFPGA_ST_IRQ_MASK_MASK;
-                `VFPGA_REG_SQ_BASE_LO: if (!q && !en) r_sq_base_lo <= v & `VFPGA_ST_SQ_BASE_LO_MASK;
-                `VFPGA_REG_SQ_BASE_HI: if (!q && !en) r_sq_base_hi <= v;
-                `VFPGA_REG_SQ_SIZE: if (!q && !en && ring_size_ok(v)) begin
+                `VFPGA_REG_SQ_BASE_LO: if (!q && !en && !cur_valid) r_sq_base_lo <= v & `VFPGA_ST_SQ_BASE_LO_MASK;
+                `VFPGA_REG_SQ_BASE_HI: if (!q && !en && !cur_valid) r_sq_base_hi <= v;
+                `VFPGA_REG_SQ_SIZE: if (!q && !en && !cur_valid && ring_size_ok(v)) begin
                     r_sq_size <= v;
                     r_sq_head <= 32'd0;
                     r_sq_tail <= 32'd0;
                 end
                 `VFPGA_REG_SQ_TAIL: if (!q) r_sq_tail <= (r_sq_size == 32'd0) ? 32'd0 : {20'd0, v[11:0] & sq_mask};
-                `VFPGA_REG_CQ_BASE_LO: if (!q && !en) r_cq_base_lo <= v & `VFPGA_ST_CQ_BASE_LO_MASK;
-                `VFPGA_REG_CQ_BASE_HI: if (!q && !en) r_cq_base_hi <= v;
-                `VFPGA_REG_CQ_SIZE: if (!q && !en && ring_size_ok(v)) begin
+                `VFPGA_REG_CQ_BASE_LO: if (!q && !en && !cur_valid) r_cq_base_lo <= v & `VFPGA_ST_CQ_BASE_LO_MASK;
+                `VFPGA_REG_CQ_BASE_HI: if (!q && !en && !cur_valid) r_cq_base_hi <= v;
+                `VFPGA_REG_CQ_SIZE: if (!q && !en && !cur_valid && ring_size_ok(v)) begin
                     r_cq_size <= v;
                     r_cq_head <= 32'd0;
                     r_cq_tail <= `VFPGA_REG_CQ_TAIL_RESET;
