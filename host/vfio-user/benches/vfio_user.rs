@@ -27,7 +27,6 @@ use vfpga_vfio_user::wire::{self, Header, cmd};
 use vfpga_vfio_user::{Client, IrqHub, Server};
 
 struct Srv {
-    _rt: tokio::runtime::Runtime,
     path: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -47,13 +46,9 @@ fn server(pages: u32) -> Srv {
         let _g = rt.enter();
         tokio::net::UnixListener::bind(&path).unwrap()
     };
-    let rt2 = rt.handle().clone();
-    std::thread::spawn(move || rt2.block_on(s.serve(l)));
-    Srv {
-        _rt: rt,
-        path,
-        _dir: dir,
-    }
+    // The current-thread runtime is driven by its own thread.
+    std::thread::spawn(move || rt.block_on(s.serve(l)));
+    Srv { path, _dir: dir }
 }
 
 fn msg(id: u16, command: u16, p: &[u8]) -> Vec<u8> {
