@@ -323,11 +323,7 @@ impl Client {
                 v.major, v.minor
             )));
         }
-        *lock(&self.inner.layout) = Some(if v.minor == 0 {
-            DmaLayout::Qemu
-        } else {
-            DmaLayout::Spec
-        });
+        *lock(&self.inner.layout) = Some(DmaLayout::Spec);
         self.version = Some(v.clone());
         Ok(v)
     }

@@ -1053,13 +1053,13 @@ pub fn encode_write_multi(entries: &[MultiEntry]) -> Vec<u8> {
 /// Layout of server-initiated DMA_READ/DMA_WRITE messages.
 ///
 /// The specification (and libvfio-user) use `{u64 address; u64 count; data}`
-/// with data at payload offset 16. QEMU's `vfio-user-pci` client uses its
-/// `VFIOUserDMARW {u64 offset; u32 count; data}` struct, unpacked: data at
-/// payload offset 12, and it requires `msg_size >= 32 + count` (so 4 pad
-/// bytes follow the data). Sending the specification layout to QEMU passes
-/// its checks and silently shifts guest memory by 4 bytes, so the layout is
-/// chosen per peer: a client that negotiates minor version 0 (QEMU) gets
-/// [`DmaLayout::Qemu`], any other gets [`DmaLayout::Spec`].
+/// with data at payload offset 16, and so does QEMU 11.1.3's `vfio-user-pci`
+/// client: measured with a real guest whose RAM was not shared
+/// (`scripts/qemu-test`), the u32-count layout below made QEMU read the count
+/// as 16 plus data bytes and refuse the write (E2BIG), and shifted DMA_READ
+/// replies by 4 bytes; the specification layout passes. The server and client
+/// therefore always use [`DmaLayout::Spec`]; [`DmaLayout::Qemu`] stays only to
+/// decode what an older peer built on the u32 struct might send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DmaLayout {
     /// `{u64 address; u64 count; data @16}`.
@@ -1438,7 +1438,7 @@ pub fn decode_any(command: u16, p: &[u8], max_xfer: u64) -> WireResult<()> {
         cmd::MIG_DATA_READ => MigData::decode_read(p, max_xfer).map(drop),
         cmd::MIG_DATA_WRITE => MigData::decode_write(p, max_xfer).map(drop),
         cmd::DMA_READ => DmaLayout::Spec.decode(p, false, max_xfer).map(drop),
-        cmd::DMA_WRITE => DmaLayout::Qemu.decode(p, true, max_xfer).map(drop),
+        cmd::DMA_WRITE => DmaLayout::Spec.decode(p, true, max_xfer).map(drop),
         cmd::DEVICE_RESET => Ok(()),
         _ => Err(WireError::errno_with(Errno::ENOSYS, "unknown command")),
     }
