@@ -3,6 +3,8 @@
 //! stream leaves the source running and its workload completing correctly;
 //! a second attempt then succeeds; a destination never runs a bad stream.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failure is a test failure
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
