@@ -114,7 +114,7 @@ impl Step {
 
 /// A deliberate bug the model can be switched into, to prove that a
 /// cross-check catches it (checker power). Only settable with the cargo
-/// feature `fault-injection` ([`Model::inject_fault`]); never used otherwise.
+/// feature `fault-injection` (`Model::inject_fault`); never used otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Fault {
     /// The last burst of a descriptor moves one byte less (but counts it).
