@@ -447,7 +447,7 @@ fn dma_through_an_fd_is_gated_by_bus_master_and_logged(b: Backend) {
     c.dma_logging_stop().unwrap();
 }
 
-fn dma_without_fd_uses_messages_in_both_layouts(b: Backend) {
+fn dma_without_fd_uses_messages_for_minor_0_and_2(b: Backend) {
     for minor in [2u16, 0] {
         let h = start(b);
         let mut c = h.raw_client();
@@ -539,6 +539,6 @@ backend_tests!(
     config_space_ids_bars_and_command,
     msix_eventfds_masks_and_pba,
     dma_through_an_fd_is_gated_by_bus_master_and_logged,
-    dma_without_fd_uses_messages_in_both_layouts,
+    dma_without_fd_uses_messages_for_minor_0_and_2,
     g56_g58_disconnect_keeps_device_state_and_one_client_at_a_time
 );
