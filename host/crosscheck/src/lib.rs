@@ -12,7 +12,7 @@
 //!   transplants state between the sides ([`lockstep::Lockstep::transplant`]).
 //! - [`scenario`] holds scenarios as plain serde data, a seeded generator
 //!   and the host-side driver that applies one.
-//! - [`campaign`] runs many (seeds, shards, time limit), shrinks a failing
+//! - [`mod@campaign`] runs many (seeds, shards, time limit), shrinks a failing
 //!   one and writes a replay file with an RTL waveform beside it.
 //! - [`backend`] pairs the model (one datasheet step per unit) and the
 //!   Verilated RTL (explicit clocking).
