@@ -30,11 +30,6 @@ fn load_config(common: &Common) -> Result<Option<Config>, u8> {
     }
 }
 
-fn not_built(what: &str, issue: &str) -> u8 {
-    eprintln!("vfpga {what}: not implemented yet ({issue})");
-    EXIT_USAGE
-}
-
 fn init_logging(cfg: Option<&Config>) {
     let level = cfg
         .map(|c| c.log.level.clone())
@@ -102,17 +97,13 @@ pub fn migrate(
 }
 
 /// `vfpga crosscheck`.
-pub fn crosscheck(
-    common: &Common,
-    _seeds: Option<u64>,
-    _seed: Option<u64>,
-    _duration: Option<String>,
-    _shard: Option<String>,
-) -> u8 {
-    if let Err(code) = load_config(common) {
-        return code;
-    }
-    not_built("crosscheck", "the model-vs-RTL cross-check is issue 7")
+pub fn crosscheck(common: &Common, args: &crate::crosscheck::CrosscheckArgs) -> u8 {
+    let cfg = match load_config(common) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_logging(cfg.as_ref());
+    crate::crosscheck::run(cfg.as_ref(), args)
 }
 
 /// `vfpga doctor`.

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod commands;
+mod crosscheck;
 mod demo;
 mod doctor;
 mod migrate;
@@ -69,22 +70,12 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         backend: Option<String>,
     },
-    /// Cross-check the reference model against the RTL (or a board) in lockstep.
+    /// Cross-check the reference model against the RTL in lockstep.
     Crosscheck {
         #[command(flatten)]
         common: Common,
-        /// Number of random scenarios.
-        #[arg(long, value_name = "N")]
-        seeds: Option<u64>,
-        /// Run the one scenario with this seed.
-        #[arg(long, value_name = "S")]
-        seed: Option<u64>,
-        /// Stop after this long (e.g. 10m).
-        #[arg(long, value_name = "DURATION")]
-        duration: Option<String>,
-        /// Run only shard K of N (K in 1..=N).
-        #[arg(long, value_name = "K/N")]
-        shard: Option<String>,
+        #[command(flatten)]
+        args: crosscheck::CrosscheckArgs,
     },
     /// Check this host for board use and explain each finding.
     Doctor {
@@ -117,13 +108,7 @@ fn main() -> ExitCode {
             incoming,
             backend,
         } => commands::migrate(&common, to, incoming, backend),
-        Command::Crosscheck {
-            common,
-            seeds,
-            seed,
-            duration,
-            shard,
-        } => commands::crosscheck(&common, seeds, seed, duration, shard),
+        Command::Crosscheck { common, args } => commands::crosscheck(&common, &args),
         Command::Doctor { common, json } => commands::doctor(&common, json),
         Command::Bench { names } => commands::bench(&names),
     };

@@ -36,6 +36,50 @@ impl Impl {
     }
 }
 
+/// A deliberate model bug (checker power; `vfpga_model::Fault`), applied to
+/// every model side of a pair. Needs the cargo feature `fault-injection`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelFault {
+    /// The last burst moves one byte less.
+    OffByOneLen,
+    /// CRC32C starts from PATTERN instead of !PATTERN.
+    WrongCrcSeed,
+    /// Completion messages dropped while CNT_DESC is odd.
+    DroppedIrq,
+    /// DMA into device memory sets no dirty bit.
+    DirtyBitNotSet,
+    /// CUR_CRC reads 0 through the state port.
+    StateWordNotSaved,
+}
+
+impl ModelFault {
+    /// Every fault.
+    pub const ALL: [ModelFault; 5] = [
+        ModelFault::OffByOneLen,
+        ModelFault::WrongCrcSeed,
+        ModelFault::DroppedIrq,
+        ModelFault::DirtyBitNotSet,
+        ModelFault::StateWordNotSaved,
+    ];
+
+    /// Name as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelFault::OffByOneLen => "off-by-one-len",
+            ModelFault::WrongCrcSeed => "wrong-crc-seed",
+            ModelFault::DroppedIrq => "dropped-irq",
+            ModelFault::DirtyBitNotSet => "dirty-bit-not-set",
+            ModelFault::StateWordNotSaved => "state-word-not-saved",
+        }
+    }
+
+    /// Parses a command-line name.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == s)
+    }
+}
+
 /// Which two implementations run in lockstep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Pair {
@@ -43,6 +87,9 @@ pub struct Pair {
     pub reference: Impl,
     /// The side checked against it (actual values).
     pub checked: Impl,
+    /// A deliberate bug in the reference model (checker power), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_fault: Option<ModelFault>,
 }
 
 impl Pair {
@@ -54,7 +101,11 @@ impl Pair {
 
 impl std::fmt::Display for Pair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} vs {}", self.reference.name(), self.checked.name())
+        write!(f, "{} vs {}", self.reference.name(), self.checked.name())?;
+        if let Some(x) = self.model_fault {
+            write!(f, " (reference model fault {})", x.name())?;
+        }
+        Ok(())
     }
 }
 
@@ -110,6 +161,16 @@ impl Device for AnyDevice {
 /// names the waveform of the first instance; later instances (state
 /// transplants) write `<stem>.2.vcd`, `<stem>.3.vcd`, ...
 pub fn factory(which: Impl, devmem_pages: u32, vcd: Option<PathBuf>) -> Factory<AnyDevice> {
+    faulty_factory(which, devmem_pages, vcd, None)
+}
+
+/// Like [`factory`], with a deliberate bug in the model.
+pub fn faulty_factory(
+    which: Impl,
+    devmem_pages: u32,
+    vcd: Option<PathBuf>,
+    fault: Option<ModelFault>,
+) -> Factory<AnyDevice> {
     let n = Arc::new(AtomicU32::new(0));
     Box::new(move |dma: DmaPort, irq: Arc<dyn IrqSink>| match which {
         Impl::Model => {
@@ -118,7 +179,12 @@ pub fn factory(which: Impl, devmem_pages: u32, vcd: Option<PathBuf>) -> Factory<
                 dmalog_max_pages: DMALOG_MAX_PAGES,
                 batch_bursts: false,
             };
-            Ok(AnyDevice::Model(Box::new(Model::new(cfg, dma, irq)?)))
+            #[allow(unused_mut)]
+            let mut m = Model::new(cfg, dma, irq)?;
+            if let Some(f) = fault {
+                inject(&mut m, f)?;
+            }
+            Ok(AnyDevice::Model(Box::new(m)))
         }
         Impl::Sim => {
             let k = n.fetch_add(1, Ordering::Relaxed);
@@ -138,4 +204,25 @@ pub fn factory(which: Impl, devmem_pages: u32, vcd: Option<PathBuf>) -> Factory<
             Ok(AnyDevice::Sim(SimDevice::new(o, dma, irq)?))
         }
     })
+}
+
+#[cfg(feature = "fault-injection")]
+fn inject(m: &mut Model, f: ModelFault) -> Result<(), DeviceError> {
+    use vfpga_model::Fault;
+    m.inject_fault(Some(match f {
+        ModelFault::OffByOneLen => Fault::OffByOneLen,
+        ModelFault::WrongCrcSeed => Fault::WrongCrcSeed,
+        ModelFault::DroppedIrq => Fault::DroppedIrq,
+        ModelFault::DirtyBitNotSet => Fault::DirtyBitNotSet,
+        ModelFault::StateWordNotSaved => Fault::StateWordNotSaved,
+    }));
+    Ok(())
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn inject(_m: &mut Model, f: ModelFault) -> Result<(), DeviceError> {
+    Err(DeviceError::Device(format!(
+        "model fault {} needs a build with the cargo feature fault-injection",
+        f.name()
+    )))
 }

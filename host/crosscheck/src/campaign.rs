@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use vfpga_device::{Device, DeviceError};
 
-use crate::backend::{AnyDevice, Pair, factory};
+use crate::backend::{AnyDevice, Pair, factory, faulty_factory};
 use crate::lockstep::{Divergence, DivergenceError, Factory, Lockstep, LockstepOptions};
 use crate::scenario::{Op, RunStats, Scenario, apply, generate};
 
@@ -84,7 +84,12 @@ pub fn run_with<A: Device, B: Device>(
 pub fn run_pair(sc: &Scenario, pair: Pair, vcd: Option<PathBuf>) -> Outcome {
     run_with(
         sc,
-        factory(pair.reference, sc.devmem_pages, vcd.clone()),
+        faulty_factory(
+            pair.reference,
+            sc.devmem_pages,
+            vcd.clone(),
+            pair.model_fault,
+        ),
         factory(pair.checked, sc.devmem_pages, vcd),
     )
 }

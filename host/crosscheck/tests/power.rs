@@ -103,6 +103,7 @@ fn a_divergence_shrinks_and_replays_from_its_file() {
         pair: vfpga_crosscheck::Pair {
             reference: vfpga_crosscheck::Impl::Model,
             checked: vfpga_crosscheck::Impl::Model,
+            model_fault: None,
         },
         scenario: small.clone(),
         outcome: out.clone(),

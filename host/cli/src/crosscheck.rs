@@ -1,0 +1,333 @@
+//! `vfpga crosscheck`: a campaign of random scenarios on two forms of the
+//! device in lockstep (model vs RTL by default), or the replay of one file.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use vfpga_config::{Backend, Config};
+use vfpga_crosscheck::campaign::{Plan, Replay, reproduce, run_pair};
+use vfpga_crosscheck::{Impl, Outcome, Pair, Verdict, campaign};
+
+use crate::commands::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+
+/// Options of `vfpga crosscheck`.
+#[derive(Debug, Clone, Args)]
+pub struct CrosscheckArgs {
+    /// Number of random scenarios (seeds 0..N; default 100).
+    #[arg(long, value_name = "N")]
+    pub seeds: Option<u64>,
+    /// Run the one scenario with this seed.
+    #[arg(long, value_name = "S", conflicts_with = "seeds")]
+    pub seed: Option<u64>,
+    /// Stop starting scenarios after this long (e.g. 90s, 10m, 2h); without
+    /// --seeds, run until then.
+    #[arg(long, value_name = "DURATION")]
+    pub duration: Option<String>,
+    /// Run only shard K of N (K in 1..=N): seeds with seed % N == K-1.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<String>,
+    /// Replay a scenario file written by an earlier divergence (with a VCD
+    /// waveform of the RTL beside it).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["seeds", "seed", "duration", "shard"])]
+    pub replay: Option<PathBuf>,
+    /// Where replay files and waveforms go.
+    #[arg(long, value_name = "DIR", default_value = "target/crosscheck")]
+    pub out: PathBuf,
+    /// Break the reference model on purpose (checker power; needs a build
+    /// with the cargo feature fault-injection): off-by-one-len,
+    /// wrong-crc-seed, dropped-irq, dirty-bit-not-set, state-word-not-saved.
+    #[arg(long, value_name = "FAULT", hide = true)]
+    pub inject_fault: Option<String>,
+    /// Also write the summary as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// Default device memory of generated scenarios (pages) without a config.
+const DEFAULT_PAGES: u32 = 16;
+/// Scenario runs the shrinker may spend on one divergence.
+const SHRINK_BUDGET: usize = 300;
+
+fn usage(msg: impl std::fmt::Display) -> u8 {
+    eprintln!("vfpga crosscheck: {msg}");
+    EXIT_USAGE
+}
+
+/// Parses `90s`, `10m`, `2h` or plain seconds.
+fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (n, mul) = match s.char_indices().last()? {
+        (i, 's') => (&s[..i], 1),
+        (i, 'm') => (&s[..i], 60),
+        (i, 'h') => (&s[..i], 3600),
+        _ => (s, 1),
+    };
+    let n: f64 = n.trim().parse().ok()?;
+    (n.is_finite() && n >= 0.0).then(|| Duration::from_secs_f64(n * f64::from(mul)))
+}
+
+/// Parses `K/N` (1-based K) into a 0-based shard.
+fn parse_shard(s: &str) -> Option<(u64, u64)> {
+    let (k, n) = s.split_once('/')?;
+    let (k, n): (u64, u64) = (k.trim().parse().ok()?, n.trim().parse().ok()?);
+    (n >= 1 && (1..=n).contains(&k)).then_some((k - 1, n))
+}
+
+fn impl_of(b: Backend) -> Option<Impl> {
+    match b {
+        Backend::Model => Some(Impl::Model),
+        Backend::Sim => Some(Impl::Sim),
+        Backend::Lockstep | Backend::Board => None,
+    }
+}
+
+/// The pair and device memory from the config (model vs sim without one).
+fn pair_of(cfg: Option<&Config>) -> Result<(Pair, u32), String> {
+    let Some(cfg) = cfg else {
+        return Ok((
+            Pair {
+                reference: Impl::Model,
+                checked: Impl::Sim,
+                model_fault: None,
+            },
+            DEFAULT_PAGES,
+        ));
+    };
+    let Some(l) = &cfg.lockstep else {
+        return Err("the config has no `lockstep` section (see config/lockstep.yaml)".to_string());
+    };
+    let side = |b: Backend| {
+        impl_of(b).ok_or_else(|| {
+            format!(
+                "lockstep side `{}` is not supported here (model or sim)",
+                b.name()
+            )
+        })
+    };
+    let pages = cfg.device.devmem_pages();
+    if pages < 2 {
+        return Err("device.devmem_size must be at least 8KiB for a cross-check".into());
+    }
+    Ok((
+        Pair {
+            reference: side(l.reference)?,
+            checked: side(l.checked)?,
+            model_fault: None,
+        },
+        pages,
+    ))
+}
+
+fn check_sim(pair: Pair) -> Result<(), u8> {
+    if pair.needs_sim() && !vfpga_sim::AVAILABLE {
+        return Err(usage(
+            "this build has no Verilated RTL: install Verilator (apt-get install verilator, \
+             or run scripts/setup) and rebuild, or cross-check the model against itself \
+             with a config whose lockstep.checked is `model`",
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `vfpga crosscheck`.
+pub fn run(cfg: Option<&Config>, args: &CrosscheckArgs) -> u8 {
+    if let Some(file) = &args.replay {
+        return replay(file);
+    }
+    let (mut pair, pages) = match pair_of(cfg) {
+        Ok(p) => p,
+        Err(e) => return usage(e),
+    };
+    if let Some(f) = &args.inject_fault {
+        match vfpga_crosscheck::ModelFault::from_name(f) {
+            Some(x) if pair.reference == Impl::Model => pair.model_fault = Some(x),
+            Some(_) => return usage("--inject-fault needs the model as the reference"),
+            None => return usage(format!("unknown model fault `{f}`")),
+        }
+    }
+    if let Err(code) = check_sim(pair) {
+        return code;
+    }
+    let duration = match args.duration.as_deref().map(parse_duration) {
+        None => None,
+        Some(Some(d)) => Some(d),
+        Some(None) => return usage("--duration takes e.g. 90s, 10m or 2h"),
+    };
+    let shard = match args.shard.as_deref().map(parse_shard) {
+        None => (0, 1),
+        Some(Some(s)) => s,
+        Some(None) => return usage("--shard takes K/N with 1 <= K <= N"),
+    };
+    let plan = match (args.seed, args.seeds, duration) {
+        (Some(s), _, _) => Plan {
+            first: s,
+            count: Some(1),
+            shard: (s % shard.1, shard.1),
+            duration,
+            devmem_pages: pages,
+        },
+        (None, n, d) => Plan {
+            first: 0,
+            count: n.or(if d.is_some() { None } else { Some(100) }),
+            shard,
+            duration,
+            devmem_pages: pages,
+        },
+    };
+    let bar = if std::io::stderr().is_terminal() {
+        let b = plan
+            .seed_count()
+            .map_or_else(ProgressBar::no_length, ProgressBar::new);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} scenarios  {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut failures: Vec<(u64, vfpga_crosscheck::Scenario, Outcome)> = Vec::new();
+    let mut compared = 0u64;
+    let summary = campaign(pair, &plan, |seed, sc, o| {
+        compared += o.stats.compared;
+        bar.inc(1);
+        bar.set_message(format!(
+            "{compared} compared, {} failing",
+            failures.len() + usize::from(!o.verdict.passed())
+        ));
+        if !o.verdict.passed() {
+            bar.suspend(|| eprintln!("seed {seed}: {}", verdict_line(&o.verdict)));
+            failures.push((seed, sc.clone(), o.clone()));
+        }
+        true
+    });
+    bar.finish_and_clear();
+    let shard_s = format!("shard {}/{}", plan.shard.0 + 1, plan.shard.1);
+    println!(
+        "crosscheck {pair} ({shard_s}): {} scenarios, {} operations compared \
+         ({} device operations, {} state transplants), {} divergences, {} errors in {:.1} s",
+        summary.scenarios,
+        summary.operations_compared,
+        summary.operations,
+        summary.transplants,
+        summary.divergences,
+        summary.errors,
+        summary.seconds
+    );
+    if let Some(j) = &args.json {
+        let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
+        if let Err(e) = std::fs::write(j, text) {
+            eprintln!("vfpga crosscheck: {}: {e}", j.display());
+        }
+    }
+    if failures.is_empty() {
+        return EXIT_OK;
+    }
+    // Shrink and write a replay for the first; the rest rerun with --seed.
+    if let Some((seed, sc, o)) = failures.first() {
+        report_failure(pair, *seed, sc, o, &args.out);
+    }
+    if failures.len() > 1 {
+        let rest: Vec<String> = failures[1..].iter().map(|f| f.0.to_string()).collect();
+        println!(
+            "\nother failing seeds (rerun one with --seed S): {}",
+            rest.join(", ")
+        );
+    }
+    EXIT_FAILED
+}
+
+fn verdict_line(v: &Verdict) -> String {
+    match v {
+        Verdict::Pass => "pass".into(),
+        Verdict::Diverged { divergence } => divergence.to_string(),
+        Verdict::Error { message } => format!("error: {message}"),
+    }
+}
+
+fn report_failure(pair: Pair, seed: u64, sc: &vfpga_crosscheck::Scenario, o: &Outcome, out: &Path) {
+    let path = out.join(format!("seed-{seed}.json"));
+    println!("\nseed {seed}: {}", verdict_line(&o.verdict));
+    match reproduce(pair, sc, o, &path, SHRINK_BUDGET) {
+        Ok((r, vcd)) => {
+            println!(
+                "  shrunk: {} -> {} operations; reproduced: {}",
+                r.original_ops,
+                r.scenario.ops.len(),
+                verdict_line(&r.outcome.verdict)
+            );
+            if let Verdict::Diverged { divergence } = &r.outcome.verdict {
+                println!("  last operations:");
+                for c in &divergence.context {
+                    println!("    {c}");
+                }
+                println!("    {}   <- diverged here", divergence.op);
+            }
+            println!("  replay file: {}", path.display());
+            if let Some(v) = vcd {
+                println!("  waveform:    {}", v.display());
+            }
+            println!(
+                "  replay with: vfpga crosscheck --replay {}",
+                path.display()
+            );
+        }
+        Err(e) => println!("  could not write the replay file: {e}"),
+    }
+}
+
+fn replay(file: &Path) -> u8 {
+    let r = match Replay::read(file) {
+        Ok(r) => r,
+        Err(e) => return usage(e),
+    };
+    if let Err(code) = check_sim(r.pair) {
+        return code;
+    }
+    let vcd = r.pair.needs_sim().then(|| file.with_extension("vcd"));
+    let o = run_pair(&r.scenario, r.pair, vcd.clone());
+    println!(
+        "replay {} ({}, seed {}, {} operations): {}",
+        file.display(),
+        r.pair,
+        r.scenario.seed,
+        r.scenario.ops.len(),
+        verdict_line(&o.verdict)
+    );
+    if let Verdict::Diverged { divergence } = &o.verdict {
+        for c in &divergence.context {
+            println!("    {c}");
+        }
+        println!("    {}   <- diverged here", divergence.op);
+    }
+    if let Some(v) = vcd {
+        println!("waveform: {}", v.display());
+    }
+    if o.verdict.passed() {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_shards_parse() {
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("5"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_duration("x"), None);
+        assert_eq!(parse_shard("1/4"), Some((0, 4)));
+        assert_eq!(parse_shard("4/4"), Some((3, 4)));
+        assert_eq!(parse_shard("0/4"), None);
+        assert_eq!(parse_shard("5/4"), None);
+    }
+}
