@@ -914,8 +914,11 @@ fn resync_machinery<D: Device>(
     dev.write_reg(offsets::DMALOG_BASE_LO, window[0])?;
     dev.write_reg(offsets::DMALOG_BASE_HI, window[1])?;
     dev.write_reg(offsets::DMALOG_PAGES, window[2])?;
-    if log_on {
-        dev.write_reg(offsets::DMALOG_CTRL, vfpga_regs::DmalogCtrl::ENABLE.bits())?;
+    // A 0->1 edge of ENABLE clears the log bitmap (left over bits of the
+    // surviving side would otherwise differ from the fresh one's).
+    dev.write_reg(offsets::DMALOG_CTRL, vfpga_regs::DmalogCtrl::ENABLE.bits())?;
+    if !log_on {
+        dev.write_reg(offsets::DMALOG_CTRL, 0)?;
     }
     dev.write_reg(offsets::DIRTY_SEL, 0)?;
     dev.write_reg(offsets::DMALOG_SEL, 0)?;
