@@ -73,7 +73,7 @@ fn parse_duration(s: &str) -> Option<Duration> {
 fn parse_shard(s: &str) -> Option<(u64, u64)> {
     let (k, n) = s.split_once('/')?;
     let (k, n): (u64, u64) = (k.trim().parse().ok()?, n.trim().parse().ok()?);
-    (n >= 1 && (1..=n).contains(&k)).then_some((k - 1, n))
+    (n >= 1 && (1..=n).contains(&k)).then(|| (k - 1, n))
 }
 
 fn impl_of(b: Backend) -> Option<Impl> {
