@@ -190,11 +190,21 @@ impl GuestMem {
     }
 }
 
+/// How long a ring wait may go without the driver writing a register (a
+/// submission or a collected completion) before the test fails: a hang
+/// guard, far above any real wait.
+pub const RING_HANG_GUARD: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The device as seen over vfio-user: BAR accesses become REGION_READ /
 /// REGION_WRITE; it runs by itself (the server's runner advances it).
+///
+/// `advance` only sleeps a little; it fails with a message once
+/// [`RING_HANG_GUARD`] has passed since the last register write, so a ring
+/// wait that never completes fails the test instead of spinning.
 pub struct WireDevice<'a> {
     pub c: &'a Client,
     pub info: DeviceInfo,
+    last_write: std::time::Instant,
 }
 
 impl<'a> WireDevice<'a> {
@@ -207,6 +217,7 @@ impl<'a> WireDevice<'a> {
                 bar2_size: u64::from(pages) * 4096,
                 self_running: true,
             },
+            last_write: std::time::Instant::now(),
         }
     }
 }
@@ -241,9 +252,20 @@ impl Device for WireDevice<'_> {
         } else {
             region::BAR2
         };
-        self.c.region_write(r, offset, data).map_err(wire_err)
+        self.c.region_write(r, offset, data).map_err(wire_err)?;
+        self.last_write = std::time::Instant::now();
+        Ok(())
     }
     fn advance(&mut self, _budget: u64) -> Result<Progress, DeviceError> {
+        if self.last_write.elapsed() > RING_HANG_GUARD {
+            return Err(DeviceError::Backend {
+                msg: format!(
+                    "hang guard: no ring progress over the wire for {RING_HANG_GUARD:?} \
+                     (a descriptor never completed)"
+                ),
+                source: None,
+            });
+        }
         std::thread::sleep(std::time::Duration::from_micros(50));
         Ok(Progress {
             used: 0,
