@@ -529,6 +529,274 @@ fn g56_g58_disconnect_keeps_device_state_and_one_client_at_a_time(b: Backend) {
     assert_eq!(c2.mig_state().unwrap(), 2, "RUNNING");
 }
 
+/// Waits (hang guard: 60 s) until eventfd `e` has been signalled; returns
+/// its counter (the number of signals since the last read).
+fn wait_eventfd(e: &EventFd, what: &str) -> u64 {
+    let t0 = std::time::Instant::now();
+    loop {
+        match e.read() {
+            Ok(n) => return n,
+            Err(Errno::EAGAIN) => {}
+            Err(err) => panic!("reading the {what} eventfd: {err}"),
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "hang guard: the {what} eventfd was never signalled in 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Waits (hang guard: 60 s) until the device latched its completion cause
+/// (IRQ_STATUS.CPL): the device's interrupt line is then high.
+fn wait_cpl_cause(c: &vfpga_vfio_user::Client) {
+    let t0 = std::time::Instant::now();
+    while c.read32(offsets::IRQ_STATUS.into()).unwrap() & 1 == 0 {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "hang guard: IRQ_STATUS.CPL never set in 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// INTx over the wire (SET_IRQS index 0 with an eventfd): with MSI-X off, a
+/// completion interrupt of the device fires the eventfd; the line is
+/// level-triggered and auto-masked; UNMASK (SET_IRQS or the resample
+/// eventfd) re-asserts while the device's line is still high; MASK holds
+/// delivery back; with MSI-X on, INTx stays quiet.
+fn intx_eventfd_automask_unmask_and_resample(b: Backend) {
+    let h = start(b);
+    let c = h.client();
+    let info = c.irq_info(irq_index::INTX).unwrap();
+    assert_eq!(info.count, 1);
+    assert_eq!(
+        info.flags,
+        wire::IRQ_INFO_EVENTFD | wire::IRQ_INFO_MASKABLE | wire::IRQ_INFO_AUTOMASKED
+    );
+    let g = GuestMem::new(0x10_0000, 0x2_0000);
+    g.map_into(&c);
+    c.enable_bus_master().unwrap();
+    let e = efd();
+    let intx = |action: u32, data: u32, count: u32, fds: &[std::os::fd::BorrowedFd<'_>]| {
+        c.set_irqs(action | data, irq_index::INTX, 0, count, &[], fds)
+    };
+    let (trigger, mask, unmask) = (
+        wire::IRQ_SET_ACTION_TRIGGER,
+        wire::IRQ_SET_ACTION_MASK,
+        wire::IRQ_SET_ACTION_UNMASK,
+    );
+    let (none, evt) = (wire::IRQ_SET_DATA_NONE, wire::IRQ_SET_DATA_EVENTFD);
+    // INTx has one vector.
+    assert_eq!(
+        errno(intx(trigger, evt, 2, &[e.as_fd(), e.as_fd()])),
+        Errno::EINVAL
+    );
+    intx(trigger, evt, 1, &[e.as_fd()]).unwrap();
+    // Unmask the device's completion cause (IRQ_MASK resets to all masked).
+    c.write32(offsets::IRQ_MASK.into(), 0b10).unwrap();
+    let mut dev = WireDevice::new(&c, PAGES);
+    let mut rd = RingDriver::setup(&mut dev, &g.port, g.base, 8, g.base + 0x1000, 8).unwrap();
+    let mut tag = 0u32;
+    let mut run_with_irq = |rd: &mut RingDriver, dev: &mut WireDevice<'_>| {
+        tag += 1;
+        let d = Desc::new(Opcode::FillHost, tag, 0, g.base + 0x4000, 64, tag).with_irq();
+        let cpl = rd.run(dev, &[d], u64::MAX).unwrap();
+        assert_eq!(cpl[0].status(), Some(CplStatus::Ok));
+    };
+
+    // 1. The device raises its completion interrupt: the eventfd fires once
+    //    and the line auto-masks.
+    run_with_irq(&mut rd, &mut dev);
+    assert_eq!(wait_eventfd(&e, "INTx"), 1);
+    wait_cpl_cause(&c);
+    // 2. Auto-masked: the next interrupt is held back...
+    c.write32(offsets::IRQ_STATUS.into(), 1).unwrap();
+    run_with_irq(&mut rd, &mut dev);
+    wait_cpl_cause(&c);
+    assert_eq!(e.read(), Err(Errno::EAGAIN), "auto-masked INTx fired");
+    //    ...until UNMASK, which finds the device's line still high and
+    //    re-asserts at once (the reply comes after the re-check).
+    intx(unmask, none, 1, &[]).unwrap();
+    assert_eq!(e.read().unwrap(), 1, "UNMASK with the line high re-asserts");
+    // 3. The guest clears the cause (W1C); UNMASK then finds the line low.
+    c.write32(offsets::IRQ_STATUS.into(), 1).unwrap();
+    intx(unmask, none, 1, &[]).unwrap();
+    assert_eq!(e.read(), Err(Errno::EAGAIN), "line low: no interrupt");
+    // 4. MASK holds an interrupt back; UNMASK delivers it (level: the cause
+    //    is still latched).
+    intx(mask, none, 1, &[]).unwrap();
+    run_with_irq(&mut rd, &mut dev);
+    wait_cpl_cause(&c);
+    assert_eq!(e.read(), Err(Errno::EAGAIN), "masked INTx fired");
+    intx(unmask, none, 1, &[]).unwrap();
+    assert_eq!(
+        e.read().unwrap(),
+        1,
+        "held-back interrupt delivered on UNMASK"
+    );
+    // 5. A resample eventfd (QEMU's irqfd resampler): a write to it is an
+    //    UNMASK; with the line still high the interrupt comes again.
+    let resample = efd();
+    intx(unmask, evt, 1, &[resample.as_fd()]).unwrap();
+    resample.write(1).unwrap();
+    assert_eq!(wait_eventfd(&e, "INTx after resample"), 1);
+    // 6. MSI-X on: the device's interrupts go to MSI-X, never to INTx.
+    //    INTx is left unmasked with the line low, so a stray INTx would show.
+    c.write32(offsets::IRQ_STATUS.into(), 1).unwrap();
+    intx(unmask, none, 1, &[]).unwrap();
+    assert_eq!(e.read(), Err(Errno::EAGAIN), "line low: no interrupt");
+    let m = efd();
+    c.msix_eventfds(0, &[m.as_fd()]).unwrap();
+    run_with_irq(&mut rd, &mut dev);
+    assert_eq!(wait_eventfd(&m, "MSI-X vector 0"), 1);
+    assert_eq!(e.read(), Err(Errno::EAGAIN), "INTx fired with MSI-X on");
+    // 7. De-assign (DATA_NONE, count 0) for both.
+    c.set_irqs(trigger | none, irq_index::MSIX, 0, 0, &[], &[])
+        .unwrap();
+    intx(trigger, none, 0, &[]).unwrap();
+}
+
+const RUNNING: u32 = 2;
+const STOP: u32 = 1;
+const STOP_COPY: u32 = 3;
+const RESUMING: u32 = 4;
+const PRE_COPY: u32 = 6;
+
+/// A SET MIG_DEVICE_STATE command as raw bytes (sent without waiting).
+fn set_state_message(id: u16, state: u32) -> Vec<u8> {
+    let mut d = state.to_le_bytes().to_vec();
+    d.extend_from_slice(&u32::MAX.to_le_bytes());
+    let p = wire::Feature::encode(16, wire::FEATURE_SET | wire::FEATURE_MIG_DEVICE_STATE, &d);
+    let h = Header {
+        msg_id: id,
+        command: cmd::DEVICE_FEATURE,
+        msg_size: (wire::HEADER_LEN + p.len()) as u32,
+        flags: flags::TYPE_COMMAND,
+        error: 0,
+    };
+    let mut m = h.encode().to_vec();
+    m.extend_from_slice(&p);
+    m
+}
+
+fn quiesced(c: &vfpga_vfio_user::Client) -> bool {
+    c.read32(offsets::STATUS.into()).unwrap() & vfpga_regs::Status::QUIESCED.bits() != 0
+}
+
+/// §6 57: the client closes its socket while the server is applying a
+/// state change, so the reply cannot be sent. The server holds the device
+/// lock out of the way (`with_core`) while the client sends the command and
+/// closes, so the transition runs only after the peer is gone and its reply
+/// always fails (EPIPE). The next client finds the transition applied in
+/// full (a refused one not at all), the device consistent with it, and the
+/// session reset (no DMA mapping left).
+fn g57_socket_closed_during_a_state_change_reply(b: Backend) {
+    let h = start(b);
+    let other = start(b);
+    // A valid stream to resume from, saved by another device.
+    let stream = {
+        let c = other.client();
+        c.write32(offsets::SCRATCH.into(), 0x57).unwrap();
+        c.set_mig_state(STOP_COPY).unwrap();
+        let s = c.mig_read_all(65536).unwrap();
+        c.set_mig_state(STOP).unwrap();
+        c.set_mig_state(RUNNING).unwrap();
+        s
+    };
+    // (path from RUNNING, target, state expected afterwards)
+    let cases: &[(&[u32], u32, u32)] = &[
+        (&[], STOP, STOP),
+        (&[STOP], RUNNING, RUNNING),
+        (&[], PRE_COPY, PRE_COPY),
+        (&[PRE_COPY], STOP_COPY, STOP_COPY),
+        (&[STOP], STOP_COPY, STOP_COPY),
+        (&[STOP_COPY], STOP, STOP),
+        (&[STOP], RESUMING, RESUMING),
+        (&[RESUMING], 9, RESUMING),
+        (&[STOP_COPY], PRE_COPY, STOP_COPY),
+    ];
+    let mut first = true;
+    for &(path, target, want) in cases {
+        let c = if first {
+            h.client()
+        } else {
+            h.client_when_free(2, Caps::default())
+        };
+        first = false;
+        c.reset().unwrap();
+        assert_eq!(c.mig_state().unwrap(), RUNNING);
+        for &s in path {
+            c.set_mig_state(s).unwrap();
+        }
+        let g = GuestMem::new(0x10_0000, 0x1_0000);
+        g.map_into(&c);
+        let msg = set_state_message(0x5757, target);
+        h.server.with_core(|_| {
+            c.send_raw(&msg, &[]).unwrap();
+            drop(c);
+        });
+        let c = h.client_when_free(2, Caps::default());
+        let why = format!("{path:?} -> {target}");
+        assert_eq!(
+            c.mig_state().unwrap(),
+            want,
+            "{why}: state after the lost reply"
+        );
+        assert!(
+            h.server.shared().dma.mappings().is_empty(),
+            "{why}: DMA unmapped with the session"
+        );
+        // The device agrees with the reported state.
+        match want {
+            RUNNING => {
+                assert!(!quiesced(&c), "{why}: RUNNING but quiesced");
+                let g = GuestMem::new(0x10_0000, 0x1_0000);
+                g.map_into(&c);
+                c.enable_bus_master().unwrap();
+                let mut dev = WireDevice::new(&c, PAGES);
+                let mut rd =
+                    RingDriver::setup(&mut dev, &g.port, g.base, 8, g.base + 0x1000, 8).unwrap();
+                let d = Desc::new(Opcode::FillHost, 1, 0, g.base + 0x4000, 64, 0xabcd);
+                let cpl = rd.run(&mut dev, &[d], u64::MAX).unwrap();
+                assert_eq!(cpl[0].status(), Some(CplStatus::Ok), "{why}");
+                assert_eq!(g.read(g.base + 0x4000, 4), 0xabcdu32.to_le_bytes());
+            }
+            STOP => {
+                assert!(quiesced(&c), "{why}: STOP but running");
+                c.set_mig_state(RUNNING).unwrap();
+                assert!(!quiesced(&c), "{why}: RUNNING after STOP");
+            }
+            PRE_COPY | STOP_COPY => {
+                // A whole saving session: its stream loads elsewhere.
+                let mut s = Vec::new();
+                if want == PRE_COPY {
+                    assert!(!quiesced(&c), "{why}: PRE_COPY runs");
+                    s = c.mig_read_all(65536).unwrap();
+                    c.set_mig_state(STOP_COPY).unwrap();
+                }
+                assert!(quiesced(&c), "{why}: STOP_COPY is stopped");
+                s.extend_from_slice(&c.mig_read_all(65536).unwrap());
+                c.set_mig_state(STOP).unwrap();
+                let d = other.client_when_free(2, Caps::default());
+                d.reset().unwrap();
+                d.set_mig_state(RESUMING).unwrap();
+                d.mig_data_write(&s).unwrap();
+                d.set_mig_state(STOP).unwrap();
+                d.set_mig_state(RUNNING).unwrap();
+            }
+            RESUMING => {
+                assert!(quiesced(&c), "{why}: RESUMING is stopped");
+                c.mig_data_write(&stream).unwrap();
+                c.set_mig_state(STOP).unwrap();
+                c.set_mig_state(RUNNING).unwrap();
+                assert_eq!(c.read32(offsets::SCRATCH.into()).unwrap(), 0x57, "{why}");
+            }
+            _ => unreachable!(),
+        }
+    }
+}
+
 backend_tests!(
     a1_version_majors_and_minors,
     a2_a3_a4_version_json,
@@ -540,5 +808,7 @@ backend_tests!(
     msix_eventfds_masks_and_pba,
     dma_through_an_fd_is_gated_by_bus_master_and_logged,
     dma_without_fd_uses_messages_for_minor_0_and_2,
-    g56_g58_disconnect_keeps_device_state_and_one_client_at_a_time
+    g56_g58_disconnect_keeps_device_state_and_one_client_at_a_time,
+    g57_socket_closed_during_a_state_change_reply,
+    intx_eventfd_automask_unmask_and_resample,
 );
