@@ -62,6 +62,7 @@ pub fn demo(
     backend: Option<String>,
     json: Option<PathBuf>,
     plot: Option<PathBuf>,
+    in_process: bool,
 ) -> u8 {
     let cfg = match load_config(common) {
         Ok(c) => c,
@@ -73,6 +74,7 @@ pub fn demo(
         backend.as_deref(),
         json.as_deref(),
         plot.as_deref(),
+        in_process,
     )
 }
 
@@ -82,6 +84,7 @@ pub fn migrate(
     to: Option<String>,
     incoming: Option<String>,
     backend: Option<String>,
+    in_process: bool,
 ) -> u8 {
     let cfg = match load_config(common) {
         Ok(c) => c,
@@ -93,6 +96,7 @@ pub fn migrate(
         backend.as_deref(),
         to.as_deref(),
         incoming.as_deref(),
+        in_process,
     )
 }
 

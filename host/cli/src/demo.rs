@@ -6,6 +6,8 @@ use std::path::Path;
 use vfpga_config::{Backend, Config};
 use vfpga_vmm::backend::Kind;
 use vfpga_vmm::demo::{self, DemoOptions};
+use vfpga_vmm::server::Launch;
+use vfpga_vmm::vm::Placement;
 
 use crate::commands::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 
@@ -15,6 +17,7 @@ pub fn run(
     backend: Option<&str>,
     json: Option<&Path>,
     plot: Option<&Path>,
+    in_process: bool,
 ) -> u8 {
     let kind = match backend {
         Some(b) => match Kind::parse(b) {
@@ -37,12 +40,24 @@ pub fn run(
         },
     };
     let devmem = cfg.map(|c| c.device.devmem_size.value.0).unwrap_or(1 << 20);
-    let opts = DemoOptions::new(kind, devmem);
+    let mut opts = DemoOptions::new(kind, devmem);
+    opts.placement = if in_process {
+        Placement::Local
+    } else {
+        match Launch::this_binary() {
+            Ok(l) => Placement::Server(l),
+            Err(e) => {
+                eprintln!("vfpga demo: {e}");
+                return EXIT_USAGE;
+            }
+        }
+    };
     println!(
-        "vfpga demo: {} backend, {} KiB device memory, {} descriptors; reference run, then live migration over TCP",
+        "vfpga demo: {} backend, {} KiB device memory, {} descriptors, {}; reference run, then live migration over TCP",
         kind.name(),
         devmem >> 10,
-        opts.descriptors
+        opts.descriptors,
+        opts.placement.describe()
     );
     let report = match demo::run(&opts) {
         Ok(r) => r,

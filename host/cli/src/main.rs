@@ -55,6 +55,9 @@ enum Command {
         /// Draw the migration timeline as SVG.
         #[arg(long, value_name = "FILE.svg")]
         plot: Option<PathBuf>,
+        /// Run the devices in this process instead of one `vfpga serve` each.
+        #[arg(long)]
+        in_process: bool,
     },
     /// Migrate a device between hosts over TCP.
     Migrate {
@@ -69,6 +72,9 @@ enum Command {
         /// Backend to use instead of the config's: model or sim.
         #[arg(long, value_name = "NAME")]
         backend: Option<String>,
+        /// Run the device in this process instead of a `vfpga serve` child.
+        #[arg(long)]
+        in_process: bool,
     },
     /// Cross-check the reference model against the RTL in lockstep.
     Crosscheck {
@@ -101,13 +107,15 @@ fn main() -> ExitCode {
             backend,
             json,
             plot,
-        } => commands::demo(&common, backend, json, plot),
+            in_process,
+        } => commands::demo(&common, backend, json, plot, in_process),
         Command::Migrate {
             common,
             to,
             incoming,
             backend,
-        } => commands::migrate(&common, to, incoming, backend),
+            in_process,
+        } => commands::migrate(&common, to, incoming, backend, in_process),
         Command::Crosscheck { common, args } => commands::crosscheck(&common, &args),
         Command::Doctor { common, json } => commands::doctor(&common, json),
         Command::Bench { names } => commands::bench(&names),

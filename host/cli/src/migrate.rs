@@ -6,16 +6,23 @@
 //! workload, resumes them and runs the workload to the end, verifying every
 //! completion and the final memory. If the migration fails, the source
 //! resumes, finishes the workload locally and verifies it (exit 1).
+//!
+//! Each side's device runs behind its own `vfpga serve` child process (or in
+//! this process with `--in-process`). On a terminal the source shows a
+//! progress bar (bytes sent in the current pass, bytes pending); otherwise
+//! it prints one line per pass.
 
+use std::io::IsTerminal;
 use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use indicatif::{ProgressBar, ProgressStyle};
 use vfpga_config::{Backend, Config};
-use vfpga_device::IrqLog;
-use vfpga_vmm::backend::{self, Kind};
+use vfpga_vmm::backend::Kind;
 use vfpga_vmm::demo::{DemoOptions, error_chain};
-use vfpga_vmm::live::{self, Guest, LiveError};
+use vfpga_vmm::live::{self, Guest, LiveError, Pass, Progress};
+use vfpga_vmm::server::Launch;
+use vfpga_vmm::vm::{self, Placement};
 use vfpga_vmm::workload::Workload;
 
 use crate::commands::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
@@ -43,10 +50,6 @@ fn kind_of(cfg: Option<&Config>, backend: Option<&str>) -> Result<Kind, String> 
     }
 }
 
-fn pages(devmem: u64) -> u32 {
-    (devmem / 4096) as u32
-}
-
 fn fail(msg: impl std::fmt::Display, e: &LiveError) -> u8 {
     let chain = error_chain(e);
     eprintln!(
@@ -62,6 +65,7 @@ pub fn run(
     backend: Option<&str>,
     to: Option<&str>,
     incoming: Option<&str>,
+    in_process: bool,
 ) -> u8 {
     let kind = match kind_of(cfg, backend) {
         Ok(k) => k,
@@ -71,7 +75,18 @@ pub fn run(
         }
     };
     let devmem = cfg.map(|c| c.device.devmem_size.value.0).unwrap_or(1 << 20);
-    let opts = DemoOptions::new(kind, devmem);
+    let mut opts = DemoOptions::new(kind, devmem);
+    opts.placement = if in_process {
+        Placement::Local
+    } else {
+        match Launch::this_binary() {
+            Ok(l) => Placement::Server(l),
+            Err(e) => {
+                eprintln!("vfpga migrate: {e}");
+                return EXIT_USAGE;
+            }
+        }
+    };
     match (to, incoming) {
         (Some(t), None) => match parse_tcp(t) {
             Some(addr) => source(&opts, &addr),
@@ -96,38 +111,104 @@ pub fn run(
     }
 }
 
+/// Shows the source's progress: a bar on a terminal, log lines otherwise.
+struct Shown {
+    bar: Option<ProgressBar>,
+    estimate: u64,
+}
+
+fn line(p: &Pass) -> String {
+    format!(
+        "source: pre-copy pass {:>2}: device {:>9} bytes, guest {:>5} pages, {:>4} descriptors meanwhile; {} bytes pending",
+        p.pass, p.device_bytes, p.guest_pages, p.descriptors_during, p.pending_bytes
+    )
+}
+
+impl Shown {
+    fn new(first_pass_bytes: u64) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = ProgressBar::new(first_pass_bytes);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{msg:<28} [{bar:32}] {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            b.set_message("pre-copy pass 0 (full)");
+            b
+        });
+        Shown {
+            bar,
+            estimate: first_pass_bytes,
+        }
+    }
+
+    fn event(&mut self, e: Progress<'_>) {
+        match (e, &self.bar) {
+            (Progress::Sending { bytes, .. }, Some(b)) => {
+                if bytes > self.estimate {
+                    self.estimate = bytes;
+                    b.set_length(bytes);
+                }
+                b.set_position(bytes);
+            }
+            (Progress::Sending { .. }, None) => {}
+            (Progress::PassDone(p), Some(b)) => {
+                b.println(line(p));
+                // The next pass sends about what is pending now.
+                self.estimate = p.pending_bytes.max(1);
+                b.set_length(self.estimate);
+                b.set_position(0);
+                b.set_message(format!("pre-copy pass {}", p.pass + 1));
+            }
+            (Progress::PassDone(p), None) => println!("{}", line(p)),
+            (Progress::Stopped, Some(b)) => {
+                b.set_message("stop-and-copy (device stopped)");
+                b.set_position(0);
+            }
+            (Progress::Stopped, None) => {
+                println!("source: device stopped; stop-and-copy")
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
 fn source(opts: &DemoOptions, addr: &str) -> u8 {
     let layout = opts.layout();
     let guest = match Guest::new(layout) {
         Ok(g) => g,
         Err(e) => return fail("guest memory", &e),
     };
-    let mut dev = match backend::open(
-        opts.kind,
-        pages(opts.devmem),
-        guest.dma.clone(),
-        Arc::new(IrqLog::new()),
-    ) {
+    let mut dev = match vm::open(&opts.placement, opts.kind, opts.devmem, &guest) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("vfpga migrate: {e}: {}", error_chain(&e));
+            eprintln!(
+                "vfpga migrate: cannot start the device: {e}: {}",
+                error_chain(&e)
+            );
             return EXIT_USAGE;
         }
     };
     let mut wl = Workload::new(layout, opts.seed, opts.descriptors);
-    let mut ring = match wl.start(dev.as_mut(), &guest.dma) {
+    let mut ring = match wl.start(dev.dev(), &guest.dma) {
         Ok(r) => r,
         Err(e) => return fail("starting the workload", &LiveError::Workload(e)),
     };
     let switch_at = (opts.descriptors as f64 * opts.migrate_at) as u64;
-    while wl.stats().verified < switch_at {
-        if let Err(e) = wl.pump(dev.as_mut(), &mut ring, opts.source.budget) {
-            return fail("workload", &LiveError::Workload(e));
-        }
+    if let Err(e) = live::run_for(dev.dev(), &mut wl, &mut ring, opts.source.budget, switch_at) {
+        return fail("workload", &e);
     }
     println!(
-        "source: {} backend, {} of {} descriptors verified; connecting to {addr}",
+        "source: {} backend ({}), {} of {} descriptors verified; connecting to {addr}",
         opts.kind.name(),
+        dev.describe(),
         wl.stats().verified,
         opts.descriptors
     );
@@ -146,22 +227,19 @@ fn source(opts: &DemoOptions, addr: &str) -> u8 {
         }
     };
     let _ = conn.set_nodelay(true);
-    let r = live::migrate_out(
+    let mut shown = Shown::new(layout.size + opts.devmem);
+    let r = live::migrate_out_with_progress(
         dev.as_mut(),
         &guest,
         &mut wl,
         &mut ring,
         &mut conn,
         &opts.source,
+        &mut |e| shown.event(e),
     );
+    shown.finish();
     match r {
         Ok(rep) => {
-            for p in &rep.passes {
-                println!(
-                    "source: pre-copy pass {:>2}: device {:>9} bytes, guest {:>5} pages, {:>4} descriptors meanwhile",
-                    p.pass, p.device_bytes, p.guest_pages, p.descriptors_during
-                );
-            }
             println!(
                 "source: stop-and-copy: device {} bytes, guest {} pages ({}); {} descriptors verified here; the guest now runs on the destination",
                 rep.stop_copy_device_bytes,
@@ -173,15 +251,12 @@ fn source(opts: &DemoOptions, addr: &str) -> u8 {
         }
         Err(e) => {
             let code = fail("migration failed; the source device resumed", &e);
-            while !wl.done() {
-                if let Err(e) = wl.pump(dev.as_mut(), &mut ring, opts.source.budget) {
-                    return fail(
-                        "workload after the failed migration",
-                        &LiveError::Workload(e),
-                    );
-                }
+            if let Err(e) =
+                live::run_for(dev.dev(), &mut wl, &mut ring, opts.source.budget, u64::MAX)
+            {
+                return fail("workload after the failed migration", &e);
             }
-            match wl.verify_memory(dev.as_mut(), &guest.dma) {
+            match wl.verify_memory(dev.dev(), &guest.dma) {
                 Ok(()) => println!(
                     "source: workload finished locally, {} descriptors verified, memory matches the shadow",
                     wl.stats().verified
@@ -199,6 +274,21 @@ fn source(opts: &DemoOptions, addr: &str) -> u8 {
 }
 
 fn destination(opts: &DemoOptions, addr: &str) -> u8 {
+    // The device is set up before listening, as QEMU's -incoming does.
+    let guest = match Guest::new(opts.layout()) {
+        Ok(g) => g,
+        Err(e) => return fail("guest memory", &e),
+    };
+    let dev = match vm::open(&opts.placement, opts.kind, opts.devmem, &guest) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!(
+                "vfpga migrate: cannot start the device: {e}: {}",
+                error_chain(&e)
+            );
+            return EXIT_USAGE;
+        }
+    };
     let listener = match TcpListener::bind(addr) {
         Ok(l) => l,
         Err(e) => {
@@ -207,8 +297,9 @@ fn destination(opts: &DemoOptions, addr: &str) -> u8 {
         }
     };
     println!(
-        "destination: {} backend, listening on {addr}",
-        opts.kind.name()
+        "destination: {} backend ({}), listening on {addr}",
+        opts.kind.name(),
+        dev.describe()
     );
     let (mut conn, peer) = match listener.accept() {
         Ok(c) => c,
@@ -217,17 +308,8 @@ fn destination(opts: &DemoOptions, addr: &str) -> u8 {
             return EXIT_FAILED;
         }
     };
-    let kind = opts.kind;
-    let p = pages(opts.devmem);
-    let arrived = live::migrate_in(
-        opts.layout(),
-        |dma| {
-            backend::open(kind, p, dma, Arc::new(IrqLog::new()))
-                .map_err(|e| LiveError::Protocol(format!("{e}: {}", error_chain(&e))))
-        },
-        &mut conn,
-    );
-    let mut a = match arrived {
+    let _ = conn.set_nodelay(true);
+    let mut a = match live::migrate_in(guest, dev, &mut conn) {
         Ok(a) => a,
         Err(e) => return fail(format!("refused the migration from {peer}"), &e),
     };
@@ -238,15 +320,16 @@ fn destination(opts: &DemoOptions, addr: &str) -> u8 {
         a.report.guest_pages
     );
     let before = a.workload.stats().verified;
-    while !a.workload.done() {
-        if let Err(e) = a
-            .workload
-            .pump(a.dev.as_mut(), &mut a.ring, opts.source.budget)
-        {
-            return fail("workload after migration", &LiveError::Workload(e));
-        }
+    if let Err(e) = live::run_for(
+        a.dev.dev(),
+        &mut a.workload,
+        &mut a.ring,
+        opts.source.budget,
+        u64::MAX,
+    ) {
+        return fail("workload after migration", &e);
     }
-    if let Err(e) = a.workload.verify_memory(a.dev.as_mut(), &a.guest.dma) {
+    if let Err(e) = a.workload.verify_memory(a.dev.dev(), &a.guest.dma) {
         return fail("final memory", &LiveError::Workload(e));
     }
     println!(

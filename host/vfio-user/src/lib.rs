@@ -7,7 +7,7 @@
 //!   DEVICE_FEATURE for migration v2 and DMA logging, MIG_DATA_READ/WRITE,
 //!   the v1 migration region).
 //! - [`server`]: the tokio transport and the device runner thread.
-//! - [`client`]: a typed client.
+//! - [`client`]: a typed client; [`wire_device`]: a `Device` over it.
 //! - [`pci`], [`irq`], [`remote`]: config space, interrupt delivery, and
 //!   guest memory served by DMA_READ/DMA_WRITE messages.
 //!
@@ -22,7 +22,9 @@ pub mod remote;
 pub mod server;
 pub mod session;
 pub mod wire;
+pub mod wire_device;
 
 pub use client::{Client, ClientError};
 pub use irq::IrqHub;
 pub use server::{Server, ServerError};
+pub use wire_device::WireDevice;

@@ -51,6 +51,34 @@ pub fn open(
     dma: DmaPort,
     irq: Arc<dyn IrqSink>,
 ) -> Result<Box<dyn Device>, BackendError> {
+    open_with(kind, devmem_pages, dma, irq, vfpga_sim::Clocking::Explicit)
+}
+
+/// Opens a device for a vfio-user server, whose runner thread advances it:
+/// the simulator clocks itself (as `vfpga serve` runs it with the default
+/// configuration).
+pub fn open_free_running(
+    kind: Kind,
+    devmem_pages: u32,
+    dma: DmaPort,
+    irq: Arc<dyn IrqSink>,
+) -> Result<Box<dyn Device>, BackendError> {
+    open_with(
+        kind,
+        devmem_pages,
+        dma,
+        irq,
+        vfpga_sim::Clocking::FreeRunning,
+    )
+}
+
+fn open_with(
+    kind: Kind,
+    devmem_pages: u32,
+    dma: DmaPort,
+    irq: Arc<dyn IrqSink>,
+    clocking: vfpga_sim::Clocking,
+) -> Result<Box<dyn Device>, BackendError> {
     match kind {
         Kind::Model => {
             let cfg = vfpga_model::ModelConfig::with_pages(devmem_pages);
@@ -61,6 +89,7 @@ pub fn open(
         Kind::Sim => {
             let opts = vfpga_sim::SimOptions {
                 devmem_pages,
+                clocking,
                 ..Default::default()
             };
             Ok(Box::new(

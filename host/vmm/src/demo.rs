@@ -1,32 +1,40 @@
 //! The demo: a live migration of the device mid-workload, verified bit-exact.
 //!
+//! Each VM's device runs behind its own vfio-user server (by default a
+//! `vfpga serve` process; see [`Placement`]), with guest memory in a memfd
+//! the server maps through DMA_MAP.
+//!
 //! 1. A reference VM runs the whole seeded workload without migrating.
 //! 2. A source VM runs the same workload; part-way through, it live-migrates
 //!    (pre-copy passes while the workload runs, then stop-and-copy) over TCP
-//!    to a destination VM in another thread, which resumes the device and the
-//!    workload and runs it to the end.
+//!    to a destination VM in another thread, whose device server was started
+//!    beforehand and waits in RESUMING; the destination resumes the device
+//!    and the workload and runs it to the end.
 //! 3. Every completion was checked against the plain-Rust shadow on whichever
 //!    side it arrived; the destination's final guest memory and device memory
 //!    must equal the reference run's byte for byte, and the interrupts the
 //!    two sides received must add up to the descriptors that asked for one.
 
 use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
-use vfpga_device::{Device, IrqLog, IrqSink};
+use vfpga_device::Device;
 use vfpga_regs::consts;
 
-use crate::backend::{self, Kind};
+use crate::backend::Kind;
 use crate::live::{self, Guest, LiveError, Pass, SourceOptions};
+use crate::server::Launch;
+use crate::vm::{self, Placement};
 use crate::workload::{Layout, Workload};
 
 /// Demo parameters.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DemoOptions {
     /// Backend of all three devices.
     pub kind: Kind,
+    /// Where the devices run.
+    pub placement: Placement,
     /// Device memory in bytes.
     pub devmem: u64,
     /// Guest memory in bytes.
@@ -42,15 +50,18 @@ pub struct DemoOptions {
 }
 
 impl DemoOptions {
-    /// Defaults for `kind` with `devmem` bytes of device memory.
+    /// Defaults for `kind` with `devmem` bytes of device memory, each device
+    /// behind an in-process vfio-user server (the `vfpga` binary passes
+    /// [`Launch::Process`] instead).
     pub fn new(kind: Kind, devmem: u64) -> Self {
         DemoOptions {
             kind,
+            placement: Placement::Server(Launch::InThread),
             devmem,
             guest_mem: 4 << 20,
             descriptors: match kind {
                 Kind::Model => 3000,
-                Kind::Sim => 600,
+                Kind::Sim => 1200,
             },
             seed: 0x5eed_2026,
             migrate_at: 0.3,
@@ -75,6 +86,8 @@ impl DemoOptions {
 pub struct DemoReport {
     /// Backend.
     pub backend: String,
+    /// Where the devices ran.
+    pub devices: String,
     /// Device memory bytes.
     pub devmem_bytes: u64,
     /// Descriptors in the workload.
@@ -113,21 +126,6 @@ pub struct DemoReport {
     pub failure: Option<String>,
 }
 
-fn open(
-    kind: Kind,
-    devmem: u64,
-    guest: &Guest,
-    irq: Arc<dyn IrqSink>,
-) -> Result<Box<dyn Device>, LiveError> {
-    backend::open(
-        kind,
-        (devmem / u64::from(consts::PAGE_SIZE)) as u32,
-        guest.dma.clone(),
-        irq,
-    )
-    .map_err(|e| LiveError::Protocol(format!("{e}: {}", error_chain(&e))))
-}
-
 /// `e` and its sources, one line.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = String::new();
@@ -146,30 +144,13 @@ fn run_to_end(
     ring: &mut vfpga_device::ring::RingDriver,
     budget: u64,
 ) -> Result<(), LiveError> {
-    let mut idle_rounds = 0u64;
-    while !wl.done() {
-        let before = wl.stats().verified;
-        wl.pump(dev, ring, budget)?;
-        idle_rounds = if wl.stats().verified == before {
-            idle_rounds + 1
-        } else {
-            0
-        };
-        if idle_rounds > 200_000 {
-            return Err(LiveError::Protocol(format!(
-                "the device made no progress ({} descriptors in flight)",
-                wl.in_flight()
-            )));
-        }
-    }
-    Ok(())
+    live::run_for(dev, wl, ring, budget, u64::MAX)
 }
 
 fn final_memory(dev: &mut dyn Device, guest: &Guest) -> Result<(Vec<u8>, Vec<u8>), LiveError> {
     let mut d = vec![0u8; dev.info().bar2_size as usize];
     dev.devmem_read(0, &mut d)?;
-    let g = guest.mem.snapshot();
-    Ok((g, d))
+    Ok((guest.read_all()?, d))
 }
 
 /// Runs the demo. `Err` means it could not run; a run whose checks failed
@@ -181,79 +162,77 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, LiveError> {
     // 1. Reference run, never migrated.
     let t_ref = Instant::now();
     let ref_guest = Guest::new(layout)?;
-    let ref_irq = Arc::new(IrqLog::new());
-    let mut ref_dev = open(opts.kind, opts.devmem, &ref_guest, ref_irq.clone())?;
+    let mut ref_dev = vm::open(&opts.placement, opts.kind, opts.devmem, &ref_guest)?;
     let mut ref_wl = Workload::new(layout, opts.seed, opts.descriptors);
-    let mut ref_ring = ref_wl.start(ref_dev.as_mut(), &ref_guest.dma)?;
+    let mut ref_ring = ref_wl.start(ref_dev.dev(), &ref_guest.dma)?;
     run_to_end(
-        ref_dev.as_mut(),
+        ref_dev.dev(),
         &mut ref_wl,
         &mut ref_ring,
         opts.source.budget,
     )?;
-    ref_wl.verify_memory(ref_dev.as_mut(), &ref_guest.dma)?;
-    let (ref_g, ref_d) = final_memory(ref_dev.as_mut(), &ref_guest)?;
+    ref_wl.verify_memory(ref_dev.dev(), &ref_guest.dma)?;
+    let (ref_g, ref_d) = final_memory(ref_dev.dev(), &ref_guest)?;
     drop(ref_dev);
     let reference_ms = t_ref.elapsed().as_secs_f64() * 1000.0;
 
-    // 2. Source and destination over TCP on loopback.
+    // 2. The destination VM waits with its device set up (like QEMU's
+    // -incoming); the source connects over TCP on loopback.
     let listener =
         TcpListener::bind("127.0.0.1:0").map_err(|e| LiveError::Protocol(e.to_string()))?;
     let addr = listener
         .local_addr()
         .map_err(|e| LiveError::Protocol(e.to_string()))?;
-    let kind = opts.kind;
-    let devmem = opts.devmem;
-    let dst_irq = Arc::new(IrqLog::new());
-    let dst_irq2 = dst_irq.clone();
+    let dst_guest = Guest::new(layout)?;
+    let dst_dev = vm::open(&opts.placement, opts.kind, opts.devmem, &dst_guest)?;
+    let dst_where = dst_dev.describe();
     let budget = opts.source.budget;
     let dest = std::thread::spawn(move || -> Result<_, LiveError> {
         let (mut conn, _) = listener
             .accept()
             .map_err(|e| LiveError::Protocol(e.to_string()))?;
-        let irq: Arc<dyn IrqSink> = dst_irq2;
-        let mut arrived = live::migrate_in(
-            layout,
-            |dma| {
-                let g = Guest {
-                    dma,
-                    mem: Arc::new(vfpga_device::VecMemory::new(0)),
-                    layout,
-                };
-                open(kind, devmem, &g, irq)
-            },
-            &mut conn,
-        )?;
+        let _ = conn.set_nodelay(true);
+        let mut arrived = live::migrate_in(dst_guest, dst_dev, &mut conn)?;
         let resumed = Instant::now();
         let verified_before = arrived.workload.stats().verified;
         run_to_end(
-            arrived.dev.as_mut(),
+            arrived.dev.dev(),
             &mut arrived.workload,
             &mut arrived.ring,
             budget,
         )?;
         arrived
             .workload
-            .verify_memory(arrived.dev.as_mut(), &arrived.guest.dma)?;
-        let (g, d) = final_memory(arrived.dev.as_mut(), &arrived.guest)?;
+            .verify_memory(arrived.dev.dev(), &arrived.guest.dma)?;
+        let (g, d) = final_memory(arrived.dev.dev(), &arrived.guest)?;
+        let irqs = (
+            arrived.dev.irqs(consts::VECTOR_CPL as u16),
+            arrived.dev.irqs(consts::VECTOR_ERR as u16),
+        );
         Ok((
             arrived.report,
             arrived.workload.stats().verified - verified_before,
             g,
             d,
             resumed,
+            irqs,
         ))
     });
 
     let src_guest = Guest::new(layout)?;
-    let src_irq = Arc::new(IrqLog::new());
-    let mut src_dev = open(opts.kind, opts.devmem, &src_guest, src_irq.clone())?;
+    let mut src_dev = vm::open(&opts.placement, opts.kind, opts.devmem, &src_guest)?;
+    let src_where = src_dev.describe();
     let mut wl = Workload::new(layout, opts.seed, opts.descriptors);
-    let mut ring = wl.start(src_dev.as_mut(), &src_guest.dma)?;
+    let mut ring = wl.start(src_dev.dev(), &src_guest.dma)?;
     let switch_at = (opts.descriptors as f64 * opts.migrate_at) as u64;
-    while wl.stats().verified < switch_at && !wl.done() {
-        wl.pump(src_dev.as_mut(), &mut ring, budget)?;
-    }
+    let before = wl.stats().verified;
+    live::run_for(
+        src_dev.dev(),
+        &mut wl,
+        &mut ring,
+        budget,
+        switch_at.saturating_sub(before),
+    )?;
     let mut conn = TcpStream::connect(addr).map_err(|e| LiveError::Protocol(e.to_string()))?;
     let _ = conn.set_nodelay(true);
     let t_mig = Instant::now();
@@ -267,9 +246,14 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, LiveError> {
     )?;
     let verified_on_source = wl.stats().verified;
     let irqs_wanted = wl.snapshot().irq_wanted;
-    let (dst, verified_on_destination, g, d, resumed) = dest
+    let src_irqs = (
+        src_dev.irqs(consts::VECTOR_CPL as u16),
+        src_dev.irqs(consts::VECTOR_ERR as u16),
+    );
+    let (dst, verified_on_destination, g, d, resumed, dst_irqs) = dest
         .join()
         .map_err(|_| LiveError::Protocol("destination thread panicked".into()))??;
+    drop(src_dev);
     let migration_ms = resumed.duration_since(t_mig).as_secs_f64() * 1000.0;
 
     // 3. Checks.
@@ -285,10 +269,8 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, LiveError> {
             "device memory differs from the reference run at offset {i:#x}"
         ));
     }
-    let irqs_received = (src_irq.count(consts::VECTOR_CPL as u16)
-        + dst_irq.count(consts::VECTOR_CPL as u16)) as u64;
-    let err_irqs =
-        src_irq.count(consts::VECTOR_ERR as u16) + dst_irq.count(consts::VECTOR_ERR as u16);
+    let irqs_received = src_irqs.0 + dst_irqs.0;
+    let err_irqs = src_irqs.1 + dst_irqs.1;
     let all_wanted = irqs_wanted.max(ref_wl.snapshot().irq_wanted);
     if failure.is_none() && irqs_received != all_wanted {
         failure = Some(format!(
@@ -312,6 +294,10 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, LiveError> {
         reference_ms,
         stop_copy_memcpy_ms,
         backend: opts.kind.name().into(),
+        devices: format!(
+            "{}: source {src_where}, destination {dst_where}",
+            opts.placement.describe()
+        ),
         devmem_bytes: opts.devmem,
         descriptors: opts.descriptors,
         verified_on_source,
@@ -336,8 +322,10 @@ impl DemoReport {
     pub fn text(&self) -> String {
         let mut s = format!(
             "vfpga demo: live migration of the {} backend mid-workload\n\
+             devices: {}\n\
              device memory {} KiB, workload {} descriptors (copies, CRC32C, fills; {} with interrupts)\n",
             self.backend,
+            self.devices,
             self.devmem_bytes >> 10,
             self.descriptors,
             self.irqs_wanted
@@ -460,7 +448,7 @@ mod tests {
     #[test]
     fn live_migration_of_the_model_mid_workload_is_bit_exact() {
         let mut o = DemoOptions::new(Kind::Model, 256 << 10);
-        o.descriptors = 800;
+        o.descriptors = 2000;
         let r = run(&o).unwrap();
         assert!(r.pass, "{}", r.text());
         assert!(

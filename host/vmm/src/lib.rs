@@ -1,11 +1,14 @@
 //! vfpga-vmm: a small VMM that plays the VMM's part in a live migration of the
-//! vfpga device: it owns guest memory, runs a guest workload against the
-//! device ([`workload`]), and migrates the device and the guest pages the
-//! device dirtied.
+//! vfpga device: it owns guest memory (a memfd), runs a guest workload
+//! against the device ([`workload`]), and migrates the device and the guest
+//! pages the device dirtied the way QEMU migrates a VFIO device ([`live`]).
 //!
-//! Built so far: the verifiable workload. Not built yet: guest memory over
-//! memfd shared with a vfio-user server, the migration source/destination over
-//! TCP (see ARCHITECTURE.md, "Not built yet").
+//! - [`server`]: one vfio-user server per device (`vfpga serve` processes).
+//! - [`vm`]: guest memory and the VMM's handle on a device ([`vm::VmDevice`]:
+//!   over vfio-user, or in this process).
+//! - [`channel`]: the framed, checksummed VMM-to-VMM stream (TCP).
+//! - [`live`]: migration source and destination.
+//! - [`demo`]: the verified demo.
 
 #![forbid(unsafe_code)]
 
@@ -13,4 +16,6 @@ pub mod backend;
 pub mod channel;
 pub mod demo;
 pub mod live;
+pub mod server;
+pub mod vm;
 pub mod workload;

@@ -15,44 +15,18 @@
 //! refuses the stream never runs its device.
 
 use std::io::{Read, Write};
-use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use vfpga_device::ring::RingDriver;
-use vfpga_device::{Device, DmaPort, Perm, VecMemory};
-use vfpga_migration::save::{Advice, ConvergencePolicy};
-use vfpga_migration::{EngineConfig, MigState, MigrationEngine};
+use vfpga_migration::MigState;
+use vfpga_migration::save::{ConvergencePolicy, StopReason};
 use vfpga_regs::{IrqStatus, offsets};
 
 use crate::channel::{self, ChannelError, MAX_PAGES_PER_RECORD, PAGE, Record};
-use crate::workload::{Layout, Snapshot, Workload, WorkloadError};
-
-/// Guest memory of one VM: one mapping at `layout.base`.
-#[derive(Debug, Clone)]
-pub struct Guest {
-    /// The DMA port the device uses.
-    pub dma: DmaPort,
-    /// The memory.
-    pub mem: Arc<VecMemory>,
-    /// Layout of the workload in it.
-    pub layout: Layout,
-}
-
-impl Guest {
-    /// Allocates and maps guest memory for `layout`.
-    pub fn new(layout: Layout) -> Result<Self, LiveError> {
-        let dma = DmaPort::new();
-        let mem = Arc::new(VecMemory::new(layout.size as usize));
-        dma.map(layout.base, mem.clone(), Perm::RW)
-            .map_err(|e| LiveError::Protocol(format!("mapping guest memory: {e}")))?;
-        Ok(Guest { dma, mem, layout })
-    }
-
-    fn pages(&self) -> impl Iterator<Item = u64> + '_ {
-        (self.layout.base..self.layout.base + self.layout.size).step_by(PAGE)
-    }
-}
+pub use crate::vm::Guest;
+use crate::vm::VmDevice;
+use crate::workload::{Snapshot, Workload, WorkloadError};
 
 /// Errors of a live migration.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +43,12 @@ pub enum LiveError {
     /// The device failed.
     #[error(transparent)]
     Device(#[from] vfpga_device::DeviceError),
+    /// A vfio-user request to the device server failed.
+    #[error("vfio-user")]
+    Wire(#[from] vfpga_vfio_user::ClientError),
+    /// A device server could not be started or reached.
+    #[error(transparent)]
+    Server(#[from] crate::server::ServerError),
     /// The peer broke the protocol or refused the migration.
     #[error("{0}")]
     Protocol(String),
@@ -87,6 +67,25 @@ pub struct Pass {
     pub descriptors_during: u64,
     /// Milliseconds since the migration started, at the end of the pass.
     pub at_ms: f64,
+    /// Device bytes stop-and-copy would still send after this pass
+    /// (MIG_DATA_SIZE).
+    pub pending_bytes: u64,
+}
+
+/// What the source reports while it migrates (for progress displays).
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// Bytes sent so far in pass `pass` (`u32::MAX`: stop-and-copy).
+    Sending {
+        /// Pass.
+        pass: u32,
+        /// Device and guest bytes sent in this pass so far.
+        bytes: u64,
+    },
+    /// A pre-copy pass ended.
+    PassDone(&'a Pass),
+    /// The source device stopped: stop-and-copy begins.
+    Stopped,
 }
 
 /// What the source did.
@@ -131,8 +130,9 @@ impl DestReport {
 pub struct SourceOptions {
     /// Pre-copy convergence policy.
     pub policy: ConvergencePolicy,
-    /// Workload rounds between two passes (the guest keeps running).
-    pub rounds_per_pass: u32,
+    /// Descriptors the guest completes between two passes (it keeps running;
+    /// fewer when the workload ends first).
+    pub descriptors_per_pass: u64,
     /// Device units per workload round.
     pub budget: u64,
     /// Inject a failure: drop the connection after this many passes.
@@ -147,7 +147,7 @@ impl Default for SourceOptions {
                 max_dirty_passes: 8,
                 stall_passes: 3,
             },
-            rounds_per_pass: 20,
+            descriptors_per_pass: 50,
             budget: 256,
             fail_after_passes: None,
         }
@@ -183,104 +183,203 @@ fn send_pages(
     Ok(iovas.len() as u64)
 }
 
-fn drain_device<D: Device + ?Sized>(
-    eng: &mut MigrationEngine,
-    dev: &mut D,
+/// Bytes asked for by one MIG_DATA_READ (the server's transfer limit).
+pub const READ_CHUNK: usize = 1 << 20;
+
+/// Reads the device's migration data until a short read (nothing more for
+/// now in PRE_COPY; the end of the stream in STOP_COPY) and forwards it.
+fn drain_device(
+    dev: &mut dyn VmDevice,
     conn: &mut impl Write,
+    sent: &mut dyn FnMut(u64),
 ) -> Result<u64, LiveError> {
     let mut total = 0;
-    let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = eng.read_data(dev, &mut buf)?;
+        let d = dev.read_data(READ_CHUNK)?;
+        let n = d.len();
         if n > 0 {
-            channel::write_record(conn, &Record::DeviceData(buf[..n].to_vec()))?;
+            channel::write_record(conn, &Record::DeviceData(d))?;
             total += n as u64;
+            sent(total);
         }
-        if n < buf.len() {
+        if n < READ_CHUNK {
             return Ok(total);
         }
     }
+}
+
+/// The VMM's pre-copy convergence decision, from what a vfio-user device
+/// tells a VMM: MIG_DATA_SIZE (the bytes stop-and-copy would read now).
+#[derive(Debug, Default)]
+struct Convergence {
+    history: Vec<u64>,
+}
+
+impl Convergence {
+    /// After dirty pass `pass` (0 = the full pass), with `left` bytes of
+    /// device data for stop-and-copy: stop now, and why?
+    fn decide(&mut self, pass: u32, left: u64, p: &ConvergencePolicy) -> Option<StopReason> {
+        if pass == 0 {
+            return None;
+        }
+        self.history.push(left);
+        if left <= p.downtime_bytes {
+            return Some(StopReason::Converged);
+        }
+        if self.history.len() >= p.max_dirty_passes as usize {
+            return Some(StopReason::MaxPasses);
+        }
+        let k = p.stall_passes as usize;
+        let h = &self.history;
+        if k > 0 && h.len() > k && h[h.len() - k - 1..].windows(2).all(|w| w[1] >= w[0]) {
+            return Some(StopReason::NotConverging);
+        }
+        None
+    }
+}
+
+/// Rounds without a completion after which a workload is declared stuck (a
+/// hang guard: a working device completes within a few rounds).
+pub const STUCK_ROUNDS: u64 = 2_000_000;
+
+/// Runs the workload until `n` more descriptors are verified or it is done.
+pub fn run_for(
+    dev: &mut dyn vfpga_device::Device,
+    wl: &mut Workload,
+    ring: &mut RingDriver,
+    budget: u64,
+    n: u64,
+) -> Result<(), LiveError> {
+    let goal = wl.stats().verified.saturating_add(n);
+    let mut idle = 0u64;
+    while wl.stats().verified < goal && !wl.done() {
+        let before = wl.stats().verified;
+        wl.pump(dev, ring, budget)?;
+        idle = if wl.stats().verified == before {
+            idle + 1
+        } else {
+            0
+        };
+        if idle > STUCK_ROUNDS {
+            return Err(LiveError::Protocol(format!(
+                "the device made no progress ({} descriptors in flight)",
+                wl.in_flight()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Source side: migrates `dev` and its guest over `conn` while `wl` keeps
 /// running. On any failure the device is put back to RUNNING (its state was
 /// only read) and the error returned, so the caller can continue the
 /// workload or try again.
-pub fn migrate_out<D: Device + ?Sized, S: Read + Write>(
-    dev: &mut D,
+pub fn migrate_out<S: Read + Write>(
+    dev: &mut dyn VmDevice,
     guest: &Guest,
     wl: &mut Workload,
     ring: &mut RingDriver,
     conn: &mut S,
     opts: &SourceOptions,
 ) -> Result<SourceReport, LiveError> {
-    let mut eng = MigrationEngine::new(EngineConfig::default());
-    let r = migrate_out_inner(&mut eng, dev, guest, wl, ring, conn, opts);
-    guest.dma.dirty_log_stop();
+    migrate_out_with_progress(dev, guest, wl, ring, conn, opts, &mut |_| {})
+}
+
+/// [`migrate_out`], calling `progress` as data goes out.
+pub fn migrate_out_with_progress<S: Read + Write>(
+    dev: &mut dyn VmDevice,
+    guest: &Guest,
+    wl: &mut Workload,
+    ring: &mut RingDriver,
+    conn: &mut S,
+    opts: &SourceOptions,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<SourceReport, LiveError> {
+    let r = migrate_out_inner(dev, guest, wl, ring, conn, opts, progress);
+    if let Err(e) = dev.dirty_stop(guest) {
+        tracing::warn!("stopping DMA logging on the source: {e}");
+    }
     if r.is_err() {
         // Cancel: leave the saving states; the device resumes where it stopped.
-        if let Err(e) = eng.set_state(dev, MigState::Running as u32) {
+        if let Err(e) = dev.set_state(MigState::Running) {
             tracing::error!("source could not return to RUNNING after a failed migration: {e}");
-            eng.reset(dev)?;
+            dev.reset()?;
         }
     }
     r
 }
 
-fn migrate_out_inner<D: Device + ?Sized, S: Read + Write>(
-    eng: &mut MigrationEngine,
-    dev: &mut D,
+fn migrate_out_inner<S: Read + Write>(
+    dev: &mut dyn VmDevice,
     guest: &Guest,
     wl: &mut Workload,
     ring: &mut RingDriver,
     conn: &mut S,
     opts: &SourceOptions,
+    progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<SourceReport, LiveError> {
     let t0 = Instant::now();
     let ms = |t: Instant| t.duration_since(t0).as_secs_f64() * 1000.0;
     channel::write_hello(conn)?;
-    guest.dma.dirty_log_start();
-    eng.set_state(dev, MigState::PreCopy as u32)?;
+    dev.dirty_start(guest)?;
+    dev.set_state(MigState::PreCopy)?;
     let mut passes = Vec::new();
     let all: Vec<u64> = guest.pages().collect();
     let mut guest_pages = send_pages(conn, guest, 0, &all)?;
+    progress(Progress::Sending {
+        pass: 0,
+        bytes: guest_pages * PAGE as u64,
+    });
     let mut pass = 0u32;
+    let mut conv = Convergence::default();
     let stop_reason;
     loop {
-        let device_bytes = drain_device(eng, dev, conn)?;
+        let base = guest_pages * PAGE as u64;
+        let device_bytes = drain_device(dev, conn, &mut |b| {
+            progress(Progress::Sending {
+                pass,
+                bytes: base + b,
+            })
+        })?;
         let before = wl.stats().verified;
-        for _ in 0..opts.rounds_per_pass {
-            wl.pump(dev, ring, opts.budget)?;
-        }
-        passes.push(crate::live::Pass {
+        run_for(dev.dev(), wl, ring, opts.budget, opts.descriptors_per_pass)?;
+        let left = dev.stop_copy_size()?;
+        passes.push(Pass {
             pass,
             device_bytes,
             guest_pages,
             descriptors_during: wl.stats().verified - before,
             at_ms: ms(Instant::now()),
+            pending_bytes: left,
         });
+        if let Some(p) = passes.last() {
+            progress(Progress::PassDone(p));
+        }
         if opts.fail_after_passes == Some(pass) {
             return Err(LiveError::Protocol(format!(
                 "injected failure after pass {pass}"
             )));
         }
-        match eng.advice(dev, &opts.policy)? {
-            Advice::StopAndCopy(r) => {
-                stop_reason = format!("{r:?}");
-                break;
-            }
-            Advice::Iterate => {}
+        if let Some(r) = conv.decide(pass, left, &opts.policy) {
+            stop_reason = format!("{r:?}");
+            break;
         }
         pass += 1;
-        let dirty = guest.dma.dirty_log_take();
+        let dirty = dev.dirty_take(guest)?;
         guest_pages = send_pages(conn, guest, pass, &dirty)?;
     }
     // Stop-and-copy: the device quiesces, the guest stops with it.
     let t_stop = Instant::now();
     let stopped_at_us = now_us();
-    eng.set_state(dev, MigState::StopCopy as u32)?;
-    let stop_copy_device_bytes = drain_device(eng, dev, conn)?;
-    let mut last = guest.dma.dirty_log_take();
+    dev.set_state(MigState::StopCopy)?;
+    progress(Progress::Stopped);
+    let stop_copy_device_bytes = drain_device(dev, conn, &mut |b| {
+        progress(Progress::Sending {
+            pass: u32::MAX,
+            bytes: b,
+        })
+    })?;
+    let mut last = dev.dirty_take(guest)?;
     last.extend(guest.layout.driver_pages());
     last.sort_unstable();
     last.dedup();
@@ -302,7 +401,7 @@ fn migrate_out_inner<D: Device + ?Sized, S: Read + Write>(
         }
     }
     // The guest now runs on the destination; this device stays stopped.
-    eng.set_state(dev, MigState::Stop as u32)?;
+    dev.set_state(MigState::Stop)?;
     Ok(SourceReport {
         passes,
         stop_copy_device_bytes,
@@ -316,7 +415,7 @@ fn migrate_out_inner<D: Device + ?Sized, S: Read + Write>(
 /// The migrated VM on the destination.
 pub struct Arrived {
     /// The device, running.
-    pub dev: Box<dyn Device>,
+    pub dev: Box<dyn VmDevice>,
     /// Its guest memory.
     pub guest: Guest,
     /// The workload, where the source left it.
@@ -330,27 +429,26 @@ pub struct Arrived {
 impl std::fmt::Debug for Arrived {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Arrived")
+            .field("device", &self.dev.describe())
             .field("report", &self.report)
             .finish()
     }
 }
 
-/// Destination side: receives a VM from `conn` into a device made by
-/// `make_dev` over fresh guest memory laid out as `layout`. The device runs
-/// only once the whole stream arrived and was accepted; otherwise the source
-/// is told why and the error returned.
+/// Destination side: receives a VM from `conn` into `dev`, a fresh device
+/// set up over `guest` (fresh guest memory laid out as the source's). The
+/// device runs only once the whole stream arrived and was accepted;
+/// otherwise the source is told why and the error returned.
 pub fn migrate_in<S: Read + Write>(
-    layout: Layout,
-    make_dev: impl FnOnce(DmaPort) -> Result<Box<dyn Device>, LiveError>,
+    guest: Guest,
+    mut dev: Box<dyn VmDevice>,
     conn: &mut S,
 ) -> Result<Arrived, LiveError> {
-    let guest = Guest::new(layout)?;
-    let mut dev = make_dev(guest.dma.clone())?;
     let r = migrate_in_inner(&guest, dev.as_mut(), conn);
     match r {
         Ok((snap, report)) => {
-            let workload = Workload::from_snapshot(layout, &snap);
-            let ring = RingDriver::attach_counted(dev.as_mut(), &guest.dma, workload.in_flight())
+            let workload = Workload::from_snapshot(guest.layout, &snap);
+            let ring = RingDriver::attach_counted(dev.dev(), &guest.dma, workload.in_flight())
                 .map_err(|e| LiveError::Protocol(format!("re-attaching the rings: {e}")))?;
             channel::write_record(
                 conn,
@@ -375,14 +473,11 @@ pub fn migrate_in<S: Read + Write>(
 
 fn migrate_in_inner<S: Read + Write>(
     guest: &Guest,
-    dev: &mut dyn Device,
+    dev: &mut dyn VmDevice,
     conn: &mut S,
 ) -> Result<(Snapshot, DestReport), LiveError> {
-    let mut eng = MigrationEngine::new(EngineConfig {
-        dma: Some(guest.dma.clone()),
-    });
     channel::read_hello(conn)?;
-    eng.set_state(dev, MigState::Resuming as u32)?;
+    dev.set_state(MigState::Resuming)?;
     let mut snap = None;
     let mut device_bytes = 0u64;
     let mut guest_pages = 0u64;
@@ -402,7 +497,7 @@ fn migrate_in_inner<S: Read + Write>(
                 }
             }
             Record::DeviceData(d) => {
-                eng.write_data(dev, &d)?;
+                dev.write_data(&d)?;
                 device_bytes += d.len() as u64;
             }
             Record::Workload(j) => {
@@ -427,7 +522,7 @@ fn migrate_in_inner<S: Read + Write>(
         )));
     }
     // RESUMING → STOP validates and restores; STOP → RUNNING resumes.
-    eng.set_state(dev, MigState::Running as u32)?;
+    dev.set_state(MigState::Running)?;
     // The device runs from here: the end of the downtime window.
     let resumed_at_us = now_us();
     Ok((
@@ -442,6 +537,34 @@ fn migrate_in_inner<S: Read + Write>(
 }
 
 /// Acknowledges every interrupt cause (what the guest's handler does).
-pub fn ack_irqs<D: Device + ?Sized>(dev: &mut D) -> Result<(), vfpga_device::DeviceError> {
+pub fn ack_irqs<D: vfpga_device::Device + ?Sized>(
+    dev: &mut D,
+) -> Result<(), vfpga_device::DeviceError> {
     dev.write_reg(offsets::IRQ_STATUS, IrqStatus::all().bits())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn convergence_follows_the_policy() {
+        let p = ConvergencePolicy {
+            downtime_bytes: 100,
+            max_dirty_passes: 4,
+            stall_passes: 2,
+        };
+        let mut c = Convergence::default();
+        assert_eq!(c.decide(0, 5, &p), None, "never after the full pass");
+        assert_eq!(c.decide(1, 100, &p), Some(StopReason::Converged));
+        let mut c = Convergence::default();
+        assert_eq!(c.decide(1, 500, &p), None);
+        assert_eq!(c.decide(2, 400, &p), None);
+        assert_eq!(c.decide(3, 450, &p), None);
+        assert_eq!(c.decide(4, 300, &p), Some(StopReason::MaxPasses));
+        let mut c = Convergence::default();
+        assert_eq!(c.decide(1, 300, &p), None);
+        assert_eq!(c.decide(2, 300, &p), None);
+        assert_eq!(c.decide(3, 310, &p), Some(StopReason::NotConverging));
+    }
 }

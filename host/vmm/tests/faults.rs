@@ -2,17 +2,22 @@
 //! (item 6), on the model: a connection cut at any phase or a corrupted
 //! stream leaves the source running and its workload completing correctly;
 //! a second attempt then succeeds; a destination never runs a bad stream.
+//!
+//! Each case runs on the demo's path (every device behind its own vfio-user
+//! server, guest memory mapped with DMA_MAP; the servers run on threads of
+//! this test process, the `vfpga` binary's tests run them as processes) and
+//! on the in-process path.
 
 #![allow(clippy::unwrap_used)] // test helpers: a failure is a test failure
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
 
-use vfpga_device::IrqLog;
 use vfpga_device::ring::RingDriver;
-use vfpga_vmm::backend::{self, Kind};
-use vfpga_vmm::live::{self, Guest, LiveError, SourceOptions};
+use vfpga_vmm::backend::Kind;
+use vfpga_vmm::live::{self, Guest, SourceOptions};
+use vfpga_vmm::server::Launch;
+use vfpga_vmm::vm::{self, Placement, VmDevice};
 use vfpga_vmm::workload::{Layout, Workload};
 
 const DEVMEM: u64 = 128 << 10;
@@ -29,22 +34,20 @@ fn layout() -> Layout {
 
 struct Vm {
     guest: Guest,
-    dev: Box<dyn vfpga_device::Device>,
+    dev: Box<dyn VmDevice>,
     wl: Workload,
     ring: RingDriver,
 }
 
-fn vm(seed: u64, total: u64) -> Vm {
+fn device(p: &Placement, guest: &Guest) -> Box<dyn VmDevice> {
+    vm::open(p, Kind::Model, DEVMEM, guest).unwrap()
+}
+
+fn vm(p: &Placement, seed: u64, total: u64) -> Vm {
     let guest = Guest::new(layout()).unwrap();
-    let mut dev = backend::open(
-        Kind::Model,
-        (DEVMEM / 4096) as u32,
-        guest.dma.clone(),
-        Arc::new(IrqLog::new()),
-    )
-    .unwrap();
+    let mut dev = device(p, &guest);
     let wl = Workload::new(layout(), seed, total);
-    let ring = wl.start(dev.as_mut(), &guest.dma).unwrap();
+    let ring = wl.start(dev.dev(), &guest.dma).unwrap();
     Vm {
         guest,
         dev,
@@ -57,7 +60,7 @@ fn run_some(v: &mut Vm, n: u64) {
     let goal = (v.wl.stats().verified + n).min(v.wl.stats().submitted.max(1) + n);
     let mut rounds = 0;
     while v.wl.stats().verified < goal && !v.wl.done() && rounds < 100_000 {
-        v.wl.pump(v.dev.as_mut(), &mut v.ring, 128).unwrap();
+        v.wl.pump(v.dev.dev(), &mut v.ring, 128).unwrap();
         rounds += 1;
     }
 }
@@ -65,11 +68,11 @@ fn run_some(v: &mut Vm, n: u64) {
 fn finish(v: &mut Vm) {
     let mut rounds = 0;
     while !v.wl.done() {
-        v.wl.pump(v.dev.as_mut(), &mut v.ring, 128).unwrap();
+        v.wl.pump(v.dev.dev(), &mut v.ring, 128).unwrap();
         rounds += 1;
         assert!(rounds < 1_000_000, "no progress");
     }
-    v.wl.verify_memory(v.dev.as_mut(), &v.guest.dma).unwrap();
+    v.wl.verify_memory(v.dev.dev(), &v.guest.dma).unwrap();
 }
 
 /// A stream that fails after `limit` bytes written, or flips one byte there.
@@ -108,24 +111,17 @@ impl Write for Faulty {
     }
 }
 
-/// Runs a destination in a thread; returns its verdict.
-fn destination(listener: TcpListener) -> std::thread::JoinHandle<Result<Vm, String>> {
+/// Runs a destination in a thread (its device is set up first, as with
+/// QEMU's -incoming); returns its verdict.
+fn destination(
+    p: &Placement,
+    listener: TcpListener,
+) -> std::thread::JoinHandle<Result<Vm, String>> {
+    let guest = Guest::new(layout()).unwrap();
+    let dev = device(p, &guest);
     std::thread::spawn(move || {
         let (mut conn, _) = listener.accept().map_err(|e| e.to_string())?;
-        let a = live::migrate_in(
-            layout(),
-            |dma| {
-                backend::open(
-                    Kind::Model,
-                    (DEVMEM / 4096) as u32,
-                    dma,
-                    Arc::new(IrqLog::new()),
-                )
-                .map_err(|e| LiveError::Protocol(e.to_string()))
-            },
-            &mut conn,
-        )
-        .map_err(|e| e.to_string())?;
+        let a = live::migrate_in(guest, dev, &mut conn).map_err(|e| e.to_string())?;
         Ok(Vm {
             guest: a.guest,
             dev: a.dev,
@@ -136,6 +132,7 @@ fn destination(listener: TcpListener) -> std::thread::JoinHandle<Result<Vm, Stri
 }
 
 fn attempt(
+    p: &Placement,
     src: &mut Vm,
     limit: usize,
     flip: bool,
@@ -143,7 +140,7 @@ fn attempt(
 ) -> (Result<(), String>, Result<Vm, String>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let d = destination(listener);
+    let d = destination(p, listener);
     let mut conn = Faulty {
         inner: TcpStream::connect(addr).unwrap(),
         written: 0,
@@ -164,24 +161,23 @@ fn attempt(
     (r, d.join().unwrap())
 }
 
-#[test]
-fn a_cut_at_any_phase_leaves_the_source_running_and_a_retry_succeeds() {
+fn a_cut_at_any_phase_leaves_the_source_running_and_a_retry_succeeds(p: &Placement) {
     // Measure a whole stream first so the cuts land in every phase.
-    let mut probe = vm(3, 400);
+    let mut probe = vm(p, 3, 400);
     run_some(&mut probe, 50);
     let opts = SourceOptions {
-        rounds_per_pass: 5,
+        descriptors_per_pass: 12,
         ..SourceOptions::default()
     };
-    let (r, d) = attempt(&mut probe, usize::MAX, false, &opts);
+    let (r, d) = attempt(p, &mut probe, usize::MAX, false, &opts);
     r.unwrap();
     let mut moved = d.unwrap();
     finish(&mut moved);
 
     for cut in [0usize, 100, 300_000, 600_000, 1_000_000, 1_500_000] {
-        let mut src = vm(3, 400);
+        let mut src = vm(p, 3, 400);
         run_some(&mut src, 50);
-        let (r, d) = attempt(&mut src, cut, false, &opts);
+        let (r, d) = attempt(p, &mut src, cut, false, &opts);
         if r.is_ok() {
             // The cut came after the last byte: a real success.
             let mut moved = d.unwrap();
@@ -194,23 +190,22 @@ fn a_cut_at_any_phase_leaves_the_source_running_and_a_retry_succeeds() {
         );
         // The source resumed: it keeps working, then a second attempt succeeds.
         run_some(&mut src, 20);
-        let (r2, d2) = attempt(&mut src, usize::MAX, false, &opts);
+        let (r2, d2) = attempt(p, &mut src, usize::MAX, false, &opts);
         r2.unwrap_or_else(|e| panic!("retry after cut at {cut}: {e}"));
         let mut moved = d2.unwrap();
         finish(&mut moved);
     }
 }
 
-#[test]
-fn a_corrupted_stream_is_refused_and_the_source_resumes() {
+fn a_corrupted_stream_is_refused_and_the_source_resumes(p: &Placement) {
     let opts = SourceOptions {
-        rounds_per_pass: 5,
+        descriptors_per_pass: 12,
         ..SourceOptions::default()
     };
     for at in [20usize, 5_000, 400_000, 900_000] {
-        let mut src = vm(5, 300);
+        let mut src = vm(p, 5, 300);
         run_some(&mut src, 40);
-        let (r, d) = attempt(&mut src, at, true, &opts);
+        let (r, d) = attempt(p, &mut src, at, true, &opts);
         assert!(r.is_err(), "flip at {at} went unnoticed");
         assert!(
             d.is_err(),
@@ -220,18 +215,35 @@ fn a_corrupted_stream_is_refused_and_the_source_resumes() {
     }
 }
 
-#[test]
-fn ten_round_trips_a_to_b_to_a_keep_the_workload_exact() {
+fn ten_round_trips_a_to_b_to_a_keep_the_workload_exact(p: &Placement) {
     let opts = SourceOptions {
-        rounds_per_pass: 3,
+        descriptors_per_pass: 7,
         ..SourceOptions::default()
     };
-    let mut cur = vm(9, 2000);
+    let mut cur = vm(p, 9, 2000);
     for i in 0..10 {
         run_some(&mut cur, 40);
-        let (r, d) = attempt(&mut cur, usize::MAX, false, &opts);
+        let (r, d) = attempt(p, &mut cur, usize::MAX, false, &opts);
         r.unwrap_or_else(|e| panic!("migration {i}: {e}"));
         cur = d.unwrap();
     }
     finish(&mut cur);
 }
+
+/// Instantiates each case on both paths.
+macro_rules! on_both_paths {
+    ($($t:ident),* $(,)?) => {
+        mod servers {
+            $( #[test] fn $t() { super::$t(&super::Placement::Server(super::Launch::InThread)) } )*
+        }
+        mod in_process {
+            $( #[test] fn $t() { super::$t(&super::Placement::Local) } )*
+        }
+    };
+}
+
+on_both_paths!(
+    a_cut_at_any_phase_leaves_the_source_running_and_a_retry_succeeds,
+    a_corrupted_stream_is_refused_and_the_source_resumes,
+    ten_round_trips_a_to_b_to_a_keep_the_workload_exact,
+);
