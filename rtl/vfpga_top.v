@@ -215,7 +215,6 @@ module vfpga_top #(
     reg [63:0]  c_addr;            // completion / descriptor address
     reg [63:0]  mmio_rd;           // BAR0 read data being assembled
 
-    assign mmio_req_ready = (state == S_IDLE) && !s_quiescing && !(prefer_engine && step_go);
     assign idle = (state == S_IDLE) && !irq_valid && !s_quiescing && !step_go
                   && !(run_ok && irq_deliv != 2'b00);
 
@@ -1030,10 +1029,45 @@ module vfpga_top #(
 
     // ------------------------------------------------------------------
     // The state machine.
+    // A 32-bit BAR0 access that arrives while the engine has waited
+    // PEEK_AFTER cycles for a DMA response is served at once (datasheet
+    // §5.3, "MMIO while a step waits for DMA"): on a host where DMA answers
+    // can depend on the CPU that issued this access (a VMM serving DMA by
+    // messages), waiting for the step would deadlock. Reads of every
+    // register but the TAKE and state-port ones qualify, and writes of the
+    // run-time registers a driver uses while DMA is in flight (doorbells,
+    // interrupt acknowledge and mask, SCRATCH); everything else waits for
+    // the step as before. Never in the cycle a DMA response arrives, so an
+    // access is always entirely before the step's commit.
+    localparam [4:0] PEEK_AFTER = 5'd16;
+    reg  [4:0]  dma_wait_cnt;      // cycles spent waiting for a DMA response
+    reg         pk_rsp;            // the MMIO response offered is a peek's
+    wire        in_dma_wait = state == S_F_RSP || state == S_C_WR
+                              || (state == S_B_RD && !is_dev_src(cur_op))
+                              || (state == S_B_WR && !is_dev_dst(cur_op));
+    wire [11:0] pk_off = {mmio_req_addr[11:3], mmio_req_be == 8'hf0, 2'b00};
+    wire        pk_rd_ok = pk_off != `VFPGA_REG_DIRTY_BITS && pk_off != `VFPGA_REG_DMALOG_BITS
+                           && pk_off != `VFPGA_REG_STATE_DATA;
+    wire        pk_wr_ok = pk_off == `VFPGA_REG_SQ_TAIL || pk_off == `VFPGA_REG_CQ_HEAD
+                           || pk_off == `VFPGA_REG_IRQ_STATUS || pk_off == `VFPGA_REG_IRQ_MASK
+                           || pk_off == `VFPGA_REG_SCRATCH;
+    wire        pk_reg_ok = mmio_req_write ? pk_wr_ok : pk_rd_ok;
+    wire        peek_ok = in_dma_wait && dma_wait_cnt == PEEK_AFTER && !dma_rsp_valid
+                          && !pk_rsp && !mmio_rsp_valid && mmio_req_valid && !mmio_req_bar2
+                          && (mmio_req_be == 8'h0f || mmio_req_be == 8'hf0)
+                          && mmio_req_addr[31:12] == 20'd0 && pk_reg_ok;
+    assign mmio_req_ready = ((state == S_IDLE) && !s_quiescing && !(prefer_engine && step_go) && !pk_rsp)
+                            || peek_ok;
+
     always @(posedge clk) begin : fsm
         reg [11:0] dw_off;
         reg [31:0] dw_wdata, dw_rdata;
         reg        dw_last, wt;
+        reg [31:0] pk_rd;
+        // A peek never waits (peek_ok excludes the registers that do).
+        /* verilator lint_off UNUSEDSIGNAL */
+        reg        pk_wt;
+        /* verilator lint_on UNUSEDSIGNAL */
         reg [7:0]  st;
 
         if (!rst_n) begin
@@ -1055,6 +1089,8 @@ module vfpga_top #(
             m_bm_log       <= 1'b0;
             m_resume       <= 1'b0;
             step_kind      <= 2'd0;
+            dma_wait_cnt   <= 5'd0;
+            pk_rsp         <= 1'b0;
             mmio_rsp_valid <= 1'b0;
             mmio_rsp_rdata <= 64'd0;
             mmio_rd        <= 64'd0;
@@ -1083,6 +1119,25 @@ module vfpga_top #(
 
             // Timer: counts device cycles while not quiesced.
             if (!s_quiesced) r_timer <= r_timer + 64'd1;
+
+            // MMIO reads during a long DMA wait (see peek_ok).
+            if (!in_dma_wait)                     dma_wait_cnt <= 5'd0;
+            else if (dma_wait_cnt != PEEK_AFTER)  dma_wait_cnt <= dma_wait_cnt + 5'd1;
+            if (pk_rsp && mmio_rsp_ready) begin
+                mmio_rsp_valid <= 1'b0;
+                pk_rsp         <= 1'b0;
+            end
+            if (peek_ok) begin
+                pk_rd = 32'd0;
+                pk_wt = 1'b0;
+                if (mmio_req_write)
+                    reg_write(pk_off, mmio_req_be == 8'hf0 ? mmio_req_wdata[63:32] : mmio_req_wdata[31:0], pk_wt);
+                else
+                    reg_read(pk_off, pk_rd, pk_wt);
+                mmio_rsp_valid <= 1'b1;
+                mmio_rsp_rdata <= mmio_req_be == 8'hf0 ? {pk_rd, 32'd0} : {32'd0, pk_rd};
+                pk_rsp         <= 1'b1;
+            end
 
             // Interrupt messages (datasheet §4): vector 0 first; a message
             // offered on irq_valid stays offered until irq_ready.

@@ -44,7 +44,10 @@
 //! - **Time**: [`Device::advance`](vfpga_device::Device::advance) counts in
 //!   steps; the timer advances by one per step (or idle tick) while not
 //!   quiesced. Steps are atomic, so `CTRL.QUIESCE` takes effect at once and
-//!   `STATUS.QUIESCING` is never seen.
+//!   `STATUS.QUIESCING` is never seen, except while a step waits for the
+//!   answer to its DMA (guest memory reached by messages, where the port
+//!   answers [`DmaFault::Pending`](vfpga_device::DmaFault::Pending)): the
+//!   step is then repeated until it completes, and quiesce waits for it.
 //! - **Speed**: device memory is a `Vec<u8>` (up to 256 MiB) served directly
 //!   by `devmem_read`/`devmem_write`; with [`ModelConfig::batch_bursts`],
 //!   `advance` runs consecutive bursts of one descriptor as one copy when

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use tracing::{debug, trace};
 use vfpga_device::{
-    Bar, Device, DeviceError, DeviceInfo, DeviceState, DmaPort, Identity, IrqSink, Progress,
-    StateViolation, check_compatible, validate_arch,
+    Bar, Device, DeviceError, DeviceInfo, DeviceState, DmaFault, DmaPort, Identity, IrqSink,
+    Progress, StateViolation, check_compatible, validate_arch,
 };
 use vfpga_regs::{ArchState, CplStatus, IrqStatus, Opcode, consts, state as sw};
 
@@ -61,6 +61,12 @@ pub enum Step {
     },
     /// A descriptor waits to complete but the CQ has no free slot.
     Stalled,
+    /// A DMA access waits for its answer ([`DmaFault::Pending`]); the same
+    /// step is repeated later. Nothing changed but the timer.
+    DmaWait {
+        /// IOVA of the waiting access.
+        addr: u64,
+    },
     /// Nothing to do.
     Idle,
     /// The engine is halted and takes no step.
@@ -81,6 +87,8 @@ pub enum StepKind {
     Complete,
     /// Waiting for a CQ slot.
     Stalled,
+    /// Waiting for the answer to a DMA access.
+    DmaWait,
     /// Nothing to do.
     Idle,
     /// Halted.
@@ -97,6 +105,7 @@ impl Step {
             Step::Burst { .. } | Step::BurstFault { .. } => StepKind::Burst,
             Step::Complete { .. } | Step::CompleteFault { .. } => StepKind::Complete,
             Step::Stalled => StepKind::Stalled,
+            Step::DmaWait { .. } => StepKind::DmaWait,
             Step::Idle => StepKind::Idle,
             Step::Halted => StepKind::Halted,
             Step::Quiesced => StepKind::Quiesced,
@@ -240,6 +249,17 @@ impl DmaLog {
     }
 }
 
+/// What identifies a burst for [`Model`]'s staged read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StagedKey {
+    sa: u64,
+    da: u64,
+    len: u32,
+    slot: u32,
+    tag: u32,
+    cnt_desc: u32,
+}
+
 /// Which memory an operand of a descriptor lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Space {
@@ -291,6 +311,21 @@ pub struct Model {
     pub(crate) dma: DmaPort,
     pub(crate) irq: Arc<dyn IrqSink>,
     scratch: Vec<u8>,
+    /// The host read of a burst whose write waits on the DMA port
+    /// ([`DmaFault::Pending`]): the burst is repeated with these bytes, so
+    /// the host is not read twice. Keyed by everything that identifies the
+    /// burst; not architectural (a burst is atomic at quiesce points).
+    staged: Option<(StagedKey, Vec<u8>)>,
+    /// The completion whose write waits on the DMA port: its repeat skips
+    /// the CQ-room check (the host may already have seen the entry and
+    /// moved `CQ_HEAD` past it, as the RTL, already committed to the
+    /// write, would not notice either).
+    cpl_retry: Option<StagedKey>,
+    /// The last step waits for a DMA answer: the device is inside a step,
+    /// so `CTRL.QUIESCE` waits for it (`STATUS.QUIESCING`).
+    pub(crate) dma_waiting: bool,
+    /// `CTRL.QUIESCE` was written while a step waited for DMA.
+    pub(crate) quiesce_req: bool,
     /// A deliberate bug ([`Fault`]); `None` unless injected for a test.
     pub(crate) fault: Option<Fault>,
 }
@@ -319,6 +354,10 @@ impl Model {
             dma,
             irq,
             scratch: Vec::new(),
+            staged: None,
+            cpl_retry: None,
+            dma_waiting: false,
+            quiesce_req: false,
             fault: None,
         })
     }
@@ -389,6 +428,9 @@ impl Model {
         if self.quiesced || self.halted() {
             return false;
         }
+        if self.dma_waiting {
+            return true;
+        }
         if self.cur_valid() {
             return !self.must_complete() || self.cq_has_room();
         }
@@ -405,6 +447,12 @@ impl Model {
         self.tick(1);
         let s = self.engine_step();
         trace!(?s, "step");
+        self.dma_waiting = matches!(s, Step::DmaWait { .. });
+        if !self.dma_waiting && self.quiesce_req {
+            debug!("quiesced after the DMA wait");
+            self.quiesce_req = false;
+            self.quiesced = true;
+        }
         self.deliver_irqs();
         s
     }
@@ -548,6 +596,9 @@ impl Model {
         let addr = sq_base.wrapping_add(u64::from(slot) * desc::SIZE as u64);
         let mut b = [0u8; desc::SIZE];
         if let Err(e) = self.dma.read(addr, &mut b) {
+            if matches!(e, DmaFault::Pending { .. }) {
+                return Step::DmaWait { addr };
+            }
             debug!(%e, "descriptor fetch refused");
             self.halt(CplStatus::SqFetchFault, addr);
             return Step::FetchFault { addr };
@@ -645,13 +696,26 @@ impl Model {
             n
         };
         let b = &mut buf[..moved as usize];
+        let key = StagedKey {
+            sa,
+            da,
+            len: moved,
+            slot: self.arch.cur_slot,
+            tag: self.arch.cur_tag,
+            cnt_desc: self.arch.cnt_desc,
+        };
         match src_space(op) {
-            Some(Space::Host) => {
-                if let Err(e) = self.dma.read(sa, b) {
-                    trace!(%e, "burst read refused");
-                    return self.burst_fault(CplStatus::DmaReadFault, sa);
-                }
-            }
+            Some(Space::Host) => match self.staged.take() {
+                Some((k, data)) if k == key => b.copy_from_slice(&data),
+                _ => match self.dma.read(sa, b) {
+                    Ok(()) => {}
+                    Err(DmaFault::Pending { .. }) => return Step::DmaWait { addr: sa },
+                    Err(e) => {
+                        trace!(%e, "burst read refused");
+                        return self.burst_fault(CplStatus::DmaReadFault, sa);
+                    }
+                },
+            },
             Some(Space::Dev) => match devmem_range(sa, moved, self.mem.len()) {
                 Some(r) => b.copy_from_slice(&self.mem[r]),
                 // Unreachable for a validated descriptor; fail safe anyway.
@@ -662,6 +726,12 @@ impl Model {
         match dst_space(op) {
             Some(Space::Host) => {
                 if let Err(e) = self.dma.write(da, b) {
+                    if matches!(e, DmaFault::Pending { .. }) {
+                        if src_space(op) == Some(Space::Host) {
+                            self.staged = Some((key, b.to_vec()));
+                        }
+                        return Step::DmaWait { addr: da };
+                    }
                     trace!(%e, "burst write refused");
                     return self.burst_fault(CplStatus::DmaWriteFault, da);
                 }
@@ -687,13 +757,22 @@ impl Model {
 
     fn complete(&mut self) -> Step {
         use vfpga_regs::{cpl, fields::cq_tail};
-        if !self.cq_has_room() {
-            return Step::Stalled;
-        }
         let idx = cq_tail::INDEX.get(self.arch.cq_tail);
         let phase = cq_tail::PHASE.get(self.arch.cq_tail);
         let cq_base = u64::from(self.arch.cq_base_lo) | (u64::from(self.arch.cq_base_hi) << 32);
         let addr = cq_base.wrapping_add(u64::from(idx) * cpl::SIZE as u64);
+        let key = StagedKey {
+            sa: addr,
+            da: addr,
+            len: cpl::SIZE as u32,
+            slot: self.arch.cur_slot,
+            tag: self.arch.cur_tag,
+            cnt_desc: self.arch.cnt_desc,
+        };
+        let retry = self.cpl_retry.take() == Some(key);
+        if !retry && !self.cq_has_room() {
+            return Step::Stalled;
+        }
         let status_raw = self.cur_status();
         let status = CplStatus::from_raw(status_raw).unwrap_or(CplStatus::BadDesc);
         let result = if status == CplStatus::Ok && self.cur_op() == Some(Opcode::Crc32c) {
@@ -714,6 +793,10 @@ impl Model {
             b[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
         }
         if let Err(e) = self.dma.write(addr, &b) {
+            if matches!(e, DmaFault::Pending { .. }) {
+                self.cpl_retry = Some(key);
+                return Step::DmaWait { addr };
+            }
             debug!(%e, "completion write refused");
             self.halt(CplStatus::CqWriteFault, addr);
             return Step::CompleteFault { addr };
@@ -782,6 +865,12 @@ impl Model {
         let sa = self.cur_src().wrapping_add(u64::from(start));
         let da = self.cur_dst().wrapping_add(u64::from(start));
         let (ss, ds) = (src_space(op), dst_space(op));
+        // Memory that answers later is reached burst by burst.
+        if (ss == Some(Space::Host) && self.dma.may_pend(sa))
+            || (ds == Some(Space::Host) && self.dma.may_pend(da))
+        {
+            return None;
+        }
         if ss == Some(Space::Host)
             && ds == Some(Space::Host)
             && sa < da.saturating_add(n64)
@@ -900,6 +989,10 @@ impl Model {
         self.dirty_sel = 0;
         self.dirty.fill(0);
         self.dmalog.reset();
+        self.staged = None;
+        self.cpl_retry = None;
+        self.dma_waiting = false;
+        self.quiesce_req = false;
     }
 
     fn devmem_check(&self, offset: u64, len: usize) -> Result<std::ops::Range<usize>, DeviceError> {

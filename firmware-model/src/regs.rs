@@ -51,6 +51,7 @@ impl Model {
     fn status_bits(&self) -> u32 {
         let mut s = Status::empty();
         s.set(Status::BUSY, self.cur_valid() || self.can_fetch());
+        s.set(Status::QUIESCING, self.quiesce_req);
         s.set(Status::QUIESCED, self.quiesced);
         s.set(Status::HALTED, self.halted());
         s.set(Status::STATE_INVALID, self.state_invalid);
@@ -277,9 +278,17 @@ impl Model {
             self.arch.ctrl = v & Ctrl::ENABLE.bits();
             if c.contains(Ctrl::QUIESCE) {
                 // Steps are atomic in the model: the device is between steps
-                // whenever a register is written, so QUIESCED is immediate.
-                tracing::debug!("quiesced");
-                self.quiesced = true;
+                // whenever a register is written, so QUIESCED is immediate,
+                // unless a step waits for the answer to its DMA (memory
+                // reached by messages): then it is QUIESCING until the step
+                // completes.
+                if self.dma_waiting {
+                    tracing::debug!("quiescing: a step waits for DMA");
+                    self.quiesce_req = true;
+                } else {
+                    tracing::debug!("quiesced");
+                    self.quiesced = true;
+                }
             }
         }
         self.deliver_irqs();

@@ -38,6 +38,19 @@ pub trait GuestMemory: Send + Sync + std::fmt::Debug {
     fn host_addr(&self) -> Option<std::ptr::NonNull<u8>> {
         None
     }
+    /// Whether an access may answer [`DmaFault::Pending`] instead of
+    /// completing (memory reached by messages to a peer, such as vfio-user
+    /// DMA_READ/DMA_WRITE). `false` (the default): every access completes
+    /// before `read`/`write` return.
+    fn may_pend(&self) -> bool {
+        false
+    }
+    /// Waits up to `timeout` for the answer to an access that returned
+    /// [`DmaFault::Pending`]; returns at once when none is outstanding. The
+    /// default has nothing outstanding.
+    fn wait_pending(&self, timeout: std::time::Duration) {
+        let _ = timeout;
+    }
 }
 
 /// Why a DMA access was refused.
@@ -58,6 +71,16 @@ pub enum DmaFault {
     Permission {
         /// "read" or "write".
         kind: &'static str,
+        /// Start address.
+        iova: u64,
+    },
+    /// The access was sent to memory that answers later (see
+    /// [`GuestMemory::may_pend`]); nothing is known yet. The device must not
+    /// act on the access: it waits, and repeats the *same* access later, which
+    /// then completes with the answer. A device implementation treats this as
+    /// back-pressure on its DMA port, never as an error.
+    #[error("DMA at IOVA {iova:#x} is waiting for its answer")]
+    Pending {
         /// Start address.
         iova: u64,
     },
@@ -276,6 +299,39 @@ impl DmaPort {
             len: data.len(),
         })?;
         m.mem.write(iova - s, data)
+    }
+
+    /// Whether a device access at `iova` may answer [`DmaFault::Pending`]
+    /// (the mapping there is memory reached by messages).
+    pub fn may_pend(&self, iova: u64) -> bool {
+        let g = self.read_lock();
+        Self::find(&g, iova, 1).is_some_and(|(_, m)| m.mem.may_pend())
+    }
+
+    /// Whether any mapping may answer [`DmaFault::Pending`]: a device access
+    /// may then wait for a peer, so whoever drives the device must not do it
+    /// on a thread that the peer's answers need.
+    pub fn any_may_pend(&self) -> bool {
+        self.read_lock().maps.values().any(|m| m.mem.may_pend())
+    }
+
+    /// Waits up to `timeout` for the answer to an outstanding
+    /// [`DmaFault::Pending`] access, without holding anything the device
+    /// needs; returns at once when nothing is outstanding.
+    pub fn wait_pending(&self, timeout: std::time::Duration) {
+        let pend: Vec<Arc<dyn GuestMemory>> = {
+            let g = self.read_lock();
+            g.maps
+                .values()
+                .filter(|m| m.mem.may_pend())
+                .map(|m| m.mem.clone())
+                .collect()
+        };
+        // Regions reached through one peer share one outstanding access, so
+        // waiting on the first is waiting on all.
+        if let Some(m) = pend.first() {
+            m.wait_pending(timeout);
+        }
     }
 
     /// Device read of `buf.len()` bytes at `iova`.

@@ -43,7 +43,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use vfpga_device::DeviceState;
-use vfpga_device::{Bar, Device, DeviceError, DeviceInfo, DmaPort, Identity, IrqSink, Progress};
+use vfpga_device::{
+    Bar, Device, DeviceError, DeviceInfo, DmaFault, DmaPort, Identity, IrqSink, Progress,
+};
 use vfpga_regs::{ArchState, StateCtrl, Status, consts, offsets, state as sw};
 
 pub use ffi::AVAILABLE;
@@ -613,14 +615,40 @@ struct Harness {
     mmio_rsp: Option<u64>,
     cycles: u64,
     stats: SimStats,
+    /// A DMA request the RTL made whose answer has not arrived
+    /// ([`DmaFault::Pending`]): the RTL waits for its response while the
+    /// harness keeps serving MMIO.
+    dma_wait: Option<DmaReq>,
 }
+
+/// One DMA request of the RTL (at most one 64-byte beat).
+#[derive(Debug)]
+struct DmaReq {
+    write: bool,
+    addr: u64,
+    len: usize,
+    data: [u8; 64],
+}
+
+/// How long the harness waits for a pending DMA answer before it looks for
+/// MMIO again.
+const DMA_WAIT_SLICE: Duration = Duration::from_micros(200);
 
 impl Harness {
     /// Runs up to `max` cycles serving every port; stops early when an MMIO
     /// response arrives and `stop_on_mmio` is set. Returns the cycles run.
+    /// While a DMA answer is pending, MMIO still runs (the RTL answers it
+    /// while its DMA waits); otherwise the harness waits a slice for the
+    /// answer and returns without clocking if it has not come.
     fn run(&mut self, max: u64, stop_on_mmio: bool) -> u64 {
         let mut used = 0;
         while used < max {
+            if !self.retry_dma() && !stop_on_mmio {
+                self.dma.wait_pending(DMA_WAIT_SLICE);
+                if !self.retry_dma() {
+                    break;
+                }
+            }
             self.model.run(max - used, &mut self.mem, &mut self.ev);
             used += self.ev.cycles;
             let f = self.ev.flags;
@@ -646,22 +674,48 @@ impl Harness {
     }
 
     fn serve_dma(&mut self) {
-        let len = (self.ev.dma_len as usize).min(64);
-        let addr = self.ev.dma_addr;
-        let ok = if self.ev.dma_write != 0 {
+        let req = DmaReq {
+            write: self.ev.dma_write != 0,
+            addr: self.ev.dma_addr,
+            len: (self.ev.dma_len as usize).min(64),
+            data: self.ev.dma_data,
+        };
+        if req.write {
             self.stats.dma_writes += 1;
-            let ok = self.dma.write(addr, &self.ev.dma_data[..len]).is_ok();
-            self.model.dma_respond(ok, &[]);
-            ok
         } else {
             self.stats.dma_reads += 1;
-            let mut buf = [0u8; 64];
-            let ok = self.dma.read(addr, &mut buf[..len]).is_ok();
-            self.model.dma_respond(ok, &buf[..len]);
-            ok
+        }
+        self.dma_wait = Some(req);
+        self.retry_dma();
+    }
+
+    /// Tries the pending DMA request (if any) and responds to the RTL once
+    /// it is answered. Returns `false` while the answer is still pending.
+    fn retry_dma(&mut self) -> bool {
+        let Some(req) = self.dma_wait.take() else {
+            return true;
         };
-        if !ok {
-            self.stats.dma_faults += 1;
+        let mut buf = [0u8; 64];
+        let r = if req.write {
+            self.dma.write(req.addr, &req.data[..req.len])
+        } else {
+            self.dma.read(req.addr, &mut buf[..req.len])
+        };
+        match r {
+            Err(DmaFault::Pending { .. }) => {
+                self.dma_wait = Some(req);
+                false
+            }
+            Ok(()) => {
+                let data: &[u8] = if req.write { &[] } else { &buf[..req.len] };
+                self.model.dma_respond(true, data);
+                true
+            }
+            Err(_) => {
+                self.stats.dma_faults += 1;
+                self.model.dma_respond(false, &[]);
+                true
+            }
         }
     }
 
@@ -677,13 +731,21 @@ impl Harness {
         self.model.mmio(bar2, write, addr, be, wdata);
         let mut spent = 0;
         while self.mmio_rsp.is_none() {
+            if self.dma_wait.is_some() && spent >= 64 {
+                // The RTL answers a 32-bit BAR0 read during a long DMA wait
+                // (it has had the cycles for that); anything else waits for
+                // the DMA answer, which is not counted against the limit.
+                self.dma.wait_pending(DMA_WAIT_SLICE);
+                self.retry_dma();
+                spent = 0;
+            }
             if spent >= MMIO_CYCLE_LIMIT {
                 return Err(format!(
                     "MMIO access to {} offset {addr:#x} not answered in {MMIO_CYCLE_LIMIT} cycles",
                     if bar2 { "BAR2" } else { "BAR0" }
                 ));
             }
-            spent += self.run(4096, true);
+            spent += self.run(if self.dma_wait.is_some() { 64 } else { 4096 }, true);
         }
         Ok(self.mmio_rsp.take().unwrap_or(0))
     }
@@ -765,6 +827,7 @@ fn sim_thread(
         mmio_rsp: None,
         cycles: 0,
         stats: SimStats::default(),
+        dma_wait: None,
     };
     // Let the reset sweep of the bitmaps finish.
     h.run_until_idle(1 << 20);
@@ -809,7 +872,9 @@ fn sim_thread(
         }
         if let Some(target) = waiter {
             let idle = h.model.idle();
-            if idle || h.cycles >= target {
+            // A DMA waiting for its answer also ends the wait: the caller
+            // must not hold the device while the answer is on its way.
+            if idle || h.cycles >= target || h.dma_wait.is_some() {
                 waiter = None;
                 let p = Progress { used: 0, idle };
                 if tx.send(Reply::Progress(p)).is_err() {

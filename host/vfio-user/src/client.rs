@@ -13,7 +13,7 @@ use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -85,6 +85,9 @@ struct Inner {
     memory: Mutex<Vec<(u64, SharedMemory)>>,
     layout: Mutex<Option<DmaLayout>>,
     dma_requests: AtomicU16,
+    /// See [`Client::emulate_qemu_lock`].
+    qemu_lock_on: AtomicBool,
+    qemu_lock: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -181,7 +184,30 @@ impl Client {
         let mut rd = s.try_clone()?;
         let writer = Arc::new(Mutex::new(s));
         let inner = Arc::new(Inner::default());
-        let (w2, i2) = (writer.clone(), inner.clone());
+        let i2 = inner.clone();
+        // The server's requests are served in order on their own thread, so
+        // the reader always routes replies (as QEMU's I/O thread does).
+        let (req_tx, req_rx) = mpsc::channel::<(Header, Vec<u8>)>();
+        let (w3, i3) = (writer.clone(), inner.clone());
+        std::thread::Builder::new()
+            .name("vfio-user-client-dma".into())
+            .spawn(move || {
+                while let Ok((h, p)) = req_rx.recv() {
+                    let r = {
+                        let _big = i3
+                            .qemu_lock_on
+                            .load(Ordering::Acquire)
+                            .then(|| lock(&i3.qemu_lock));
+                        match h.command {
+                            cmd::DMA_READ | cmd::DMA_WRITE => serve_dma(&i3, &h, &p),
+                            _ => Header::error_to(&h, Errno::ENOSYS).encode().to_vec(),
+                        }
+                    };
+                    if !h.no_reply() && write_message(&mut lock(&w3), &r, &[]).is_err() {
+                        break;
+                    }
+                }
+            })?;
         let reader = std::thread::Builder::new()
             .name("vfio-user-client".into())
             .spawn(move || {
@@ -192,14 +218,8 @@ impl Client {
                         } else {
                             debug!(msg_id = h.msg_id, "unexpected reply");
                         }
-                    } else {
-                        let r = match h.command {
-                            cmd::DMA_READ | cmd::DMA_WRITE => serve_dma(&i2, &h, &p),
-                            _ => Header::error_to(&h, Errno::ENOSYS).encode().to_vec(),
-                        };
-                        if !h.no_reply() && write_message(&mut lock(&w2), &r, &[]).is_err() {
-                            break;
-                        }
+                    } else if req_tx.send((h, p)).is_err() {
+                        break;
                     }
                 }
                 lock(&i2.pending).clear();
@@ -217,6 +237,16 @@ impl Client {
     /// Sets the reply timeout.
     pub fn set_timeout(&mut self, t: Duration) {
         self.timeout = t;
+    }
+
+    /// Behaves like QEMU's client towards server-initiated DMA: a
+    /// REGION_READ/REGION_WRITE holds one "big lock" until its reply comes
+    /// (a vCPU holding the BQL), and the server's DMA_READ/DMA_WRITE
+    /// requests are served only under that lock (QEMU's main-loop bottom
+    /// half). A server that answers MMIO only after its own DMA is answered
+    /// then stalls until the timeout, as it would with QEMU.
+    pub fn emulate_qemu_lock(&self, on: bool) {
+        self.inner.qemu_lock_on.store(on, Ordering::Release);
     }
 
     /// The negotiated version, after [`Client::negotiate`].
@@ -258,6 +288,9 @@ impl Client {
             self.send_raw(&m, fds)?;
             return Ok(None);
         }
+        let _big = (self.inner.qemu_lock_on.load(Ordering::Acquire)
+            && matches!(command, cmd::REGION_READ | cmd::REGION_WRITE))
+        .then(|| lock(&self.inner.qemu_lock));
         let (tx, rx) = mpsc::sync_channel(1);
         lock(&self.inner.pending).insert(id, tx);
         if let Err(e) = self.send_raw(&m, fds) {

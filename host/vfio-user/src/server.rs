@@ -5,7 +5,7 @@
 //! Threads and tasks:
 //!
 //! ```text
-//!  client ──► reader task ──► replies to our DMA_READ/WRITE ──► DmaLink waiters
+//!  client ──► reader task ──► replies to our DMA_READ/WRITE ──► DmaLink (wakes the device)
 //!                  │ commands, in order (bounded queue)
 //!                  ▼
 //!            command task ──► Session::handle(&mut DevCore)   (fast path: lock free)
@@ -13,7 +13,8 @@
 //!                  ▼
 //!            replies ──► socket ◄── DMA writer task ◄── RemoteMemory (runner thread)
 //!
-//!  runner thread: lock DevCore, Device::advance, unlock; parks while idle
+//!  runner thread: lock DevCore, Device::advance, unlock; parks while idle,
+//!                 waits unlocked while the device's DMA waits for the client
 //! ```
 //!
 //! The device is never evaluated inside a tokio task except for short,
@@ -72,6 +73,9 @@ const RUN_BUDGET: u64 = 256;
 /// How long the runner sleeps while the device is idle (it is woken early
 /// by any access that may give it work).
 const IDLE_WAIT: Duration = Duration::from_millis(20);
+/// How long the runner sleeps while the device is busy but made no progress
+/// (for example a self-running backend that advances on its own thread).
+const BUSY_WAIT: Duration = Duration::from_millis(1);
 /// Commands queued between the reader and the command task.
 const QUEUE: usize = 32;
 
@@ -86,7 +90,7 @@ struct Runner {
 }
 
 impl Runner {
-    fn start(core: Arc<Mutex<DevCore>>) -> io::Result<Runner> {
+    fn start(core: Arc<Mutex<DevCore>>, dma: DmaPort) -> io::Result<Runner> {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let thread = std::thread::Builder::new()
@@ -95,7 +99,16 @@ impl Runner {
                 while !s.load(Ordering::Acquire) {
                     let p = lock_core(&core).dev.advance(RUN_BUDGET);
                     match p {
-                        Ok(p) if !p.idle && p.used > 0 => std::thread::yield_now(),
+                        // Busy: waits (with the device unlocked) only if
+                        // its DMA waits for the client's answer.
+                        Ok(p) if !p.idle => {
+                            dma.wait_pending(IDLE_WAIT);
+                            if p.used == 0 {
+                                std::thread::park_timeout(BUSY_WAIT);
+                            } else {
+                                std::thread::yield_now();
+                            }
+                        }
                         Ok(_) => std::thread::park_timeout(IDLE_WAIT),
                         Err(e) => {
                             debug!("device advance failed: {e}");
@@ -160,9 +173,10 @@ impl Server {
         dma: DmaPort,
         irq: Arc<IrqHub>,
     ) -> Result<Server, ServerError> {
+        let dma_for_runner = dma.clone();
         let (core, shared) = session::build(dev, dma, irq);
         let core = Arc::new(Mutex::new(core));
-        let runner = Runner::start(core.clone()).map_err(ServerError::Runner)?;
+        let runner = Runner::start(core.clone(), dma_for_runner).map_err(ServerError::Runner)?;
         Ok(Server {
             core,
             shared: Arc::new(shared),
@@ -294,16 +308,19 @@ impl Server {
             let mut fds = Some(fds);
             // Fast path: a step-free command while the runner does not hold
             // the device runs right here.
-            let fast = if session::may_block(hdr.command, &payload) {
-                None
-            } else {
-                let g = match self.core.try_lock() {
-                    Ok(g) => Some(g),
-                    Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
-                    Err(TryLockError::WouldBlock) => None,
+            // With guest memory reached by messages, even an MMIO access may
+            // wait for a DMA answer that this runtime has to deliver.
+            let fast =
+                if session::may_block(hdr.command, &payload) || self.shared.dma.any_may_pend() {
+                    None
+                } else {
+                    let g = match self.core.try_lock() {
+                        Ok(g) => Some(g),
+                        Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                        Err(TryLockError::WouldBlock) => None,
+                    };
+                    g.map(|mut g| s.handle(&mut g, &hdr, &payload, fds.take().unwrap_or_default()))
                 };
-                g.map(|mut g| s.handle(&mut g, &hdr, &payload, fds.take().unwrap_or_default()))
-            };
             let outcome = match fast {
                 Some(o) => {
                     session = Some(s);

@@ -178,6 +178,12 @@ impl GuestMemory for Gated {
         self.check(offset)?;
         self.inner.write(offset, data)
     }
+    fn may_pend(&self) -> bool {
+        self.inner.may_pend()
+    }
+    fn wait_pending(&self, timeout: std::time::Duration) {
+        self.inner.wait_pending(timeout);
+    }
 }
 
 /// The session's answer to one message.

@@ -1,0 +1,107 @@
+//! Server-initiated DMA must never hold up the client's MMIO (errata, "DMA
+//! paths"): QEMU's vCPU keeps the big lock while it waits for a REGION_READ
+//! reply, and QEMU serves the server's DMA_READ/DMA_WRITE only under that
+//! lock. The client here behaves the same way
+//! ([`Client::emulate_qemu_lock`]) with QEMU's 5-second reply timeout, and
+//! guest memory is mapped without an fd, so every device access is a
+//! message. A server that answered MMIO only after its own DMA had been
+//! answered would time out here.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use vfpga_device::ring::{Desc, RingDriver};
+use vfpga_device::{DmaFault, DmaPort, GuestMemory, Perm};
+use vfpga_regs::{CplStatus, Opcode};
+use vfpga_vfio_user::Client;
+use vfpga_vfio_user::client::SharedMemory;
+
+const BASE: u64 = 0x200_0000;
+const LEN: usize = 0x8_0000;
+
+/// The test's own view of the client memory the server reaches by message.
+#[derive(Debug)]
+struct View(SharedMemory);
+
+impl GuestMemory for View {
+    fn len(&self) -> u64 {
+        self.0.lock().unwrap().len() as u64
+    }
+    fn read(&self, o: u64, b: &mut [u8]) -> Result<(), DmaFault> {
+        let m = self.0.lock().unwrap();
+        b.copy_from_slice(&m[o as usize..o as usize + b.len()]);
+        Ok(())
+    }
+    fn write(&self, o: u64, d: &[u8]) -> Result<(), DmaFault> {
+        self.0.lock().unwrap()[o as usize..o as usize + d.len()].copy_from_slice(d);
+        Ok(())
+    }
+}
+
+fn qemu_like_client(h: &Harness) -> Client {
+    let mut c = h.client();
+    c.set_timeout(Duration::from_secs(5));
+    c.emulate_qemu_lock(true);
+    c
+}
+
+fn pattern(seed: u32, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn mmio_answers_while_dma_waits(b: Backend) {
+    let h = start(b);
+    let c = qemu_like_client(&h);
+    let mem = c.dma_map_message(BASE, LEN).unwrap();
+    c.enable_bus_master().unwrap();
+    let port = DmaPort::new();
+    port.map(BASE, Arc::new(View(mem.clone())), Perm::RW)
+        .unwrap();
+    let mut dev = WireDevice::new(&c, PAGES);
+    let mut rd = RingDriver::setup(&mut dev, &port, BASE, 16, BASE + 0x1000, 16).unwrap();
+
+    let (src, mid, dst) = (BASE + 0x1_0000, BASE + 0x3_0000, BASE + 0x5_0000);
+    let n = 0x1_0000usize;
+    let data = pattern(7, n);
+    mem.lock().unwrap()[0x1_0000..0x1_0000 + n].copy_from_slice(&data);
+    let descs = [
+        Desc::new(Opcode::CopyH2d, 1, src, 0, n as u32, 0).with_irq(),
+        Desc::new(Opcode::CopyD2h, 2, 0, mid, n as u32, 0).with_irq(),
+        Desc::new(Opcode::CopyH2h, 3, mid, dst, n as u32, 0).with_irq(),
+        Desc::new(Opcode::Crc32c, 4, dst, 0, n as u32, 0).with_irq(),
+    ];
+    // Each descriptor alone, then all four at once: the ring driver polls
+    // CQ_TAIL and IRQ_STATUS over the wire while the device's DMA is out.
+    for d in &descs {
+        let cpl = rd.run(&mut dev, std::slice::from_ref(d), 1 << 40).unwrap();
+        assert_eq!(cpl.len(), 1);
+        assert_eq!(cpl[0].status(), Some(CplStatus::Ok), "{d:?}");
+    }
+    let cpl = rd.run(&mut dev, &descs, 1 << 40).unwrap();
+    assert_eq!(cpl.len(), 4);
+    for c in &cpl {
+        assert_eq!(c.status(), Some(CplStatus::Ok), "{c:?}");
+    }
+    let m = mem.lock().unwrap();
+    assert!(m[0x3_0000..0x3_0000 + n] == data[..], "COPY_D2H result");
+    assert!(m[0x5_0000..0x5_0000 + n] == data[..], "COPY_H2H result");
+    let want = crc32c::crc32c(&data);
+    assert_eq!(cpl[3].result, want, "CRC32C over the wire");
+    drop(m);
+    assert!(c.dma_requests() > 0, "no DMA by message happened");
+}
+
+backend_tests!(mmio_answers_while_dma_waits);
