@@ -16,7 +16,11 @@
 //!   trigger eventfd once and masks the line; an UNMASK (SET_IRQS, or a write
 //!   to the resample eventfd) unmasks it, and the server then re-checks the
 //!   device's line (`IRQ_STATUS & !IRQ_MASK`) and re-asserts if it is still
-//!   high.
+//!   high. Setting the command register's INTx disable bit deasserts INTx
+//!   (nothing is signalled while it is set); clearing it makes the server
+//!   re-check the line the same way. The hub keeps no copy of the line: the
+//!   device's registers are the truth, and the config-space Interrupt Status
+//!   bit is read from them too (see [`crate::session`]).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Mutex;
@@ -44,7 +48,6 @@ struct State {
     intx_fd: Option<OwnedFd>,
     intx_masked: bool,
     intx_disabled: bool,
-    intx_asserted: bool,
     signals: u64,
 }
 
@@ -66,7 +69,6 @@ impl State {
             intx_fd: None,
             intx_masked: false,
             intx_disabled: false,
-            intx_asserted: false,
             signals: 0,
         }
     }
@@ -115,7 +117,6 @@ impl State {
     }
 
     fn assert_intx(&mut self) {
-        self.intx_asserted = true;
         if self.intx_masked || self.intx_disabled {
             return;
         }
@@ -268,24 +269,17 @@ impl IrqHub {
         !masked
     }
 
-    /// The device's line is (still) high: assert INTx if deliverable.
+    /// The device's line, as just read: if high, assert INTx if
+    /// deliverable (assigned, not masked, not disabled).
     pub fn intx_level(&self, high: bool) {
-        let mut s = self.lock();
         if high {
-            s.assert_intx();
-        } else {
-            s.intx_asserted = false;
+            self.lock().assert_intx();
         }
     }
 
     /// Whether INTx is the active mechanism (MSI-X off).
     pub fn intx_mode(&self) -> bool {
         !self.lock().msix_active()
-    }
-
-    /// Whether INTx is asserted (for the config-space status bit).
-    pub fn intx_asserted(&self) -> bool {
-        self.lock().intx_asserted
     }
 
     /// Device reset: masks, PBA and table back to reset values; the client's
@@ -379,5 +373,8 @@ mod tests {
         h.intx_mask(false);
         h.intx_level(true);
         assert_eq!(count(&e), 0, "INTx disabled in the command register");
+        h.set_config(false, false, false);
+        h.intx_level(true);
+        assert_eq!(count(&e), 1, "re-enabled with the line high");
     }
 }

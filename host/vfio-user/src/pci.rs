@@ -3,9 +3,11 @@
 //! A type-0 header with the IDs and class from `vfpga-regs`, BAR0 (32-bit
 //! memory, `BAR0_SIZE`), BAR2 (64-bit prefetchable memory, the device-memory
 //! size) with the usual sizing writes, the command register (memory space,
-//! bus master, INTx disable), INTx pin A and an MSI-X capability whose table
-//! and PBA live in BAR0 at `MSIX_TABLE_OFFSET` / `MSIX_PBA_OFFSET` (the
-//! server serves them, see [`crate::irq`]). 256 bytes, no extended space.
+//! bus master, INTx disable), the status register's Interrupt Status bit
+//! (refreshed from the device's INTx line on each read), INTx pin A and an
+//! MSI-X capability whose table and PBA live in BAR0 at `MSIX_TABLE_OFFSET` /
+//! `MSIX_PBA_OFFSET` (the server serves them, see [`crate::irq`]). 256 bytes,
+//! no extended space.
 //!
 //! Bus mastering gates DMA: while the command register's bus-master bit is
 //! clear, every device access to guest memory is refused (see
@@ -27,8 +29,12 @@ pub const CMD_INTX_DISABLE: u16 = 1 << 10;
 pub const MSIX_ENABLE: u16 = 1 << 15;
 /// MSI-X message control: function mask.
 pub const MSIX_FUNCTION_MASK: u16 = 1 << 14;
+/// Offset of the status register.
+pub const STATUS_OFFSET: usize = 0x06;
 const STATUS_CAP_LIST: u16 = 1 << 4;
-const STATUS_INTX: u16 = 1 << 3;
+/// Status register bit: Interrupt Status (the function's INTx line is high,
+/// whatever the command register's INTx disable bit says).
+pub const STATUS_INTX: u16 = 1 << 3;
 const CMD_WRITABLE: u16 = CMD_MEMORY | CMD_BUS_MASTER | CMD_INTX_DISABLE;
 
 /// The emulated configuration space.
@@ -50,7 +56,7 @@ impl ConfigSpace {
         };
         c.put16(0x00, vendor);
         c.put16(0x02, device);
-        c.put16(0x06, STATUS_CAP_LIST);
+        c.put16(STATUS_OFFSET, STATUS_CAP_LIST);
         c.bytes[0x08] = consts::PCI_REVISION as u8;
         c.put_bytes(0x09, &consts::PCI_CLASS_CODE.to_le_bytes()[..3]);
         c.put32(0x10, 0); // BAR0: 32-bit memory, non-prefetchable
@@ -168,11 +174,13 @@ impl ConfigSpace {
         self.get16(MSIX_CAP + 2)
     }
 
-    /// Sets the status register's interrupt bit (INTx asserted).
+    /// Sets the status register's Interrupt Status bit (the device's INTx
+    /// line is high). The server refreshes it before each read of the
+    /// status register.
     pub fn set_intx_status(&mut self, on: bool) {
-        let s = self.get16(0x06);
+        let s = self.get16(STATUS_OFFSET);
         self.put16(
-            0x06,
+            STATUS_OFFSET,
             if on {
                 s | STATUS_INTX
             } else {

@@ -664,13 +664,32 @@ impl Session {
     /// re-assert if the device's line is still high.
     pub fn intx_unmask(&self, core: &mut DevCore) {
         self.shared.irq.intx_mask(false);
-        let high = (|| -> Result<bool, DeviceError> {
+        self.intx_recheck(core);
+    }
+
+    /// Reads the device's INTx line and hands it to the hub, which asserts
+    /// INTx if the line is high and INTx deliverable (assigned, unmasked,
+    /// not disabled in the command register).
+    fn intx_recheck(&self, core: &mut DevCore) {
+        let high = self.intx_line(core);
+        self.shared.irq.intx_level(high);
+    }
+
+    /// The device's INTx line: with MSI-X off (a function with MSI-X enabled
+    /// does not use INTx), a running device with a cause latched in
+    /// IRQ_STATUS and not masked in IRQ_MASK. The command register's INTx
+    /// disable bit does not lower it (it only gates delivery). A device that
+    /// cannot be read counts as low.
+    fn intx_line(&self, core: &mut DevCore) -> bool {
+        if !self.shared.irq.intx_mode() {
+            return false;
+        }
+        (|| -> Result<bool, DeviceError> {
             let st = core.dev.read_reg(offsets::IRQ_STATUS)?;
             let mask = core.dev.read_reg(offsets::IRQ_MASK)?;
             Ok(st & !mask != 0 && !core.dev.is_quiesced()?)
         })()
-        .unwrap_or(false);
-        self.shared.irq.intx_level(high);
+        .unwrap_or(false)
     }
 
     fn region_read(
@@ -688,11 +707,18 @@ impl Session {
             )
         };
         match region {
-            region::CONFIG => self
-                .shared
-                .config()
-                .read(off, buf)
-                .ok_or_else(|| bad("config")),
+            region::CONFIG => {
+                // The status register's Interrupt Status bit follows the
+                // device's line at the time of the read.
+                let status = pci::STATUS_OFFSET as u64;
+                let line = (off <= status && off.saturating_add(len) > status)
+                    .then(|| self.intx_line(core));
+                let mut cfg = self.shared.config();
+                if let Some(line) = line {
+                    cfg.set_intx_status(line);
+                }
+                cfg.read(off, buf).ok_or_else(|| bad("config"))
+            }
             region::BAR0 => {
                 let end = off.checked_add(len).ok_or_else(|| bad("BAR0"))?;
                 let (t, tl) = (u64::from(consts::MSIX_TABLE_OFFSET), irq::TABLE_BYTES);
@@ -752,6 +778,7 @@ impl Session {
         match region {
             region::CONFIG => {
                 let mut cfg = self.shared.config();
+                let was_off = cfg.intx_disabled();
                 cfg.write(off, data).ok_or_else(|| bad("config"))?;
                 self.shared.gate.store(cfg.bus_master(), Ordering::Release);
                 let ctl = cfg.msix_control();
@@ -762,6 +789,11 @@ impl Session {
                     ctl & pci::MSIX_FUNCTION_MASK != 0,
                     intx_off,
                 );
+                if was_off && !intx_off {
+                    // INTx enabled again: a line that stayed high while it
+                    // was disabled is asserted now.
+                    self.intx_recheck(core);
+                }
                 out.wake = true;
                 Ok(())
             }

@@ -13,6 +13,7 @@ use nix::errno::Errno;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use vfpga_device::ring::{Desc, RingDriver};
 use vfpga_regs::{CplStatus, Opcode, consts, offsets};
+use vfpga_vfio_user::pci;
 use vfpga_vfio_user::session::{irq_index, region};
 use vfpga_vfio_user::wire::{self, Caps, Header, cmd, flags};
 
@@ -657,6 +658,117 @@ fn intx_eventfd_automask_unmask_and_resample(b: Backend) {
     intx(trigger, none, 0, &[]).unwrap();
 }
 
+/// The config-space status register's Interrupt Status bit (bit 3 of the
+/// word at 0x06).
+fn intx_status(c: &vfpga_vfio_user::Client) -> bool {
+    let s = c.config_read(pci::STATUS_OFFSET as u64, 2).unwrap();
+    u16::from_le_bytes([s[0], s[1]]) & pci::STATUS_INTX != 0
+}
+
+/// Sets or clears the command register's INTx disable bit (bit 10), other
+/// bits kept.
+fn set_intx_disable(c: &vfpga_vfio_user::Client, on: bool) {
+    let v = c.config_read(4, 2).unwrap();
+    let cmd = u16::from_le_bytes([v[0], v[1]]);
+    let cmd = if on {
+        cmd | pci::CMD_INTX_DISABLE
+    } else {
+        cmd & !pci::CMD_INTX_DISABLE
+    };
+    c.config_write(4, &cmd.to_le_bytes()).unwrap();
+}
+
+/// INTx in config space: the status register's Interrupt Status bit follows
+/// the device's line (whatever the command register's INTx disable bit
+/// says); INTx disable holds delivery back, and clearing it with the line
+/// still high asserts INTx at once.
+fn intx_status_bit_and_command_disable(b: Backend) {
+    let h = start(b);
+    let c = h.client();
+    let g = GuestMem::new(0x10_0000, 0x2_0000);
+    g.map_into(&c);
+    c.enable_bus_master().unwrap();
+    let e = efd();
+    let intx = |action: u32, data: u32, fds: &[std::os::fd::BorrowedFd<'_>]| {
+        c.set_irqs(action | data, irq_index::INTX, 0, 1, &[], fds)
+    };
+    let (trigger, mask, unmask) = (
+        wire::IRQ_SET_ACTION_TRIGGER,
+        wire::IRQ_SET_ACTION_MASK,
+        wire::IRQ_SET_ACTION_UNMASK,
+    );
+    let (none, evt) = (wire::IRQ_SET_DATA_NONE, wire::IRQ_SET_DATA_EVENTFD);
+    intx(trigger, evt, &[e.as_fd()]).unwrap();
+    c.write32(offsets::IRQ_MASK.into(), 0b10).unwrap();
+    let mut dev = WireDevice::new(&c, PAGES);
+    let mut rd = RingDriver::setup(&mut dev, &g.port, g.base, 8, g.base + 0x1000, 8).unwrap();
+    let mut tag = 0u32;
+    let mut run_with_irq = |rd: &mut RingDriver, dev: &mut WireDevice<'_>| {
+        tag += 1;
+        let d = Desc::new(Opcode::FillHost, tag, 0, g.base + 0x4000, 64, tag).with_irq();
+        let cpl = rd.run(dev, &[d], u64::MAX).unwrap();
+        assert_eq!(cpl[0].status(), Some(CplStatus::Ok));
+    };
+    let clear_cause = || c.write32(offsets::IRQ_STATUS.into(), 1).unwrap();
+
+    // 1. The line is low: the bit is clear. A completion interrupt (MSI-X
+    //    off) raises the line: INTx fires and the bit is set.
+    assert!(!intx_status(&c), "Interrupt Status set with the line low");
+    run_with_irq(&mut rd, &mut dev);
+    assert_eq!(wait_eventfd(&e, "INTx"), 1);
+    wait_cpl_cause(&c);
+    assert!(intx_status(&c), "Interrupt Status clear with the line high");
+    // 2. The guest clears the cause: the line drops and the bit with it.
+    clear_cause();
+    assert!(
+        !intx_status(&c),
+        "Interrupt Status set after the line dropped"
+    );
+    intx(unmask, none, &[]).unwrap();
+    assert_eq!(e.read(), Err(Errno::EAGAIN), "line low: no interrupt");
+
+    // 3. INTx disabled in the command register: a completion raises the
+    //    line (the bit is set regardless) but nothing is signalled...
+    set_intx_disable(&c, true);
+    run_with_irq(&mut rd, &mut dev);
+    wait_cpl_cause(&c);
+    assert!(intx_status(&c), "Interrupt Status must ignore INTx disable");
+    assert_eq!(e.read(), Err(Errno::EAGAIN), "INTx fired while disabled");
+    //    ...until the bit is cleared with the line still high: INTx is
+    //    asserted at once (the write's reply comes after the re-check).
+    set_intx_disable(&c, false);
+    assert_eq!(e.read().unwrap(), 1, "re-enabled with the line high");
+    assert!(intx_status(&c));
+    // 4. Disabled again while auto-masked and the line high: UNMASK finds
+    //    the line high but INTx disabled, and stays quiet; re-enabling
+    //    asserts.
+    set_intx_disable(&c, true);
+    intx(unmask, none, &[]).unwrap();
+    assert_eq!(e.read(), Err(Errno::EAGAIN), "UNMASK fired while disabled");
+    set_intx_disable(&c, false);
+    assert_eq!(e.read().unwrap(), 1, "re-enabled with the line high");
+    // 5. Re-enabling while masked (SET_IRQS MASK) delivers nothing; the
+    //    cause cleared while disabled: re-enabling finds the line low.
+    intx(mask, none, &[]).unwrap();
+    set_intx_disable(&c, true);
+    set_intx_disable(&c, false);
+    assert_eq!(e.read(), Err(Errno::EAGAIN), "masked INTx fired");
+    set_intx_disable(&c, true);
+    clear_cause();
+    intx(unmask, none, &[]).unwrap();
+    set_intx_disable(&c, false);
+    assert_eq!(e.read(), Err(Errno::EAGAIN), "line low: no interrupt");
+    assert!(!intx_status(&c));
+    // 6. MSI-X on: the function does not use INTx, the bit stays clear.
+    let m = efd();
+    c.msix_eventfds(0, &[m.as_fd()]).unwrap();
+    run_with_irq(&mut rd, &mut dev);
+    assert_eq!(wait_eventfd(&m, "MSI-X vector 0"), 1);
+    wait_cpl_cause(&c);
+    assert!(!intx_status(&c), "Interrupt Status set with MSI-X on");
+    assert_eq!(e.read(), Err(Errno::EAGAIN), "INTx fired with MSI-X on");
+}
+
 const RUNNING: u32 = 2;
 const STOP: u32 = 1;
 const STOP_COPY: u32 = 3;
@@ -811,4 +923,5 @@ backend_tests!(
     g56_g58_disconnect_keeps_device_state_and_one_client_at_a_time,
     g57_socket_closed_during_a_state_change_reply,
     intx_eventfd_automask_unmask_and_resample,
+    intx_status_bit_and_command_disable,
 );
