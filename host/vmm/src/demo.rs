@@ -424,14 +424,14 @@ impl DemoReport {
         s.push_str(&format!(
             "<rect x=\"{d0:.1}\" y=\"{top}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#f4b183\" opacity=\"0.5\"/>\n\
              <rect x=\"{d0:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#c0504d\"/>\n\
-             <text x=\"{:.1}\" y=\"{}\" fill=\"#c0504d\">downtime {:.3} ms (stop-and-copy)</text>\n\
+             <text x=\"{:.1}\" y=\"{}\" fill=\"#c0504d\" text-anchor=\"end\">downtime {:.3} ms (stop-and-copy)</text>\n\
              <text x=\"{left}\" y=\"{}\">{}</text>\n</svg>\n",
             d1 - d0,
             bottom - top,
             y(b),
             d1 - d0,
             bottom - y(b),
-            (d0 - 150.0).max(left),
+            d1,
             top - 5.0,
             self.downtime_ms,
             h - 10.0,
