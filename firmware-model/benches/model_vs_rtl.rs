@@ -1,4 +1,4 @@
-//! The model's workload (see `throughput.rs`) on the model and on the
+//! The model's workload (`common/mod.rs`, as in `throughput.rs`) on the model and on the
 //! Verilated RTL (`vfpga-sim`, explicit clocking), for the model/RTL speed
 //! ratio. Built only with `--features rtl`; without Verilator the RTL
 //! half is skipped with a message.
@@ -8,51 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use vfpga_device::ring::{Desc, RingDriver};
-use vfpga_device::{Device, DmaPort, NoIrq, Perm, VecMemory};
+use vfpga_device::ring::RingDriver;
+use vfpga_device::{Device, DmaPort, NoIrq};
 use vfpga_model::{Model, ModelConfig};
-use vfpga_regs::Opcode;
 use vfpga_sim::{SimDevice, SimOptions};
 
-const CHUNK: u32 = 64 * 1024;
-const PER_OP: u32 = 16;
-const GUEST: u64 = 0x1_0000_0000;
-const MIB: u64 = 1 << 20;
-const RINGS: u64 = GUEST + 3 * MIB;
-
-fn workload() -> Vec<Desc> {
-    let mut v = Vec::new();
-    for i in 0..PER_OP {
-        let off = u64::from(i * CHUNK);
-        v.push(Desc::new(Opcode::CopyH2d, i, GUEST + off, off, CHUNK, 0));
-        v.push(Desc::new(
-            Opcode::CopyD2h,
-            i,
-            off,
-            GUEST + MIB + off,
-            CHUNK,
-            0,
-        ));
-        v.push(Desc::new(
-            Opcode::CopyH2h,
-            i,
-            GUEST + off,
-            GUEST + 2 * MIB + off,
-            CHUNK,
-            0,
-        ));
-    }
-    v
-}
-
-fn guest() -> DmaPort {
-    let dma = DmaPort::new();
-    let mem = Arc::new(VecMemory::new(4 * MIB as usize));
-    dma.map(GUEST, mem, Perm::RW).expect("map guest memory");
-    let src: Vec<u8> = (0..MIB).map(|i| (i * 31 + 7) as u8).collect();
-    dma.host_write(GUEST, &src).expect("fill");
-    dma
-}
+mod common;
+use common::{RINGS, bytes_per_iter, guest, workload};
 
 fn run_on<D: Device>(
     c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
@@ -73,7 +35,7 @@ fn run_on<D: Device>(
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("model_vs_rtl");
-    g.throughput(Throughput::Bytes(u64::from(3 * PER_OP * CHUNK)));
+    g.throughput(Throughput::Bytes(bytes_per_iter()));
     g.sample_size(10);
     g.warm_up_time(Duration::from_secs(1));
     g.measurement_time(Duration::from_secs(5));

@@ -1,8 +1,9 @@
 //! Model throughput on a fixed DMA workload, beside a memcpy of the same
 //! bytes measured in the same run.
 //!
-//! Workload (one iteration): 48 descriptors of 64 KiB through the rings,
-//! 16 each of `COPY_H2D`, `COPY_D2H` and `COPY_H2H` (3 MiB copied), submitted
+//! Workload (one iteration, `common/mod.rs`): 48 descriptors of 64 KiB
+//! through the rings, 16 each of `COPY_H2D`, `COPY_D2H` and `COPY_H2H`
+//! (3 MiB copied), submitted
 //! with the shared [`RingDriver`] and run to their completions. Measured on
 //! the model with burst batching (the default) and stepping burst by burst,
 //! and as plain `copy_from_slice` of the same 48 × 64 KiB.
@@ -13,52 +14,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use vfpga_device::ring::{Desc, RingDriver};
-use vfpga_device::{Device, DmaPort, NoIrq, Perm, VecMemory};
+use vfpga_device::ring::RingDriver;
+use vfpga_device::{Device, NoIrq};
 use vfpga_model::{Model, ModelConfig};
-use vfpga_regs::Opcode;
 
-const CHUNK: u32 = 64 * 1024;
-const PER_OP: u32 = 16;
-const GUEST: u64 = 0x1_0000_0000;
-const MIB: u64 = 1 << 20;
-const RINGS: u64 = GUEST + 3 * MIB;
-
-fn workload() -> Vec<Desc> {
-    let mut v = Vec::new();
-    for i in 0..PER_OP {
-        let off = u64::from(i * CHUNK);
-        v.push(Desc::new(Opcode::CopyH2d, i, GUEST + off, off, CHUNK, 0));
-        v.push(Desc::new(
-            Opcode::CopyD2h,
-            i,
-            off,
-            GUEST + MIB + off,
-            CHUNK,
-            0,
-        ));
-        v.push(Desc::new(
-            Opcode::CopyH2h,
-            i,
-            GUEST + off,
-            GUEST + 2 * MIB + off,
-            CHUNK,
-            0,
-        ));
-    }
-    v
-}
-
-fn bytes_per_iter() -> u64 {
-    u64::from(3 * PER_OP * CHUNK)
-}
+mod common;
+use common::{CHUNK, GUEST, MIB, PER_OP, RINGS, bytes_per_iter, guest, workload};
 
 fn setup(batch: bool) -> (Model, RingDriver) {
-    let dma = DmaPort::new();
-    let mem = Arc::new(VecMemory::new(4 * MIB as usize));
-    dma.map(GUEST, mem, Perm::RW).expect("map guest memory");
-    let src: Vec<u8> = (0..MIB).map(|i| (i * 31 + 7) as u8).collect();
-    dma.host_write(GUEST, &src).expect("fill");
+    let dma = guest();
     let cfg = ModelConfig {
         batch_bursts: batch,
         ..ModelConfig::with_pages(256)

@@ -22,6 +22,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use vfpga_device::conformance::{ConformanceError, expect_eq, mismatch};
 use vfpga_device::ring::{Completion, Desc, RingDriver, RingError};
 use vfpga_device::{Device, DeviceError, DmaFault, DmaPort, IrqLog, MmapMemory, Perm};
 use vfpga_regs::{
@@ -78,22 +79,16 @@ pub enum HilError {
     },
 }
 
-fn mismatch(check: &'static str, detail: impl Into<String>) -> HilError {
-    HilError::Mismatch {
-        check,
-        detail: detail.into(),
-    }
-}
-
-fn expect_eq<T: PartialEq + std::fmt::Debug>(
-    check: &'static str,
-    got: T,
-    want: T,
-) -> Result<(), HilError> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(mismatch(check, format!("got {got:?}, expected {want:?}")))
+/// The conformance suite's failures map one to one onto the suite's own
+/// (its [`mismatch`] and [`expect_eq`] helpers serve both).
+impl From<ConformanceError> for HilError {
+    fn from(e: ConformanceError) -> Self {
+        match e {
+            ConformanceError::Device(e) => HilError::Device(e),
+            ConformanceError::Ring(e) => HilError::Ring(e),
+            ConformanceError::Memory(e) => HilError::Memory(e),
+            ConformanceError::Mismatch { check, detail } => HilError::Mismatch { check, detail },
+        }
     }
 }
 
@@ -182,10 +177,7 @@ fn fresh(t: &mut Target<'_>, size: u32) -> Result<RingDriver, HilError> {
     t.dev.soft_reset()?;
     let st = t.dev.status()?;
     if st.intersects(Status::QUIESCED | Status::HALTED) {
-        return Err(mismatch(
-            "soft reset",
-            format!("STATUS {st:?} after SOFT_RESET"),
-        ));
+        return Err(mismatch("soft reset", format!("STATUS {st:?} after SOFT_RESET")).into());
     }
     Ok(RingDriver::setup(t.dev, t.dma, SQ, size, CQ, size)?)
 }
@@ -203,7 +195,8 @@ fn expect_ok(c: &Completion, tag: u32, bytes: u32) -> Result<(), HilError> {
         return Err(mismatch(
             "completion",
             format!("{c:?}, expected tag {tag} status OK bytes {bytes}"),
-        ));
+        )
+        .into());
     }
     Ok(())
 }
@@ -234,7 +227,8 @@ fn wait_irqs(t: &mut Target<'_>, vector: u32, want: usize) -> Result<(), HilErro
             }
         }
     }
-    expect_eq("messages on vector", t.irq.count(vector as u16), want)
+    expect_eq("messages on vector", t.irq.count(vector as u16), want)?;
+    Ok(())
 }
 
 /// Lets the device settle (idle) so that a message it should not send would
@@ -263,7 +257,8 @@ pub fn identity(t: &mut Target<'_>) -> Result<(), HilError> {
         return Err(mismatch(
             "device memory",
             format!("the suite needs {MIN_DEVMEM_PAGES} pages"),
-        ));
+        )
+        .into());
     }
     t.dev.soft_reset()?;
     t.dev.write_reg(offsets::SCRATCH, 0x5a5a_1234)?;
@@ -539,7 +534,8 @@ pub fn inflight_quiesce_save_restore(t: &mut Target<'_>) -> Result<(), HilError>
         return Err(mismatch(
             "catch the descriptor in flight",
             "never saw 0 < CUR_DONE < CUR_LEN",
-        ));
+        )
+        .into());
     };
     // Frozen: no state change, no DMA, no message while quiesced.
     let mem_before = host(t, DST, len as usize + 8)?;

@@ -24,43 +24,6 @@ const CQ_AREA: u64 = 0x1000;
 /// Offset of the data area.
 const DATA_AREA: u64 = 0x2000;
 
-/// A descriptor as scenario data (all fields raw, so invalid ones can be
-/// expressed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DescSpec {
-    /// Raw opcode.
-    pub opcode: u8,
-    /// IRQ flag.
-    pub irq: bool,
-    /// Reserved CTL bits.
-    pub rsvd: u32,
-    /// Tag.
-    pub tag: u32,
-    /// Source.
-    pub src: u64,
-    /// Destination.
-    pub dst: u64,
-    /// Length.
-    pub len: u32,
-    /// Pattern / CRC seed.
-    pub pattern: u32,
-}
-
-impl From<DescSpec> for Desc {
-    fn from(d: DescSpec) -> Self {
-        Desc {
-            opcode: d.opcode,
-            irq: d.irq,
-            rsvd: d.rsvd,
-            tag: d.tag,
-            src: d.src,
-            dst: d.dst,
-            len: d.len,
-            pattern: d.pattern,
-        }
-    }
-}
-
 /// One stimulus operation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
@@ -81,7 +44,7 @@ pub enum Op {
     /// says) and ring the doorbell once.
     Submit {
         /// The descriptors (those that do not fit are dropped).
-        descs: Vec<DescSpec>,
+        descs: Vec<Desc>,
     },
     /// Consume new completions (from the reference's guest memory) and
     /// write `CQ_HEAD`.
@@ -327,7 +290,7 @@ fn apply_op<A: Device, B: Device>(
                     .sq_base
                     .wrapping_add(u64::from(r.sq_tail) * desc::SIZE as u64);
                 if ls.reference().dma.is_mapped(at, desc::SIZE as u64) {
-                    ls.host_write(at, &Desc::from(*d).to_bytes())?;
+                    ls.host_write(at, &d.to_bytes())?;
                 }
                 r.sq_tail = (r.sq_tail + 1) % r.sq_size;
                 room -= 1;
@@ -619,7 +582,7 @@ impl Gen {
         }
     }
 
-    fn desc(&mut self) -> DescSpec {
+    fn desc(&mut self) -> Desc {
         let opcode = match self.r.below(24) {
             0 => self.r.pick(&[7u8, 8, 0x80, 0xff]),
             1 => 0,
@@ -649,7 +612,7 @@ impl Gen {
             _ => (self.r.next_u64(), self.r.next_u64()),
         };
         self.tag += 1;
-        DescSpec {
+        Desc {
             opcode,
             irq: self.r.pct(50),
             rsvd: u32::from(self.r.pct(4)),
@@ -786,6 +749,27 @@ mod tests {
         let j = serde_json::to_string(&a).expect("json");
         let b: Scenario = serde_json::from_str(&j).expect("parse");
         assert_eq!(a, b);
+    }
+
+    /// A submit op as scenario files wrote it before descriptors were
+    /// stored as `ring::Desc` (every field raw, by name): still read the
+    /// same and written back unchanged.
+    #[test]
+    fn saved_descriptor_format_is_stable() {
+        let j = r#"{"op":"submit","descs":[{"opcode":255,"irq":true,"rsvd":1,"tag":7,"src":4294967296,"dst":18446744073709551615,"len":4096,"pattern":3735928559}]}"#;
+        let op: Op = serde_json::from_str(j).expect("parse");
+        let want = Desc {
+            opcode: 0xff,
+            irq: true,
+            rsvd: 1,
+            tag: 7,
+            src: GUEST_BASE,
+            dst: u64::MAX,
+            len: 4096,
+            pattern: 0xdead_beef,
+        };
+        assert_eq!(op, Op::Submit { descs: vec![want] });
+        assert_eq!(serde_json::to_string(&op).expect("json"), j);
     }
 
     #[test]

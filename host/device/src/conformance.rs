@@ -74,14 +74,18 @@ pub enum ConformanceError {
     },
 }
 
-fn mismatch(check: &'static str, detail: impl Into<String>) -> ConformanceError {
+/// A [`ConformanceError::Mismatch`] for expectation `check` with what was
+/// seen. Shared with other suites over the device seam (`vfpga-hil`), which
+/// convert it into their own error.
+pub fn mismatch(check: &'static str, detail: impl Into<String>) -> ConformanceError {
     ConformanceError::Mismatch {
         check,
         detail: detail.into(),
     }
 }
 
-fn expect_eq<T: PartialEq + std::fmt::Debug>(
+/// Checks `got == want`, else a [`mismatch`] for `check` that shows both.
+pub fn expect_eq<T: PartialEq + std::fmt::Debug>(
     check: &'static str,
     got: T,
     want: T,

@@ -11,8 +11,12 @@ use vfpga_regs::{CplStatus, Ctrl, Opcode, consts, cpl, desc, fields, offsets};
 
 use crate::{Device, DeviceError, DmaFault, DmaPort};
 
-/// A submission descriptor (datasheet §5.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// A submission descriptor (datasheet §5.2). Plain data, serde-able with
+/// every field raw (so invalid descriptors can be expressed too): the
+/// cross-check's scenario files store it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct Desc {
     /// Raw opcode (may be invalid on purpose).
     pub opcode: u8,
