@@ -6,7 +6,6 @@ use std::path::Path;
 use vfpga_config::{Backend, Config};
 use vfpga_vmm::backend::Kind;
 use vfpga_vmm::demo::{self, DemoOptions};
-use vfpga_vmm::server::Launch;
 use vfpga_vmm::vm::Placement;
 
 use crate::commands::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
@@ -41,15 +40,11 @@ pub fn run(
     };
     let devmem = cfg.map(|c| c.device.devmem_size.value.0).unwrap_or(1 << 20);
     let mut opts = DemoOptions::new(kind, devmem);
-    opts.placement = if in_process {
-        Placement::Local
-    } else {
-        match Launch::this_binary() {
-            Ok(l) => Placement::Server(l),
-            Err(e) => {
-                eprintln!("vfpga demo: {e}");
-                return EXIT_USAGE;
-            }
+    opts.placement = match Placement::for_cli(in_process) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("vfpga demo: {e}");
+            return EXIT_USAGE;
         }
     };
     println!(

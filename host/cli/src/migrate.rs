@@ -21,7 +21,6 @@ use vfpga_config::{Backend, Config};
 use vfpga_vmm::backend::Kind;
 use vfpga_vmm::demo::{DemoOptions, error_chain};
 use vfpga_vmm::live::{self, Guest, LiveError, Pass, Progress};
-use vfpga_vmm::server::Launch;
 use vfpga_vmm::vm::{self, Placement};
 use vfpga_vmm::workload::Workload;
 
@@ -76,15 +75,11 @@ pub fn run(
     };
     let devmem = cfg.map(|c| c.device.devmem_size.value.0).unwrap_or(1 << 20);
     let mut opts = DemoOptions::new(kind, devmem);
-    opts.placement = if in_process {
-        Placement::Local
-    } else {
-        match Launch::this_binary() {
-            Ok(l) => Placement::Server(l),
-            Err(e) => {
-                eprintln!("vfpga migrate: {e}");
-                return EXIT_USAGE;
-            }
+    opts.placement = match Placement::for_cli(in_process) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("vfpga migrate: {e}");
+            return EXIT_USAGE;
         }
     };
     match (to, incoming) {

@@ -23,12 +23,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use vfpga_device::ring::{Desc, RingDriver};
-use vfpga_device::{
-    Bar, Device, DeviceError, DeviceInfo, DmaPort, Identity, MmapMemory, Perm, Progress,
-};
-use vfpga_regs::{CplStatus, Opcode, consts, offsets};
+use vfpga_device::{Device, DmaPort, MmapMemory, Perm};
+use vfpga_regs::{CplStatus, Opcode, offsets};
 use vfpga_vfio_user::session::region;
-use vfpga_vfio_user::{Client, ClientError};
+use vfpga_vfio_user::{Client, WireDevice};
 
 /// Hang guard for every wait of this file (server start, ring progress).
 const HANG_GUARD: Duration = Duration::from_secs(60);
@@ -162,97 +160,23 @@ impl GuestMem {
     }
 }
 
-/// The device behind a server, as a [`Device`]: BAR accesses are
-/// REGION_READ / REGION_WRITE. The server's runner advances it; `advance`
-/// only sleeps, and fails once [`HANG_GUARD`] passed since the last
-/// register write (a ring wait that never completes).
-struct Remote<'a> {
-    c: &'a Client,
-    info: DeviceInfo,
-    last_write: Instant,
-}
-
-fn wire_err(e: ClientError) -> DeviceError {
-    DeviceError::Backend {
-        msg: e.to_string(),
-        source: Some(Box::new(e)),
-    }
-}
-
-fn bar_region(bar: Bar) -> u32 {
-    match bar {
-        Bar::Regs => region::BAR0,
-        Bar::DevMem => region::BAR2,
-    }
-}
-
-impl<'a> Remote<'a> {
-    fn new(c: &'a Client) -> Self {
-        let pages = c.read32(offsets::DEVMEM_PAGES.into()).unwrap();
-        Remote {
-            c,
-            info: DeviceInfo {
-                identity: Identity::this_build(pages, consts::MAX_DMALOG_PAGES),
-                bar0_size: consts::BAR0_SIZE.into(),
-                bar2_size: u64::from(pages) * 4096,
-                self_running: true,
-            },
-            last_write: Instant::now(),
-        }
-    }
-}
-
-impl Device for Remote<'_> {
-    fn info(&self) -> DeviceInfo {
-        self.info
-    }
-    fn mmio_read(&mut self, bar: Bar, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
-        let d = self
-            .c
-            .region_read(bar_region(bar), offset, data.len() as u32)
-            .map_err(wire_err)?;
-        data.copy_from_slice(&d);
-        Ok(())
-    }
-    fn mmio_write(&mut self, bar: Bar, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
-        self.c
-            .region_write(bar_region(bar), offset, data)
-            .map_err(wire_err)?;
-        self.last_write = Instant::now();
-        Ok(())
-    }
-    fn advance(&mut self, _budget: u64) -> Result<Progress, DeviceError> {
-        if self.last_write.elapsed() > HANG_GUARD {
-            return Err(DeviceError::Backend {
-                msg: format!("hang guard: no ring progress over the wire in {HANG_GUARD:?}"),
-                source: None,
-            });
-        }
-        std::thread::sleep(Duration::from_micros(50));
-        Ok(Progress {
-            used: 0,
-            idle: false,
-        })
-    }
-    /// Device memory in 64 KiB REGION_READs (not 8-byte accesses).
-    fn devmem_read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
-        for (i, chunk) in buf.chunks_mut(65536).enumerate() {
-            self.mmio_read(Bar::DevMem, offset + (i * 65536) as u64, chunk)?;
-        }
-        Ok(())
-    }
+/// The device behind a server, with the ring-wait hang guard.
+fn remote(c: &Arc<Client>) -> WireDevice {
+    let mut d = WireDevice::new(c.clone()).unwrap();
+    d.set_hang_guard(Some(HANG_GUARD));
+    d
 }
 
 /// One side: a server process, a client, guest memory mapped into it.
 struct Side {
     _server: Served,
-    c: Client,
+    c: Arc<Client>,
     g: GuestMem,
 }
 
 fn side(config_name: &str, tag: &str) -> Side {
     let server = Served::spawn(config_name, tag);
-    let c = server.client();
+    let c = Arc::new(server.client());
     let g = GuestMem::new(tag);
     c.dma_map_fd(g.file.as_fd(), 0, BASE, LEN).unwrap();
     c.enable_bus_master().unwrap();
@@ -276,8 +200,8 @@ impl Drop for StopOnDrop<'_> {
 /// Fills, host-to-device and host-to-host copies until `stop`, counting
 /// completed rounds in `rounds`; returns the count.
 fn workload(s: &Side, stop: &AtomicBool, rounds: &AtomicU32) -> u32 {
-    let mut dev = Remote::new(&s.c);
-    let pages = dev.info.identity.devmem_pages;
+    let mut dev = remote(&s.c);
+    let pages = dev.info().identity.devmem_pages;
     let mut rd = RingDriver::setup(&mut dev, &s.g.port, BASE, 16, BASE + 0x1000, 16).unwrap();
     let mut n = 0u32;
     while !stop.load(Ordering::Acquire) {
@@ -302,7 +226,7 @@ fn workload(s: &Side, stop: &AtomicBool, rounds: &AtomicU32) -> u32 {
                 0,
             ),
         ];
-        // No unit budget: `Remote::advance` fails the wait after HANG_GUARD.
+        // No unit budget: `WireDevice::advance` fails the wait after HANG_GUARD.
         for c in rd.run(&mut dev, &descs, u64::MAX).unwrap() {
             assert_eq!(c.status(), Some(CplStatus::Ok));
         }
@@ -343,10 +267,10 @@ fn sync_pages(src: &Side, dst: &GuestMem, all: bool) {
 
 /// Architectural state words and device memory, read over the wire from a
 /// stopped device.
-fn device_image(c: &Client) -> (Vec<u32>, Vec<u8>) {
-    let mut dev = Remote::new(c);
+fn device_image(c: &Arc<Client>) -> (Vec<u32>, Vec<u8>) {
+    let mut dev = remote(c);
     let st = dev.save_state().unwrap();
-    let mut mem = vec![0u8; dev.info.bar2_size as usize];
+    let mut mem = vec![0u8; dev.info().bar2_size as usize];
     dev.devmem_read(0, &mut mem).unwrap();
     (st.arch.to_words().to_vec(), mem)
 }
@@ -374,7 +298,7 @@ fn check_identical(src: &Side, dst: &Side) {
 /// After the migration the destination runs and its engine still works.
 fn destination_runs(dst: &Side) {
     assert_eq!(dst.c.mig_state().unwrap(), RUNNING);
-    let mut dev = Remote::new(&dst.c);
+    let mut dev = remote(&dst.c);
     let mut rd = RingDriver::attach(&mut dev, &dst.g.port).unwrap();
     let d = Desc::new(Opcode::FillHost, 7, 0, BASE + 0x3_0000, 4096, 0xfeed);
     let c = rd.run(&mut dev, &[d], u64::MAX).unwrap();

@@ -319,17 +319,15 @@ impl DmaPort {
     /// [`DmaFault::Pending`] access, without holding anything the device
     /// needs; returns at once when nothing is outstanding.
     pub fn wait_pending(&self, timeout: std::time::Duration) {
-        let pend: Vec<Arc<dyn GuestMemory>> = {
-            let g = self.read_lock();
-            g.maps
-                .values()
-                .filter(|m| m.mem.may_pend())
-                .map(|m| m.mem.clone())
-                .collect()
-        };
         // Regions reached through one peer share one outstanding access, so
         // waiting on the first is waiting on all.
-        if let Some(m) = pend.first() {
+        let first = self
+            .read_lock()
+            .maps
+            .values()
+            .find(|m| m.mem.may_pend())
+            .map(|m| m.mem.clone());
+        if let Some(m) = first {
             m.wait_pending(timeout);
         }
     }

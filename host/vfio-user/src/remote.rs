@@ -157,7 +157,7 @@ impl DmaLink {
 
     /// One attempt of an access: its result when all answers are in, else
     /// [`DmaFault::Pending`] (sending the requests on the first attempt).
-    fn access(&self, key: Key, data: &[u8]) -> Result<Vec<u8>, DmaFault> {
+    fn access(&self, key: Key) -> Result<Vec<u8>, DmaFault> {
         let iova = key.addr;
         let backing = |reason: String| DmaFault::Backing { iova, reason };
         let mut g = lock(&self.state);
@@ -200,11 +200,12 @@ impl DmaLink {
             let n = chunk.min(key.len - pos);
             let addr = key.addr + pos as u64;
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let payload = if key.write {
-                layout.encode(addr, n as u64, &data[pos..pos + n])
+            let data = if key.write {
+                &key.data[pos..pos + n]
             } else {
-                layout.encode(addr, n as u64, &[])
+                &[][..]
             };
+            let payload = layout.encode(addr, n as u64, data);
             let h = Header {
                 msg_id: id,
                 command: if key.write {
@@ -304,14 +305,8 @@ impl GuestMemory for RemoteMemory {
             len: buf.len(),
             data: Vec::new(),
         };
-        let data = self.link.access(key, &[])?;
-        if data.len() != buf.len() {
-            return Err(DmaFault::Backing {
-                iova: self.base + offset,
-                reason: "short DMA_READ reply".into(),
-            });
-        }
-        buf.copy_from_slice(&data);
+        // `finish` checked every part's address and length.
+        buf.copy_from_slice(&self.link.access(key)?);
         Ok(())
     }
 
@@ -322,7 +317,7 @@ impl GuestMemory for RemoteMemory {
             len: data.len(),
             data: data.to_vec(),
         };
-        self.link.access(key, data).map(drop)
+        self.link.access(key).map(drop)
     }
 
     fn may_pend(&self) -> bool {

@@ -21,6 +21,9 @@ pub struct WireDevice {
     client: Arc<Client>,
     info: DeviceInfo,
     chunk: usize,
+    /// See [`WireDevice::set_hang_guard`].
+    hang_guard: Option<std::time::Duration>,
+    last_write: std::time::Instant,
 }
 
 fn wire_err(e: ClientError) -> DeviceError {
@@ -70,9 +73,20 @@ impl WireDevice {
                 self_running: true,
             },
             chunk,
+            hang_guard: None,
+            last_write: std::time::Instant::now(),
         };
         d.check_identity()?;
         Ok(d)
+    }
+
+    /// Makes [`Device::advance`] fail once `guard` has passed since the last
+    /// register write: the server's runner advances the device, so a caller
+    /// waiting on it (a ring wait) would otherwise never see its unit budget
+    /// run out. `None` (the default): no limit.
+    pub fn set_hang_guard(&mut self, guard: Option<std::time::Duration>) {
+        self.hang_guard = guard;
+        self.last_write = std::time::Instant::now();
     }
 
     /// The client underneath.
@@ -98,10 +112,22 @@ impl Device for WireDevice {
     fn mmio_write(&mut self, bar: Bar, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
         self.client
             .region_write(bar_region(bar), offset, data)
-            .map_err(wire_err)
+            .map_err(wire_err)?;
+        self.last_write = std::time::Instant::now();
+        Ok(())
     }
 
     fn advance(&mut self, _budget: u64) -> Result<Progress, DeviceError> {
+        if let Some(g) = self.hang_guard
+            && self.last_write.elapsed() > g
+        {
+            return Err(DeviceError::Backend {
+                msg: format!(
+                    "hang guard: no register write over the wire for {g:?} while waiting on the device"
+                ),
+                source: None,
+            });
+        }
         std::thread::yield_now();
         Ok(Progress {
             used: 0,

@@ -30,7 +30,7 @@ use vfpga_vfio_user::{Client, WireDevice};
 use crate::backend::{self, Kind};
 use crate::channel::PAGE;
 use crate::live::LiveError;
-use crate::server::{DeviceServer, Launch};
+use crate::server::{DeviceServer, Launch, ServerError};
 use crate::workload::Layout;
 
 /// Guest memory of one VM: a memfd of `layout.size` bytes at `layout.base`.
@@ -97,6 +97,16 @@ pub enum Placement {
 }
 
 impl Placement {
+    /// In this process when `in_process`, else behind a `vfpga serve` child
+    /// started from this very binary.
+    pub fn for_cli(in_process: bool) -> Result<Placement, ServerError> {
+        if in_process {
+            Ok(Placement::Local)
+        } else {
+            Launch::this_binary().map(Placement::Server)
+        }
+    }
+
     /// A short description for reports.
     pub fn describe(&self) -> &'static str {
         match self {
