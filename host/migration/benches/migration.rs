@@ -4,7 +4,9 @@
 //!   STOP_COPY save read in 1 MiB segments, each segment written straight
 //!   into the destination's RESUMING session (encode, checksum, sequence
 //!   checks, decode, page writes, state restore) — and `stream/memcpy_256mib`,
-//!   one copy of the same bytes.
+//!   one copy of the same bytes; `stream/engine_256mib_two_threads`, the
+//!   same stream with the source and the destination each on its own
+//!   thread, as they run on two hosts in a migration.
 //! - `downtime/stop_copy_<K>pages`: the stop-and-copy downtime after a
 //!   drained pre-copy with K pages dirtied: PRE_COPY -> STOP_COPY, read the
 //!   rest, write it to the destination, RESUMING -> RUNNING; and
@@ -190,6 +192,52 @@ fn stream(c: &mut Criterion) {
         })
     });
     assert!(dst.mem == src.mem, "the benchmark moved the memory");
+    // The same stream with each end on its own thread, as in a migration
+    // (the source and destination are different hosts): 1 MiB segments go
+    // through a two-deep channel and their buffers come back for reuse.
+    let mut dst2 = MemDevice::new(pages);
+    g.bench_function("engine_256mib_two_threads", |b| {
+        b.iter(|| {
+            let (to_dst, from_src) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(2);
+            let (to_src, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(3);
+            for _ in 0..3 {
+                to_src.send(vec![0u8; 1 << 20]).expect("spare buffer");
+            }
+            std::thread::scope(|s| {
+                let (src, dst) = (&mut src, &mut dst2);
+                s.spawn(move || {
+                    let mut se = MigrationEngine::default();
+                    se.set_state(src, MigState::StopCopy.raw())
+                        .expect("stop-copy");
+                    loop {
+                        let mut seg = spare.recv().expect("buffer back");
+                        let n = se.read_data(src, &mut seg).expect("read");
+                        to_dst.send((seg, n)).expect("to destination");
+                        if n < 1 << 20 {
+                            break;
+                        }
+                    }
+                    se.set_state(src, MigState::Running.raw()).expect("run");
+                });
+                let mut de = MigrationEngine::default();
+                de.set_state(dst, MigState::Resuming.raw())
+                    .expect("resuming");
+                loop {
+                    let (seg, n) = from_src.recv().expect("segment");
+                    de.write_data(dst, &seg[..n]).expect("write");
+                    let _ = to_src.send(seg);
+                    if n < 1 << 20 {
+                        break;
+                    }
+                }
+                de.set_state(dst, MigState::Running.raw()).expect("run");
+            });
+        })
+    });
+    assert!(
+        dst2.mem == src.mem,
+        "the two-thread benchmark moved the memory"
+    );
     let mut copy = vec![0u8; bytes];
     g.bench_function("memcpy_256mib", |b| {
         b.iter(|| {

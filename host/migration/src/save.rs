@@ -10,8 +10,8 @@
 use vfpga_device::{Device, DeviceError};
 
 use crate::stream::{
-    END_CHUNK_BYTES, Encoder, HEADER_LEN, PAGE_CHUNK_BYTES, PAGE_SIZE, PASS_CHUNK_BYTES, PassKind,
-    STATE_CHUNK_BYTES,
+    END_CHUNK_BYTES, Encoder, HEADER_LEN, PAGE_CHUNK_BYTES, PAGE_CHUNK_LEN, PAGE_SIZE,
+    PASS_CHUNK_BYTES, PassKind, STATE_CHUNK_BYTES,
 };
 
 /// A set of device-memory pages.
@@ -243,6 +243,17 @@ impl SaveSession {
         let mut n = 0;
         while n < buf.len() {
             if self.pos == self.out.len() {
+                // A page chunk goes straight into the caller's buffer when
+                // it fits whole: no staging copy on the bulk path.
+                if let Some(i) = self.cur_page()
+                    && let Some((dst, _)) = buf[n..].split_first_chunk_mut::<PAGE_CHUNK_LEN>()
+                {
+                    let off = u64::from(i) * PAGE_SIZE as u64;
+                    self.enc.page_into(i, dst, |b| dev.devmem_read(off, b))?;
+                    self.page_sent(i);
+                    n += PAGE_CHUNK_LEN;
+                    continue;
+                }
                 self.out.clear();
                 self.pos = 0;
                 if !self.generate(dev)? {
@@ -279,6 +290,22 @@ impl SaveSession {
         });
     }
 
+    /// The next page of the pass in progress.
+    fn cur_page(&self) -> Option<u32> {
+        self.cur.as_ref().and_then(|p| p.set.next_from(p.cursor))
+    }
+
+    /// Records that page `i` of the pass in progress has been encoded.
+    fn page_sent(&mut self, i: u32) {
+        if let Some(p) = &mut self.cur {
+            p.cursor = i + 1;
+            p.remaining = p.remaining.saturating_sub(1);
+            if p.remaining == 0 {
+                self.cur = None;
+            }
+        }
+    }
+
     /// Produces the next chunk into `out`; `false` when there is none now.
     fn generate<D: Device + ?Sized>(&mut self, dev: &mut D) -> Result<bool, DeviceError> {
         if !self.header_sent {
@@ -291,8 +318,8 @@ impl SaveSession {
             self.begin_pass(PassKind::Full, PageSet::full(self.pages));
             return Ok(true);
         }
-        if let Some(p) = &mut self.cur {
-            let Some(i) = p.set.next_from(p.cursor) else {
+        if self.cur.is_some() {
+            let Some(i) = self.cur_page() else {
                 // Cannot happen (remaining counts the set); end the pass.
                 self.cur = None;
                 return Ok(true);
@@ -300,11 +327,7 @@ impl SaveSession {
             let off = u64::from(i) * PAGE_SIZE as u64;
             self.enc
                 .page_with(i, &mut self.out, |b| dev.devmem_read(off, b))?;
-            p.cursor = i + 1;
-            p.remaining -= 1;
-            if p.remaining == 0 {
-                self.cur = None;
-            }
+            self.page_sent(i);
             return Ok(true);
         }
         if !self.stop_copy {

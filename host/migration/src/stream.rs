@@ -52,12 +52,19 @@ pub const MAX_PAYLOAD: usize = PAGE_PAYLOAD;
 pub const MAX_CHUNK_BYTES: usize = CHUNK_HEADER_LEN + MAX_PAYLOAD + CHUNK_TRAILER_LEN;
 /// Bytes of one PAGE chunk on the wire.
 pub const PAGE_CHUNK_BYTES: u64 = (CHUNK_HEADER_LEN + PAGE_PAYLOAD + CHUNK_TRAILER_LEN) as u64;
+/// [`PAGE_CHUNK_BYTES`] as a length.
+pub const PAGE_CHUNK_LEN: usize = PAGE_CHUNK_BYTES as usize;
 /// Bytes of one PASS chunk on the wire.
 pub const PASS_CHUNK_BYTES: u64 = (CHUNK_HEADER_LEN + PASS_PAYLOAD + CHUNK_TRAILER_LEN) as u64;
 /// Bytes of the STATE chunk on the wire.
 pub const STATE_CHUNK_BYTES: u64 = (CHUNK_HEADER_LEN + STATE_PAYLOAD + CHUNK_TRAILER_LEN) as u64;
 /// Bytes of the END chunk on the wire.
 pub const END_CHUNK_BYTES: u64 = (CHUNK_HEADER_LEN + END_PAYLOAD + CHUNK_TRAILER_LEN) as u64;
+
+/// Bytes of a whole chunk of `kind`: header, payload and trailer.
+pub fn chunk_bytes(kind: ChunkKind) -> usize {
+    CHUNK_HEADER_LEN + kind.payload_len() + CHUNK_TRAILER_LEN
+}
 
 /// Chunk kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -432,22 +439,38 @@ impl Encoder {
         out: &mut Vec<u8>,
         fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
     ) -> Result<(), E> {
-        let len = kind.payload_len();
         let start = out.len();
-        out.extend_from_slice(&(kind as u16).to_le_bytes());
-        out.extend_from_slice(&0u16.to_le_bytes());
-        out.extend_from_slice(&self.seq.to_le_bytes());
-        out.extend_from_slice(&(len as u32).to_le_bytes());
-        let hcrc = crc32c::crc32c(&out[start..start + 12]);
-        out.extend_from_slice(&hcrc.to_le_bytes());
-        let p = out.len();
-        out.resize(p + len, 0);
-        if let Err(e) = fill(&mut out[p..p + len]) {
+        out.resize(start + chunk_bytes(kind), 0);
+        let r = self.chunk_into(kind, &mut out[start..], fill);
+        if r.is_err() {
             out.truncate(start);
-            return Err(e);
         }
-        let crc = crc32c::crc32c(&out[start..p + len]);
-        out.extend_from_slice(&crc.to_le_bytes());
+        r
+    }
+
+    /// Writes a chunk of `kind` into `dst`, exactly [`chunk_bytes`]`(kind)`
+    /// long (both callers size it so); `fill` writes the payload in place.
+    /// The chunk's sequence number is used only when `fill` succeeds.
+    fn chunk_into<E>(
+        &mut self,
+        kind: ChunkKind,
+        dst: &mut [u8],
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let len = kind.payload_len();
+        let (head, rest) = dst.split_at_mut(CHUNK_HEADER_LEN);
+        let (payload, trailer) = rest.split_at_mut(len);
+        head[0..2].copy_from_slice(&(kind as u16).to_le_bytes());
+        head[2..4].copy_from_slice(&0u16.to_le_bytes());
+        head[4..8].copy_from_slice(&self.seq.to_le_bytes());
+        head[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+        let hcrc = crc32c::crc32c(&head[..12]);
+        head[12..16].copy_from_slice(&hcrc.to_le_bytes());
+        fill(payload)?;
+        // The chunk checksum covers the header too: continue from the
+        // header's own checksum state rather than hashing it again.
+        let crc = crc32c::crc32c_append(crc32c::crc32c_append(hcrc, &head[12..16]), payload);
+        trailer.copy_from_slice(&crc.to_le_bytes());
         self.seq = self.seq.wrapping_add(1);
         Ok(())
     }
@@ -472,6 +495,23 @@ impl Encoder {
         fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
     ) -> Result<(), E> {
         self.chunk_with(ChunkKind::Page, out, |p| {
+            p[0..4].copy_from_slice(&index.to_le_bytes());
+            fill(&mut p[4..])
+        })?;
+        self.page_records += 1;
+        Ok(())
+    }
+
+    /// Writes a PAGE chunk into `dst`; `fill` writes the 4 KiB page in
+    /// place. The save session uses it to encode straight into a reader's
+    /// buffer, with no staging copy.
+    pub fn page_into<E>(
+        &mut self,
+        index: u32,
+        dst: &mut [u8; PAGE_CHUNK_LEN],
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.chunk_into(ChunkKind::Page, dst, |p| {
             p[0..4].copy_from_slice(&index.to_le_bytes());
             fill(&mut p[4..])
         })?;

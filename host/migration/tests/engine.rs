@@ -5,7 +5,9 @@ mod common;
 
 use common::*;
 use vfpga_device::fake::FakeDevice;
-use vfpga_device::{Device, DmaPort, Perm, VecMemory};
+use vfpga_device::{
+    Bar, Device, DeviceError, DeviceInfo, DeviceState, DmaPort, Perm, Progress, VecMemory,
+};
 use vfpga_migration::engine::{EngineConfig, EngineError};
 use vfpga_migration::fsm::FsmError;
 use vfpga_migration::load::LoadError;
@@ -233,8 +235,10 @@ fn segmentation_independence_and_determinism() {
     }
 }
 
-/// Case 36: MIG_DATA_SIZE is nonzero outside a drained stop-copy and exact
-/// once stopped.
+/// Case 36 (the engine's share): the stop-copy size is nonzero outside a
+/// drained stop-copy and exact once stopped, so 0 after the drain. The
+/// vfio-user server answers MIG_DATA_SIZE with at least 1 (QEMU fails on 0);
+/// `host/vfio-user/tests/migration.rs` checks that on the wire.
 #[test]
 fn stop_copy_size_is_nonzero_and_exact() {
     let mut d = dirty_device(9);
@@ -286,8 +290,9 @@ fn write_data_outside_resuming_is_rejected() {
     assert_eq!(snapshot(&mut d), before);
 }
 
-/// Cases 40 and 41 at every offset: every proper prefix (including empty)
-/// fails RESUMING -> RUNNING, and the device never runs.
+/// Case 40 at every offset: every proper prefix (including empty) fails
+/// RESUMING -> RUNNING, and the device never runs. (Case 41, a corrupted
+/// byte anywhere, is the bit-flip campaign in `hostile.rs`.)
 #[test]
 fn truncated_stream_at_every_offset_never_runs() {
     let stream = save_stopped(&mut dirty_device_small(11));
@@ -571,6 +576,146 @@ fn reset_in_resuming_aborts_to_a_reset_running_device() {
     assert!(e.load_session().is_none());
     assert!(!dst.is_quiesced().expect("status"));
     assert_eq!(dst.read_reg(offsets::SCRATCH).expect("scratch"), 0);
+}
+
+/// Case 72 (destination side): a resume aborted half-way by DEVICE_RESET
+/// leaves the same destination ready for a second attempt, which restores
+/// the source exactly.
+#[test]
+fn aborted_resume_then_a_second_attempt_into_the_same_destination() {
+    let mut src = dirty_device(21);
+    let want = snapshot(&mut src);
+    let s = save_stopped(&mut src);
+    let mut dst = FakeDevice::new(PAGES);
+    let mut e = MigrationEngine::default();
+    e.set_state(&mut dst, MigState::Resuming.raw())
+        .expect("resuming");
+    e.write_data(&mut dst, &s[..s.len() / 2]).expect("half");
+    e.reset(&mut dst).expect("abort");
+    assert_eq!(e.state(), MigState::Running);
+    e.set_state(&mut dst, MigState::Resuming.raw())
+        .expect("resuming again");
+    for part in s.chunks(4096) {
+        e.write_data(&mut dst, part).expect("second attempt");
+    }
+    e.set_state(&mut dst, MigState::Running.raw()).expect("run");
+    assert_eq!(snapshot(&mut dst), want);
+}
+
+/// A fake device whose quiesce handshake times out while `broken` is set.
+struct BrokenQuiesce {
+    inner: FakeDevice,
+    broken: bool,
+}
+
+impl Device for BrokenQuiesce {
+    fn info(&self) -> DeviceInfo {
+        self.inner.info()
+    }
+    fn mmio_read(&mut self, bar: Bar, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
+        self.inner.mmio_read(bar, offset, data)
+    }
+    fn mmio_write(&mut self, bar: Bar, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+        self.inner.mmio_write(bar, offset, data)
+    }
+    fn advance(&mut self, budget: u64) -> Result<Progress, DeviceError> {
+        self.inner.advance(budget)
+    }
+    fn quiesce(&mut self) -> Result<(), DeviceError> {
+        if self.broken {
+            return Err(DeviceError::QuiesceTimeout(std::time::Duration::ZERO));
+        }
+        self.inner.quiesce()
+    }
+    fn resume(&mut self) -> Result<(), DeviceError> {
+        self.inner.resume()
+    }
+    fn is_quiesced(&mut self) -> Result<bool, DeviceError> {
+        self.inner.is_quiesced()
+    }
+    fn soft_reset(&mut self) -> Result<(), DeviceError> {
+        self.inner.soft_reset()
+    }
+    fn save_state(&mut self) -> Result<DeviceState, DeviceError> {
+        self.inner.save_state()
+    }
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), DeviceError> {
+        self.inner.restore_state(state)
+    }
+    fn devmem_read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        self.inner.devmem_read(offset, buf)
+    }
+    fn devmem_write(&mut self, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+        self.inner.devmem_write(offset, data)
+    }
+    fn take_dirty_pages(&mut self) -> Result<Vec<u64>, DeviceError> {
+        self.inner.take_dirty_pages()
+    }
+}
+
+/// Case 23 (the engine's share): a device that cannot be stopped moves the
+/// engine to ERROR, from RUNNING and from PRE_COPY with a stream open. In
+/// ERROR every SET is refused and no data moves; DEVICE_RESET returns to
+/// RUNNING, ends the data session, and a migration then succeeds.
+#[test]
+fn unstoppable_device_enters_error_which_only_reset_leaves() {
+    for via_pre_copy in [false, true] {
+        let mut d = BrokenQuiesce {
+            inner: dirty_device(22),
+            broken: true,
+        };
+        let mut e = MigrationEngine::default();
+        let target = if via_pre_copy {
+            e.set_state(&mut d, MigState::PreCopy.raw())
+                .expect("pre-copy");
+            e.read_data(&mut d, &mut [0u8; 10_000]).expect("read");
+            MigState::StopCopy
+        } else {
+            MigState::Stop
+        };
+        let err = e
+            .set_state(&mut d, target.raw())
+            .expect_err("quiesce fails");
+        assert!(
+            matches!(
+                err,
+                EngineError::Transition(FsmError::Arc {
+                    now: MigState::Error,
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        assert_eq!(e.state(), MigState::Error);
+        for t in [
+            MigState::Running,
+            MigState::Stop,
+            MigState::StopCopy,
+            MigState::Resuming,
+            MigState::PreCopy,
+            MigState::Error,
+        ] {
+            assert!(e.set_state(&mut d, t.raw()).is_err(), "SET {t:?} in ERROR");
+            assert_eq!(e.state(), MigState::Error);
+        }
+        assert!(e.read_data(&mut d, &mut [0u8; 64]).is_err());
+        assert!(e.write_data(&mut d, &[0u8; 64]).is_err());
+
+        d.broken = false;
+        e.reset(&mut d).expect("reset");
+        assert_eq!(e.state(), MigState::Running);
+        assert!(e.save_session().is_none() && e.load_session().is_none());
+        assert!(!d.is_quiesced().expect("status"));
+        let want = snapshot(&mut d);
+        e.set_state(&mut d, MigState::StopCopy.raw())
+            .expect("stop-copy after reset");
+        let stream = drain(&mut e, &mut d, 1 << 16);
+        let mut dst = FakeDevice::new(PAGES);
+        load(&mut dst, &stream, 4096, MigState::Running)
+            .1
+            .expect("resume");
+        assert_eq!(snapshot(&mut dst), want, "via pre-copy: {via_pre_copy}");
+    }
 }
 
 /// Case 47: RESUMING -> STOP -> RESUMING starts a new, empty session.
