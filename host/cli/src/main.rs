@@ -84,6 +84,10 @@ enum Command {
         args: crosscheck::CrosscheckArgs,
     },
     /// Check this host for board use and explain each finding.
+    #[command(
+        after_help = "Exit status: 0 every finding ok, a warning or skipped; 1 at least one failure; \
+                      2 usage or setup error (a bad --config included)."
+    )]
     Doctor {
         #[command(flatten)]
         common: Common,

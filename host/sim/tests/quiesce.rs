@@ -126,4 +126,8 @@ fn quiesce_at_random_points_freezes_everything() {
         mid_descriptor > POINTS / 2,
         "most points fell inside a descriptor ({mid_descriptor})"
     );
+    eprintln!(
+        "quiesce points: {points} ({mid_descriptor} inside a descriptor), {} descriptors completed",
+        completed.len()
+    );
 }
