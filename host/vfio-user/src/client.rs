@@ -624,9 +624,18 @@ impl Client {
             wire::FEATURE_GET | wire::FEATURE_MIG_DEVICE_STATE,
             &[0; 8],
         )?;
-        wire::Reader::new(&p, "MIG_DEVICE_STATE")
-            .u32(8)
-            .map_err(|e| ClientError::Protocol(e.to_string()))
+        let r = wire::Reader::new(&p, "MIG_DEVICE_STATE");
+        let state = r.u32(8).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        // vfio-user passes no data fd: the field must read -1.
+        let fd = r
+            .u32(12)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if fd != u32::MAX {
+            return Err(ClientError::Protocol(format!(
+                "MIG_DEVICE_STATE reply: data_fd {fd:#x}, expected 0xffffffff"
+            )));
+        }
+        Ok(state)
     }
 
     /// SET MIG_DEVICE_STATE.
