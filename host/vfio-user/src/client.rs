@@ -23,7 +23,7 @@ use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use tracing::debug;
 
 use crate::session::{irq_index, region};
-use crate::wire::{self, Caps, DmaLayout, HEADER_LEN, Header, Version, cmd, flags};
+use crate::wire::{self, CapKeys, Caps, DmaLayout, HEADER_LEN, Header, Version, cmd, flags};
 
 /// Client errors.
 #[derive(Debug, thiserror::Error)]
@@ -369,6 +369,7 @@ impl Client {
                 max_msg_fds: 16,
                 migration: Some((4096, 256 << 20)),
                 write_multiple: true,
+                named: CapKeys::all(),
                 ..Caps::default()
             },
         )

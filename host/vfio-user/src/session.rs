@@ -458,6 +458,9 @@ impl Session {
         // the specification's layout, as libvfio-user does: measured with a
         // real guest (see `wire::DmaLayout`).
         let layout = wire::DmaLayout::Spec;
+        // The reply names only capabilities the client proposed (a subset,
+        // as the specification requires); absent ones take their defaults on
+        // both sides.
         let reply = wire::Version {
             major: wire::VERSION_MAJOR,
             minor,
@@ -471,6 +474,7 @@ impl Session {
                     .migration
                     .map(|(_, bm)| (4096, bm.min(SERVER_MAX_XFER))),
                 write_multiple: v.caps.write_multiple,
+                named: v.caps.named,
             },
             has_json: true,
         };
@@ -480,7 +484,7 @@ impl Session {
             // request (QEMU): drop the optional capabilities.
             let mut short = reply.clone();
             short.caps.migration = None;
-            short.caps.max_dma_maps = wire::Caps::default().max_dma_maps;
+            short.caps.named.remove(wire::CapKeys::MAX_DMA_MAPS);
             bytes = short.encode();
         }
         if let Some(link) = &self.link {

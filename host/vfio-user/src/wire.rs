@@ -335,6 +335,25 @@ pub const VERSION_MINOR: u16 = 2;
 /// Largest JSON capability document accepted.
 pub const MAX_JSON: usize = 4096;
 
+bitflags::bitflags! {
+    /// The capability keys a VERSION document names. A reply names only keys
+    /// the request named (the specification: "a subset of those proposed").
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct CapKeys: u8 {
+        /// `max_msg_fds`.
+        const MAX_MSG_FDS = 1 << 0;
+        /// `max_data_xfer_size`.
+        const MAX_DATA_XFER_SIZE = 1 << 1;
+        /// `pgsizes`.
+        const PGSIZES = 1 << 2;
+        /// `max_dma_maps`.
+        const MAX_DMA_MAPS = 1 << 3;
+        /// `migration.max_bitmap_size` (the `migration` object itself is
+        /// [`Caps::migration`]).
+        const MIGRATION_MAX_BITMAP = 1 << 4;
+    }
+}
+
 /// Capabilities exchanged in VERSION.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caps {
@@ -350,10 +369,14 @@ pub struct Caps {
     pub migration: Option<(u64, u64)>,
     /// The sender can send/receive REGION_WRITE_MULTI.
     pub write_multiple: bool,
+    /// Which of the keys above the document names: decoding records them;
+    /// encoding writes only these (plus `migration` when set and
+    /// `write_multiple` when true).
+    pub named: CapKeys,
 }
 
 impl Default for Caps {
-    /// The specification's defaults for absent capabilities.
+    /// The specification's defaults for absent capabilities (none named).
     fn default() -> Self {
         Caps {
             max_msg_fds: 1,
@@ -362,6 +385,7 @@ impl Default for Caps {
             max_dma_maps: 65535,
             migration: None,
             write_multiple: false,
+            named: CapKeys::empty(),
         }
     }
 }
@@ -420,6 +444,7 @@ impl Version {
                                 .ok()
                                 .filter(|n| *n <= 1024)
                                 .ok_or(WireError::Invalid("max_msg_fds"))?;
+                            caps.named |= CapKeys::MAX_MSG_FDS;
                         }
                         "max_data_xfer_size" => {
                             let n = json_u64(val, "max_data_xfer_size")?;
@@ -427,6 +452,7 @@ impl Version {
                                 return Err(WireError::Invalid("max_data_xfer_size"));
                             }
                             caps.max_data_xfer_size = n;
+                            caps.named |= CapKeys::MAX_DATA_XFER_SIZE;
                         }
                         "pgsizes" => {
                             let n = json_u64(val, "pgsizes")?;
@@ -434,11 +460,13 @@ impl Version {
                                 return Err(WireError::Invalid("pgsizes lacks 4 KiB"));
                             }
                             caps.pgsizes = n;
+                            caps.named |= CapKeys::PGSIZES;
                         }
                         "max_dma_maps" => {
                             let n = json_u64(val, "max_dma_maps")?;
                             caps.max_dma_maps =
                                 u32::try_from(n).map_err(|_| WireError::Invalid("max_dma_maps"))?;
+                            caps.named |= CapKeys::MAX_DMA_MAPS;
                         }
                         "write_multiple" => {
                             caps.write_multiple =
@@ -453,7 +481,10 @@ impl Version {
                                 None => 4096,
                             };
                             let bm = match m.get("max_bitmap_size") {
-                                Some(x) => json_u64(x, "migration.max_bitmap_size")?,
+                                Some(x) => {
+                                    caps.named |= CapKeys::MIGRATION_MAX_BITMAP;
+                                    json_u64(x, "migration.max_bitmap_size")?
+                                }
                                 None => 256 << 20,
                             };
                             caps.migration = Some((pg, bm));
@@ -474,22 +505,29 @@ impl Version {
         })
     }
 
-    /// Encodes a VERSION payload with a JSON document. `write_multiple` and
-    /// `migration` are included only when set (a reply names only what the
-    /// client offered).
+    /// Encodes a VERSION payload with a JSON document naming the keys in
+    /// `caps.named`, plus `migration` when set and `write_multiple` when true.
     pub fn encode(&self) -> Vec<u8> {
+        let (c0, n) = (&self.caps, self.caps.named);
         let mut c = serde_json::Map::new();
-        c.insert("max_msg_fds".into(), self.caps.max_msg_fds.into());
-        c.insert(
-            "max_data_xfer_size".into(),
-            self.caps.max_data_xfer_size.into(),
-        );
-        c.insert("pgsizes".into(), self.caps.pgsizes.into());
-        c.insert("max_dma_maps".into(), self.caps.max_dma_maps.into());
-        if let Some((pg, bm)) = self.caps.migration {
+        if n.contains(CapKeys::MAX_MSG_FDS) {
+            c.insert("max_msg_fds".into(), c0.max_msg_fds.into());
+        }
+        if n.contains(CapKeys::MAX_DATA_XFER_SIZE) {
+            c.insert("max_data_xfer_size".into(), c0.max_data_xfer_size.into());
+        }
+        if n.contains(CapKeys::PGSIZES) {
+            c.insert("pgsizes".into(), c0.pgsizes.into());
+        }
+        if n.contains(CapKeys::MAX_DMA_MAPS) {
+            c.insert("max_dma_maps".into(), c0.max_dma_maps.into());
+        }
+        if let Some((pg, bm)) = c0.migration {
             let mut m = serde_json::Map::new();
             m.insert("pgsize".into(), pg.into());
-            m.insert("max_bitmap_size".into(), bm.into());
+            if n.contains(CapKeys::MIGRATION_MAX_BITMAP) {
+                m.insert("max_bitmap_size".into(), bm.into());
+            }
             c.insert("migration".into(), m.into());
         }
         if self.caps.write_multiple {

@@ -91,6 +91,44 @@ fn a2_a3_a4_version_json(b: Backend) {
     assert_eq!((v.major, v.minor), (0, 0));
     assert!(v.caps.max_msg_fds >= 1 && v.caps.max_msg_fds <= 16);
     assert!(v.caps.write_multiple);
+    // The reply's capabilities are a subset of those proposed (rust-vmm's
+    // vfio_user client proposes only these three), with the migration
+    // object's sub-keys too; it still fits the request's size.
+    drop(c);
+    for (req, offered) in [
+        (&qemu[..], &["migration", "max_msg_fds", "max_data_xfer_size", "pgsizes", "max_dma_maps", "write_multiple"][..]),
+        (
+            &br#"{"capabilities":{"max_msg_fds":8,"max_data_xfer_size":1048576,"migration":{"pgsize":4096}}}"#[..],
+            &["max_msg_fds", "max_data_xfer_size", "migration"][..],
+        ),
+        (&br#"{"capabilities":{}}"#[..], &[][..]),
+    ] {
+        let mut p = vec![0, 0, 0, 0];
+        p.extend_from_slice(req);
+        p.push(0);
+        let c = h.raw_client_when_free();
+        let r = c.request(cmd::VERSION, &p, &[]).unwrap();
+        assert!(r.len() <= p.len(), "reply {} > request {}", r.len(), p.len());
+        let (Some((&0, text)), Ok(asked)) = (
+            r[4..].split_last(),
+            serde_json::from_slice::<serde_json::Value>(req),
+        ) else {
+            panic!("reply JSON not NUL-terminated");
+        };
+        let got: serde_json::Value = serde_json::from_slice(text).unwrap();
+        let caps = got["capabilities"].as_object().unwrap();
+        for k in caps.keys() {
+            assert!(offered.contains(&k.as_str()), "reply names {k}, not proposed");
+        }
+        if let Some(m) = caps.get("migration").and_then(|m| m.as_object()) {
+            let proposed = asked["capabilities"]["migration"].as_object().unwrap();
+            for k in m.keys() {
+                assert!(proposed.contains_key(k), "reply names migration.{k}, not proposed");
+            }
+        }
+        drop(c);
+    }
+    let c = h.raw_client_when_free();
     // No JSON at all: defaults apply, the reply still carries JSON.
     drop(c);
     let c = h.raw_client_when_free();
