@@ -20,6 +20,7 @@ use vfpga_device::{DmaFault, DmaPort, GuestMemory, Perm};
 use vfpga_regs::{CplStatus, Opcode};
 use vfpga_vfio_user::Client;
 use vfpga_vfio_user::client::SharedMemory;
+use vfpga_vfio_user::session::region;
 
 const BASE: u64 = 0x200_0000;
 const LEN: usize = 0x8_0000;
@@ -90,6 +91,23 @@ fn mmio_answers_while_dma_waits(b: Backend) {
         assert_eq!(cpl.len(), 1);
         assert_eq!(cpl[0].status(), Some(CplStatus::Ok), "{d:?}");
     }
+    // Device memory read through BAR2 while a host-to-host copy's DMA is
+    // out: each read must be answered without waiting for that DMA (QEMU
+    // holds its lock for it). COPY_H2D above left `data` at device offset 0.
+    rd.submit(&mut dev, &descs[2]).unwrap();
+    let mut reads = 0;
+    while rd.in_flight() > 0 {
+        let off = (reads * 0x1238) % (n - 8);
+        let got = c.region_read(region::BAR2, off as u64, 8).unwrap();
+        assert_eq!(got, data[off..off + 8], "BAR2 read at {off:#x} during DMA");
+        reads += 1;
+        rd.poll(&mut dev).unwrap();
+        assert!(reads < 1_000_000, "the copy never completed");
+    }
+    assert!(
+        reads > 1,
+        "the copy finished before any BAR2 read overlapped it"
+    );
     let cpl = rd.run(&mut dev, &descs, 1 << 40).unwrap();
     assert_eq!(cpl.len(), 4);
     for c in &cpl {
