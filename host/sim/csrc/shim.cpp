@@ -199,6 +199,10 @@ void sim_dma_respond(Sim* s, uint32_t ok, const uint8_t* data, uint32_t len) {
     t->dma_rsp_ok = ok ? 1 : 0;
     if (data && ok) copy_in(t->dma_rsp_rdata, data, len);
     else std::memset(t->dma_rsp_rdata.data(), 0, 64);
+    // Settle the combinational outputs (mmio_req_ready depends on
+    // dma_rsp_valid), so the next rising edge's handshakes are sampled from
+    // what the RTL will see at that edge.
+    t->eval();
 }
 
 // Presents an MMIO request; it is accepted when the core is ready, and its
@@ -211,6 +215,10 @@ void sim_mmio(Sim* s, uint32_t bar2, uint32_t write, uint32_t addr, uint32_t be,
     t->mmio_req_addr = addr;
     t->mmio_req_be = be & 0xff;
     t->mmio_req_wdata = wdata;
+    // mmio_req_ready depends on the request itself (a read served during a
+    // DMA wait): settle it before the next edge samples the handshake, or
+    // the harness and the RTL disagree on whether the request was taken.
+    t->eval();
 }
 
 // Nothing to do until an MMIO access (no step, no message, no request).

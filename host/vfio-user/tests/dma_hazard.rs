@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::*;
 use vfpga_device::ring::{Desc, RingDriver};
 use vfpga_device::{DmaFault, DmaPort, GuestMemory, Perm};
-use vfpga_regs::{CplStatus, Opcode};
+use vfpga_regs::{CplStatus, Opcode, offsets};
 use vfpga_vfio_user::Client;
 use vfpga_vfio_user::client::SharedMemory;
 use vfpga_vfio_user::session::region;
@@ -91,15 +91,25 @@ fn mmio_answers_while_dma_waits(b: Backend) {
         assert_eq!(cpl.len(), 1);
         assert_eq!(cpl[0].status(), Some(CplStatus::Ok), "{d:?}");
     }
-    // Device memory read through BAR2 while a host-to-host copy's DMA is
-    // out: each read must be answered without waiting for that DMA (QEMU
-    // holds its lock for it). COPY_H2D above left `data` at device offset 0.
+    // Device memory through BAR2, and a register pair as one 64-bit read,
+    // while a host-to-host copy's DMA is out: each read must be answered
+    // without waiting for that DMA (QEMU holds its lock for it). COPY_H2D
+    // above left `data` at device offset 0.
     rd.submit(&mut dev, &descs[2]).unwrap();
     let mut reads = 0;
     while rd.in_flight() > 0 {
         let off = (reads * 0x1238) % (n - 8);
         let got = c.region_read(region::BAR2, off as u64, 8).unwrap();
         assert_eq!(got, data[off..off + 8], "BAR2 read at {off:#x} during DMA");
+        // A 64-bit BAR0 read (two 32-bit accesses, datasheet §1).
+        let sq = c
+            .region_read(region::BAR0, u64::from(offsets::SQ_BASE_LO), 8)
+            .unwrap();
+        assert_eq!(
+            sq,
+            rd.sq_base().to_le_bytes(),
+            "64-bit SQ_BASE read during DMA"
+        );
         reads += 1;
         rd.poll(&mut dev).unwrap();
         assert!(reads < 1_000_000, "the copy never completed");
