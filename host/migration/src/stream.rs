@@ -494,10 +494,7 @@ impl Encoder {
         out: &mut Vec<u8>,
         fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
     ) -> Result<(), E> {
-        self.chunk_with(ChunkKind::Page, out, |p| {
-            p[0..4].copy_from_slice(&index.to_le_bytes());
-            fill(&mut p[4..])
-        })?;
+        self.chunk_with(ChunkKind::Page, out, page_payload(index, fill))?;
         self.page_records += 1;
         Ok(())
     }
@@ -511,10 +508,7 @@ impl Encoder {
         dst: &mut [u8; PAGE_CHUNK_LEN],
         fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
     ) -> Result<(), E> {
-        self.chunk_into(ChunkKind::Page, dst, |p| {
-            p[0..4].copy_from_slice(&index.to_le_bytes());
-            fill(&mut p[4..])
-        })?;
+        self.chunk_into(ChunkKind::Page, dst, page_payload(index, fill))?;
         self.page_records += 1;
         Ok(())
     }
@@ -547,6 +541,17 @@ impl Encoder {
             p[8..16].copy_from_slice(&recs.to_le_bytes());
             Ok(())
         });
+    }
+}
+
+/// A PAGE payload writer: the page index, then the page from `fill`.
+fn page_payload<E>(
+    index: u32,
+    fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+) -> impl FnOnce(&mut [u8]) -> Result<(), E> {
+    move |p| {
+        p[0..4].copy_from_slice(&index.to_le_bytes());
+        fill(&mut p[4..])
     }
 }
 
