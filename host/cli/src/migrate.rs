@@ -21,7 +21,7 @@ use vfpga_config::{Backend, Config};
 use vfpga_vmm::backend::Kind;
 use vfpga_vmm::demo::{DemoOptions, error_chain};
 use vfpga_vmm::live::{self, Guest, LiveError, Pass, Progress};
-use vfpga_vmm::vm::{self, Placement};
+use vfpga_vmm::vm::{self, Placement, VmDevice};
 use vfpga_vmm::workload::Workload;
 
 use crate::commands::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
@@ -175,21 +175,27 @@ impl Shown {
     }
 }
 
-fn source(opts: &DemoOptions, addr: &str) -> u8 {
-    let layout = opts.layout();
-    let guest = match Guest::new(layout) {
-        Ok(g) => g,
-        Err(e) => return fail("guest memory", &e),
-    };
-    let mut dev = match vm::open(&opts.placement, opts.kind, opts.devmem, &guest) {
-        Ok(d) => d,
+/// Guest memory and the device of one side, or the exit status once the
+/// reason is printed (a device that cannot start is a setup error).
+fn open_side(opts: &DemoOptions) -> Result<(Guest, Box<dyn VmDevice>), u8> {
+    let guest = Guest::new(opts.layout()).map_err(|e| fail("guest memory", &e))?;
+    match vm::open(&opts.placement, opts.kind, opts.devmem, &guest) {
+        Ok(d) => Ok((guest, d)),
         Err(e) => {
             eprintln!(
                 "vfpga migrate: cannot start the device: {e}: {}",
                 error_chain(&e)
             );
-            return EXIT_USAGE;
+            Err(EXIT_USAGE)
         }
+    }
+}
+
+fn source(opts: &DemoOptions, addr: &str) -> u8 {
+    let layout = opts.layout();
+    let (guest, mut dev) = match open_side(opts) {
+        Ok(v) => v,
+        Err(code) => return code,
     };
     let mut wl = Workload::new(layout, opts.seed, opts.descriptors);
     let mut ring = match wl.start(dev.dev(), &guest.dma) {
@@ -270,19 +276,9 @@ fn source(opts: &DemoOptions, addr: &str) -> u8 {
 
 fn destination(opts: &DemoOptions, addr: &str) -> u8 {
     // The device is set up before listening, as QEMU's -incoming does.
-    let guest = match Guest::new(opts.layout()) {
-        Ok(g) => g,
-        Err(e) => return fail("guest memory", &e),
-    };
-    let dev = match vm::open(&opts.placement, opts.kind, opts.devmem, &guest) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!(
-                "vfpga migrate: cannot start the device: {e}: {}",
-                error_chain(&e)
-            );
-            return EXIT_USAGE;
-        }
+    let (guest, dev) = match open_side(opts) {
+        Ok(v) => v,
+        Err(code) => return code,
     };
     let listener = match TcpListener::bind(addr) {
         Ok(l) => l,

@@ -16,39 +16,19 @@ use std::time::Duration;
 
 use common::*;
 use vfpga_device::ring::{Desc, RingDriver};
-use vfpga_device::{DmaFault, DmaPort, GuestMemory, Perm};
+use vfpga_device::{DmaPort, Perm};
 use vfpga_regs::{CplStatus, Opcode, offsets};
 use vfpga_vfio_user::Client;
-use vfpga_vfio_user::client::SharedMemory;
 use vfpga_vfio_user::session::region;
 
 const BASE: u64 = 0x200_0000;
 const LEN: usize = 0x8_0000;
 
-/// The test's own view of the client memory the server reaches by message.
-#[derive(Debug)]
-struct View(SharedMemory);
-
-impl GuestMemory for View {
-    fn len(&self) -> u64 {
-        self.0.lock().unwrap().len() as u64
-    }
-    fn read(&self, o: u64, b: &mut [u8]) -> Result<(), DmaFault> {
-        let m = self.0.lock().unwrap();
-        b.copy_from_slice(&m[o as usize..o as usize + b.len()]);
-        Ok(())
-    }
-    fn write(&self, o: u64, d: &[u8]) -> Result<(), DmaFault> {
-        self.0.lock().unwrap()[o as usize..o as usize + d.len()].copy_from_slice(d);
-        Ok(())
-    }
-}
-
-fn qemu_like_client(h: &Harness) -> Client {
+fn qemu_like_client(h: &Harness) -> Arc<Client> {
     let mut c = h.client();
     c.set_timeout(Duration::from_secs(5));
     c.emulate_qemu_lock(true);
-    c
+    Arc::new(c)
 }
 
 fn pattern(seed: u32, n: usize) -> Vec<u8> {
@@ -69,9 +49,9 @@ fn mmio_answers_while_dma_waits(b: Backend) {
     let mem = c.dma_map_message(BASE, LEN).unwrap();
     c.enable_bus_master().unwrap();
     let port = DmaPort::new();
-    port.map(BASE, Arc::new(View(mem.clone())), Perm::RW)
+    port.map(BASE, Arc::new(MessageMemory(mem.clone())), Perm::RW)
         .unwrap();
-    let mut dev = WireDevice::new(&c, PAGES);
+    let mut dev = wire_device(&c);
     let mut rd = RingDriver::setup(&mut dev, &port, BASE, 16, BASE + 0x1000, 16).unwrap();
 
     let (src, mid, dst) = (BASE + 0x1_0000, BASE + 0x3_0000, BASE + 0x5_0000);

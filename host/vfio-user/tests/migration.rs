@@ -8,23 +8,15 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 
+use common::migration::*;
 use common::*;
 use nix::errno::Errno;
-use vfpga_device::ring::{Desc, RingDriver};
-use vfpga_regs::{CplStatus, Opcode, offsets};
+use vfpga_regs::offsets;
 use vfpga_vfio_user::Client;
 use vfpga_vfio_user::session::region;
 use vfpga_vfio_user::wire::{self, cmd};
-
-const BASE: u64 = 0x100_0000;
-const LEN: u64 = 0x4_0000;
-const RUNNING: u32 = 2;
-const STOP: u32 = 1;
-const STOP_COPY: u32 = 3;
-const RESUMING: u32 = 4;
-const PRE_COPY: u32 = 6;
 
 fn errno(r: Result<impl std::fmt::Debug, vfpga_vfio_user::ClientError>) -> Errno {
     match r {
@@ -37,143 +29,18 @@ fn errno(r: Result<impl std::fmt::Debug, vfpga_vfio_user::ClientError>) -> Errno
 
 /// Source side: a server, a client, guest memory with rings set up.
 struct Side {
-    h: Harness,
-    c: Client,
+    _h: Harness,
+    c: Arc<Client>,
     g: GuestMem,
 }
 
 fn side(b: Backend) -> Side {
     let h = start(b);
-    let c = h.client();
+    let c = Arc::new(h.client());
     let g = GuestMem::new(BASE, LEN);
     g.map_into(&c);
     c.enable_bus_master().unwrap();
-    Side { h, c, g }
-}
-
-/// Sets `stop` when dropped, so that a panic in the migration steps stops
-/// the workload thread too (a scoped thread is joined before the panic
-/// propagates, so without this a failed assertion would leave the test
-/// waiting forever for a workload that never ends).
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Release);
-    }
-}
-
-/// Runs descriptors (host fills, host-to-device and host-to-host copies)
-/// until `stop` is set, counting completed rounds in `rounds`; returns the
-/// count.
-fn workload(s: &Side, stop: &AtomicBool, rounds: &AtomicU32) -> u32 {
-    let mut dev = WireDevice::new(&s.c, PAGES);
-    let mut rd = RingDriver::setup(&mut dev, &s.g.port, BASE, 16, BASE + 0x1000, 16).unwrap();
-    let mut n = 0u32;
-    while !stop.load(Ordering::Acquire) {
-        let i = u64::from(n % 16);
-        let descs = [
-            Desc::new(
-                Opcode::FillHost,
-                n,
-                0,
-                BASE + 0x1_0000 + i * 0x1000,
-                4096,
-                n,
-            ),
-            Desc::new(
-                Opcode::CopyH2d,
-                n,
-                BASE + 0x1_0000 + i * 0x1000,
-                (i * 3 % 64) * 4096,
-                4096,
-                0,
-            ),
-            Desc::new(
-                Opcode::CopyH2h,
-                n,
-                BASE + 0x1_0000 + i * 0x1000,
-                BASE + 0x2_0000 + i * 0x1000,
-                4096,
-                0,
-            ),
-        ];
-        // No unit budget: `WireDevice` fails the wait after RING_HANG_GUARD.
-        for c in rd.run(&mut dev, &descs, u64::MAX).unwrap() {
-            assert_eq!(c.status(), Some(CplStatus::Ok));
-        }
-        n += 1;
-        rounds.store(n, Ordering::Release);
-    }
-    n
-}
-
-/// Runs pre-copy rounds (`round(i)`) until at least `min` ran and the
-/// workload completed 3 more rounds since pre-copy began, so that the two
-/// overlap whatever the machine's load (a fixed number of rounds could end
-/// before the workload's first descriptor completes).
-fn precopy_rounds(rounds: &AtomicU32, min: u32, mut round: impl FnMut(u32)) {
-    let start = rounds.load(Ordering::Acquire);
-    let t0 = std::time::Instant::now();
-    let mut i = 0;
-    while i < min || rounds.load(Ordering::Acquire) < start + 3 {
-        round(i);
-        i += 1;
-        assert!(
-            t0.elapsed() < RING_HANG_GUARD,
-            "hang guard: the workload made no progress during pre-copy in {RING_HANG_GUARD:?}"
-        );
-    }
-}
-
-/// Copies the pages the report names (or all) from `src` to `dst`. The SQ
-/// page is the driver's (CPU) write, which a VMM tracks itself; every other
-/// change to guest memory is the device's and must be in the report.
-fn sync_pages(src: &Side, dst: &GuestMem, all: bool) -> usize {
-    let bm = src.c.dma_logging_report(BASE, LEN, 4096).unwrap();
-    let mut n = 0;
-    for p in 0..LEN / 4096 {
-        if all || p == 0 || bm[(p / 64) as usize] & (1 << (p % 64)) != 0 {
-            let a = BASE + p * 4096;
-            dst.write(a, &src.g.read(a, 4096));
-            n += 1;
-        }
-    }
-    n
-}
-
-fn device_image(h: &Harness) -> (Vec<u32>, Vec<u8>) {
-    h.server.with_core(|core| {
-        let st = core.dev.save_state().unwrap();
-        let mut mem = vec![0u8; PAGES as usize * 4096];
-        core.dev.devmem_read(0, &mut mem).unwrap();
-        (st.arch.to_words().to_vec(), mem)
-    })
-}
-
-fn check_identical(src: &Side, dst: &Side) {
-    let (a, am) = device_image(&src.h);
-    let (b, bm) = device_image(&dst.h);
-    assert_eq!(a, b, "architectural state differs");
-    assert!(am == bm, "device memory differs");
-    let differ: Vec<u64> = (0..LEN / 4096)
-        .filter(|p| src.g.read(BASE + p * 4096, 4096) != dst.g.read(BASE + p * 4096, 4096))
-        .collect();
-    assert!(
-        differ.is_empty(),
-        "guest memory differs in pages {differ:?}"
-    );
-}
-
-/// After the migration the destination runs and its engine still works.
-fn destination_runs(dst: &Side) {
-    assert_eq!(dst.c.mig_state().unwrap(), RUNNING);
-    let mut dev = WireDevice::new(&dst.c, PAGES);
-    let mut rd = RingDriver::attach(&mut dev, &dst.g.port).unwrap();
-    let d = Desc::new(Opcode::FillHost, 7, 0, BASE + 0x3_0000, 4096, 0xfeed);
-    let c = rd.run(&mut dev, &[d], u64::MAX).unwrap();
-    assert_eq!(c[0].status(), Some(CplStatus::Ok));
-    assert_eq!(dst.g.read(BASE + 0x3_0000, 4), 0xfeedu32.to_le_bytes());
+    Side { _h: h, c, g }
 }
 
 fn v2_precopy_migration_with_a_running_workload(b: Backend) {
@@ -186,30 +53,27 @@ fn v2_precopy_migration_with_a_running_workload(b: Backend) {
         "STOP_COPY | PRE_COPY"
     );
     assert!(src.c.mig_data_size().unwrap() > 0, "nonzero estimate");
-    let (stop, rounds) = (AtomicBool::new(false), AtomicU32::new(0));
     let mut stream = Vec::new();
-    std::thread::scope(|sc| {
-        let w = sc.spawn(|| workload(&src, &stop, &rounds));
-        let _stop_on_panic = StopOnDrop(&stop);
-        src.c.dma_logging_start(4096, &[(BASE, LEN)]).unwrap();
-        sync_pages(&src, &dst.g, true);
-        src.c.set_mig_state(PRE_COPY).unwrap();
+    let (c, g) = (&src.c, &src.g.port);
+    let done = precopy_under_workload(
+        c,
+        g,
+        &dst.g.port,
+        4,
+        || c.set_mig_state(PRE_COPY).unwrap(),
         // Pre-copy rounds while the workload runs; odd chunk sizes.
-        precopy_rounds(&rounds, 4, |round| {
+        |round| {
             let size = 4096 + 7 * (round % 8);
             loop {
-                let d = src.c.mig_data_read(size).unwrap();
+                let d = c.mig_data_read(size).unwrap();
                 stream.extend_from_slice(&d);
                 if d.len() < size as usize {
                     break;
                 }
             }
-            sync_pages(&src, &dst.g, false);
-        });
-        stop.store(true, Ordering::Release);
-        let done = w.join().unwrap();
-        assert!(done >= 3, "the workload ran during pre-copy");
-    });
+        },
+    );
+    assert!(done >= 3, "the workload ran during pre-copy");
     // STOP_COPY continues the same stream; then the last dirty pages.
     src.c.set_mig_state(STOP_COPY).unwrap();
     assert_eq!(
@@ -226,7 +90,7 @@ fn v2_precopy_migration_with_a_running_workload(b: Backend) {
     // Case 36: MIG_DATA_SIZE stays nonzero even with the stream drained
     // (QEMU's save_setup allocates that many bytes and fails on 0).
     assert!(src.c.mig_data_size().unwrap() > 0, "nonzero when drained");
-    sync_pages(&src, &dst.g, false);
+    sync_pages(&src.c, &src.g.port, &dst.g.port, false);
     src.c.set_mig_state(STOP).unwrap();
     src.c.dma_logging_stop().unwrap();
 
@@ -241,10 +105,10 @@ fn v2_precopy_migration_with_a_running_workload(b: Backend) {
         dst.c.mig_data_write(c).unwrap();
     }
     dst.c.set_mig_state(STOP).unwrap();
-    check_identical(&src, &dst);
+    check_identical((&src.c, &src.g.port), (&dst.c, &dst.g.port));
     dst.c.set_mig_state(RUNNING).unwrap();
     assert_eq!(dst.c.read32(offsets::SCRATCH.into()).unwrap(), 0x5eed);
-    destination_runs(&dst);
+    destination_runs(&dst.c, &dst.g.port);
     // The source resumes too (a cancelled migration leaves it running).
     src.c.set_mig_state(RUNNING).unwrap();
     assert_eq!(src.c.read32(offsets::SCRATCH.into()).unwrap(), 0x5eed);
@@ -370,38 +234,6 @@ fn v2_fsm_and_stream_errors_over_the_wire(b: Backend) {
     c.reset().unwrap();
 }
 
-fn v1_read64(c: &Client, off: u64) -> u64 {
-    let d = c.region_read(region::MIGRATION, off, 8).unwrap();
-    u64::from_le_bytes(d.try_into().unwrap())
-}
-
-fn v1_state(c: &Client, v: u32) -> Result<(), vfpga_vfio_user::ClientError> {
-    c.region_write(region::MIGRATION, 0, &v.to_le_bytes())
-}
-
-/// One v1 save iteration: returns the data, or `None` when pending is 0.
-fn v1_iteration(c: &Client) -> Option<Vec<u8>> {
-    let pending = v1_read64(c, 8);
-    if pending == 0 {
-        return None;
-    }
-    let off = v1_read64(c, 16);
-    let size = v1_read64(c, 24);
-    assert_eq!(
-        v1_read64(c, 16),
-        off,
-        "data_offset invariant in an iteration"
-    );
-    let mut out = Vec::new();
-    let mut pos = 0u64;
-    while pos < size {
-        let n = (size - pos).min(65536) as u32;
-        out.extend_from_slice(&c.region_read(region::MIGRATION, off + pos, n).unwrap());
-        pos += u64::from(n);
-    }
-    Some(out)
-}
-
 fn v1_region_migration_with_a_running_workload(b: Backend) {
     let src = side(b);
     let dst = side(b);
@@ -423,34 +255,28 @@ fn v1_region_migration_with_a_running_workload(b: Backend) {
         "data_size before an iteration"
     );
     let mut chunks: Vec<Vec<u8>> = Vec::new();
-    let (stop, rounds) = (AtomicBool::new(false), AtomicU32::new(0));
-    std::thread::scope(|sc| {
-        let w = sc.spawn(|| workload(&src, &stop, &rounds));
-        let _stop_on_panic = StopOnDrop(&stop);
-        src.c.dma_logging_start(4096, &[(BASE, LEN)]).unwrap();
-        sync_pages(&src, &dst.g, true);
-        v1_state(&src.c, 0b011).unwrap(); // pre-copy
+    let (c, g) = (&src.c, &src.g.port);
+    let enter = || {
+        v1_state(c, 0b011).unwrap(); // pre-copy
         // Polling pending_bytes has no side effect (§6 62): it prepares
         // nothing. Its value is volatile while the device runs (the
         // workload dirties pages), so only "nonzero" is checked here; the
         // exact repeat is checked once the device is stopped.
         for _ in 0..3 {
-            assert!(v1_read64(&src.c, 8) > 0, "initial data pending");
+            assert!(v1_read64(c, 8) > 0, "initial data pending");
         }
         assert_eq!(
-            errno(src.c.region_read(region::MIGRATION, 24, 8)),
+            errno(c.region_read(region::MIGRATION, 24, 8)),
             Errno::EINVAL,
             "pending_bytes polls started no iteration"
         );
-        precopy_rounds(&rounds, 6, |_| {
-            if let Some(d) = v1_iteration(&src.c) {
-                chunks.push(d);
-            }
-            sync_pages(&src, &dst.g, false);
-        });
-        stop.store(true, Ordering::Release);
-        assert!(w.join().unwrap() >= 3, "the workload ran during pre-copy");
+    };
+    let done = precopy_under_workload(c, g, &dst.g.port, 6, enter, |_| {
+        if let Some(d) = v1_iteration(c) {
+            chunks.push(d);
+        }
     });
+    assert!(done >= 3, "the workload ran during pre-copy");
     v1_state(&src.c, 0b010).unwrap(); // stop-and-copy
     let p = v1_read64(&src.c, 8);
     assert!(p > 0, "stop-and-copy has data");
@@ -461,44 +287,25 @@ fn v1_region_migration_with_a_running_workload(b: Backend) {
             "pending_bytes of a stopped device repeats exactly"
         );
     }
-    let mut iterations = 0;
-    while let Some(d) = v1_iteration(&src.c) {
-        iterations += 1;
-        assert!(
-            !d.is_empty() && iterations < 100_000,
-            "stop-and-copy does not converge: iteration {iterations} gave {} bytes, pending {}",
-            d.len(),
-            v1_read64(&src.c, 8)
-        );
-        chunks.push(d);
-    }
-    sync_pages(&src, &dst.g, false);
+    chunks.extend(v1_drain(&src.c));
+    sync_pages(&src.c, &src.g.port, &dst.g.port, false);
     v1_state(&src.c, 0).unwrap();
     src.c.dma_logging_stop().unwrap();
 
     v1_state(&dst.c, 0b100).unwrap(); // resuming
-    for d in &chunks {
-        let off = v1_read64(&dst.c, 16);
-        let window = dst.c.region_info(region::MIGRATION).unwrap().0.size - off;
-        for part in d.chunks(window.min(65536) as usize) {
-            dst.c.region_write(region::MIGRATION, off, part).unwrap();
-            dst.c
-                .region_write(region::MIGRATION, 24, &(part.len() as u64).to_le_bytes())
-                .unwrap();
-        }
-    }
+    v1_resume(&dst.c, &chunks);
     v1_state(&dst.c, 0).unwrap(); // stopped: validated here
-    check_identical(&src, &dst);
+    check_identical((&src.c, &src.g.port), (&dst.c, &dst.g.port));
     v1_state(&dst.c, 0b001).unwrap();
     assert_eq!(dst.c.read32(offsets::SCRATCH.into()).unwrap(), 0xabc1);
-    destination_runs(&dst);
+    destination_runs(&dst.c, &dst.g.port);
 }
 
 // These once hung (busy, not deadlocked): a failed assertion inside the
 // thread scope left the workload thread running forever, since a scope
 // joins its threads before the panic propagates. `StopOnDrop` ends the
 // workload on any exit, and `WireDevice` fails a ring wait that makes no
-// progress (RING_HANG_GUARD), so a failure now reports itself.
+// progress (HANG_GUARD), so a failure now reports itself.
 backend_tests!(
     v2_precopy_migration_with_a_running_workload,
     v2_fsm_and_stream_errors_over_the_wire,

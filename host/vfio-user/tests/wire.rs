@@ -7,6 +7,7 @@
 mod common;
 
 use std::os::fd::AsFd;
+use std::sync::Arc;
 
 use common::*;
 use nix::errno::Errno;
@@ -384,8 +385,8 @@ fn msix_eventfds_masks_and_pba(b: Backend) {
     c.set_irqs(trig, irq_index::MSIX, 0, 0, &[], &[]).unwrap();
 }
 
-fn run_copy(c: &vfpga_vfio_user::Client, g: &GuestMem) -> Vec<vfpga_device::ring::Completion> {
-    let mut dev = WireDevice::new(c, PAGES);
+fn run_copy(c: &Arc<vfpga_vfio_user::Client>, g: &GuestMem) -> Vec<vfpga_device::ring::Completion> {
+    let mut dev = wire_device(c);
     let mut rd = RingDriver::setup(&mut dev, &g.port, g.base, 8, g.base + 0x1000, 8).unwrap();
     let d = Desc::new(
         Opcode::CopyH2h,
@@ -400,12 +401,12 @@ fn run_copy(c: &vfpga_vfio_user::Client, g: &GuestMem) -> Vec<vfpga_device::ring
 
 fn dma_through_an_fd_is_gated_by_bus_master_and_logged(b: Backend) {
     let h = start(b);
-    let c = h.client();
+    let c = Arc::new(h.client());
     let g = GuestMem::new(0x10_0000, 0x2_0000);
     g.map_into(&c);
     g.write(g.base + 0x4000, &[0x5a; 4096]);
     // Bus master off: the device's DMA is refused (the fetch faults).
-    let mut dev = WireDevice::new(&c, PAGES);
+    let mut dev = wire_device(&c);
     let mut rd = RingDriver::setup(&mut dev, &g.port, g.base, 8, g.base + 0x1000, 8).unwrap();
     let d = Desc::new(
         Opcode::CopyH2h,
@@ -498,35 +499,20 @@ fn dma_without_fd_uses_messages_for_minor_0_and_2(b: Backend) {
             },
         )
         .unwrap();
+        let c = Arc::new(c);
         c.enable_bus_master().unwrap();
         let base = 0x20_0000u64;
         let mem = c.dma_map_message(base, 0x1_0000).unwrap();
         // The test's view of the same memory for the ring driver.
         let port = vfpga_device::DmaPort::new();
-        #[derive(Debug)]
-        struct View(vfpga_vfio_user::client::SharedMemory);
-        impl vfpga_device::GuestMemory for View {
-            fn len(&self) -> u64 {
-                self.0.lock().unwrap().len() as u64
-            }
-            fn read(&self, o: u64, b: &mut [u8]) -> Result<(), vfpga_device::DmaFault> {
-                let m = self.0.lock().unwrap();
-                b.copy_from_slice(&m[o as usize..o as usize + b.len()]);
-                Ok(())
-            }
-            fn write(&self, o: u64, d: &[u8]) -> Result<(), vfpga_device::DmaFault> {
-                self.0.lock().unwrap()[o as usize..o as usize + d.len()].copy_from_slice(d);
-                Ok(())
-            }
-        }
         port.map(
             base,
-            std::sync::Arc::new(View(mem.clone())),
+            Arc::new(MessageMemory(mem.clone())),
             vfpga_device::Perm::RW,
         )
         .unwrap();
         mem.lock().unwrap()[0x4000..0x5000].fill(0xc3);
-        let mut dev = WireDevice::new(&c, PAGES);
+        let mut dev = wire_device(&c);
         let mut rd = RingDriver::setup(&mut dev, &port, base, 8, base + 0x1000, 8).unwrap();
         let d = Desc::new(Opcode::CopyH2h, 1, base + 0x4000, base + 0x8000, 4096, 0);
         let cpl = rd.run(&mut dev, &[d], 200_000).unwrap();
@@ -599,6 +585,36 @@ fn wait_cpl_cause(c: &vfpga_vfio_user::Client) {
     }
 }
 
+/// A ring that runs one small FILL_HOST per call with its completion
+/// interrupt requested (tags count up).
+struct IrqRing {
+    dev: vfpga_vfio_user::WireDevice,
+    rd: RingDriver,
+    base: u64,
+    tag: u32,
+}
+
+impl IrqRing {
+    fn new(c: &Arc<vfpga_vfio_user::Client>, g: &GuestMem) -> Self {
+        let mut dev = wire_device(c);
+        let rd = RingDriver::setup(&mut dev, &g.port, g.base, 8, g.base + 0x1000, 8).unwrap();
+        IrqRing {
+            dev,
+            rd,
+            base: g.base,
+            tag: 0,
+        }
+    }
+
+    fn run(&mut self) {
+        self.tag += 1;
+        let (t, dst) = (self.tag, self.base + 0x4000);
+        let d = Desc::new(Opcode::FillHost, t, 0, dst, 64, t).with_irq();
+        let cpl = self.rd.run(&mut self.dev, &[d], u64::MAX).unwrap();
+        assert_eq!(cpl[0].status(), Some(CplStatus::Ok));
+    }
+}
+
 /// INTx over the wire (SET_IRQS index 0 with an eventfd): with MSI-X off, a
 /// completion interrupt of the device fires the eventfd; the line is
 /// level-triggered and auto-masked; UNMASK (SET_IRQS or the resample
@@ -606,7 +622,7 @@ fn wait_cpl_cause(c: &vfpga_vfio_user::Client) {
 /// delivery back; with MSI-X on, INTx stays quiet.
 fn intx_eventfd_automask_unmask_and_resample(b: Backend) {
     let h = start(b);
-    let c = h.client();
+    let c = Arc::new(h.client());
     let info = c.irq_info(irq_index::INTX).unwrap();
     assert_eq!(info.count, 1);
     assert_eq!(
@@ -634,24 +650,16 @@ fn intx_eventfd_automask_unmask_and_resample(b: Backend) {
     intx(trigger, evt, 1, &[e.as_fd()]).unwrap();
     // Unmask the device's completion cause (IRQ_MASK resets to all masked).
     c.write32(offsets::IRQ_MASK.into(), 0b10).unwrap();
-    let mut dev = WireDevice::new(&c, PAGES);
-    let mut rd = RingDriver::setup(&mut dev, &g.port, g.base, 8, g.base + 0x1000, 8).unwrap();
-    let mut tag = 0u32;
-    let mut run_with_irq = |rd: &mut RingDriver, dev: &mut WireDevice<'_>| {
-        tag += 1;
-        let d = Desc::new(Opcode::FillHost, tag, 0, g.base + 0x4000, 64, tag).with_irq();
-        let cpl = rd.run(dev, &[d], u64::MAX).unwrap();
-        assert_eq!(cpl[0].status(), Some(CplStatus::Ok));
-    };
+    let mut ring = IrqRing::new(&c, &g);
 
     // 1. The device raises its completion interrupt: the eventfd fires once
     //    and the line auto-masks.
-    run_with_irq(&mut rd, &mut dev);
+    ring.run();
     assert_eq!(wait_eventfd(&e, "INTx"), 1);
     wait_cpl_cause(&c);
     // 2. Auto-masked: the next interrupt is held back...
     c.write32(offsets::IRQ_STATUS.into(), 1).unwrap();
-    run_with_irq(&mut rd, &mut dev);
+    ring.run();
     wait_cpl_cause(&c);
     assert_eq!(e.read(), Err(Errno::EAGAIN), "auto-masked INTx fired");
     //    ...until UNMASK, which finds the device's line still high and
@@ -665,7 +673,7 @@ fn intx_eventfd_automask_unmask_and_resample(b: Backend) {
     // 4. MASK holds an interrupt back; UNMASK delivers it (level: the cause
     //    is still latched).
     intx(mask, none, 1, &[]).unwrap();
-    run_with_irq(&mut rd, &mut dev);
+    ring.run();
     wait_cpl_cause(&c);
     assert_eq!(e.read(), Err(Errno::EAGAIN), "masked INTx fired");
     intx(unmask, none, 1, &[]).unwrap();
@@ -687,7 +695,7 @@ fn intx_eventfd_automask_unmask_and_resample(b: Backend) {
     assert_eq!(e.read(), Err(Errno::EAGAIN), "line low: no interrupt");
     let m = efd();
     c.msix_eventfds(0, &[m.as_fd()]).unwrap();
-    run_with_irq(&mut rd, &mut dev);
+    ring.run();
     assert_eq!(wait_eventfd(&m, "MSI-X vector 0"), 1);
     assert_eq!(e.read(), Err(Errno::EAGAIN), "INTx fired with MSI-X on");
     // 7. De-assign (DATA_NONE, count 0) for both.
@@ -722,7 +730,7 @@ fn set_intx_disable(c: &vfpga_vfio_user::Client, on: bool) {
 /// still high asserts INTx at once.
 fn intx_status_bit_and_command_disable(b: Backend) {
     let h = start(b);
-    let c = h.client();
+    let c = Arc::new(h.client());
     let g = GuestMem::new(0x10_0000, 0x2_0000);
     g.map_into(&c);
     c.enable_bus_master().unwrap();
@@ -738,21 +746,13 @@ fn intx_status_bit_and_command_disable(b: Backend) {
     let (none, evt) = (wire::IRQ_SET_DATA_NONE, wire::IRQ_SET_DATA_EVENTFD);
     intx(trigger, evt, &[e.as_fd()]).unwrap();
     c.write32(offsets::IRQ_MASK.into(), 0b10).unwrap();
-    let mut dev = WireDevice::new(&c, PAGES);
-    let mut rd = RingDriver::setup(&mut dev, &g.port, g.base, 8, g.base + 0x1000, 8).unwrap();
-    let mut tag = 0u32;
-    let mut run_with_irq = |rd: &mut RingDriver, dev: &mut WireDevice<'_>| {
-        tag += 1;
-        let d = Desc::new(Opcode::FillHost, tag, 0, g.base + 0x4000, 64, tag).with_irq();
-        let cpl = rd.run(dev, &[d], u64::MAX).unwrap();
-        assert_eq!(cpl[0].status(), Some(CplStatus::Ok));
-    };
+    let mut ring = IrqRing::new(&c, &g);
     let clear_cause = || c.write32(offsets::IRQ_STATUS.into(), 1).unwrap();
 
     // 1. The line is low: the bit is clear. A completion interrupt (MSI-X
     //    off) raises the line: INTx fires and the bit is set.
     assert!(!intx_status(&c), "Interrupt Status set with the line low");
-    run_with_irq(&mut rd, &mut dev);
+    ring.run();
     assert_eq!(wait_eventfd(&e, "INTx"), 1);
     wait_cpl_cause(&c);
     assert!(intx_status(&c), "Interrupt Status clear with the line high");
@@ -768,7 +768,7 @@ fn intx_status_bit_and_command_disable(b: Backend) {
     // 3. INTx disabled in the command register: a completion raises the
     //    line (the bit is set regardless) but nothing is signalled...
     set_intx_disable(&c, true);
-    run_with_irq(&mut rd, &mut dev);
+    ring.run();
     wait_cpl_cause(&c);
     assert!(intx_status(&c), "Interrupt Status must ignore INTx disable");
     assert_eq!(e.read(), Err(Errno::EAGAIN), "INTx fired while disabled");
@@ -800,7 +800,7 @@ fn intx_status_bit_and_command_disable(b: Backend) {
     // 6. MSI-X on: the function does not use INTx, the bit stays clear.
     let m = efd();
     c.msix_eventfds(0, &[m.as_fd()]).unwrap();
-    run_with_irq(&mut rd, &mut dev);
+    ring.run();
     assert_eq!(wait_eventfd(&m, "MSI-X vector 0"), 1);
     wait_cpl_cause(&c);
     assert!(!intx_status(&c), "Interrupt Status set with MSI-X on");
@@ -886,7 +886,7 @@ fn g57_socket_closed_during_a_state_change_reply(b: Backend) {
             c.send_raw(&msg, &[]).unwrap();
             drop(c);
         });
-        let c = h.client_when_free(2, Caps::default());
+        let c = Arc::new(h.client_when_free(2, Caps::default()));
         let why = format!("{path:?} -> {target}");
         assert_eq!(
             c.mig_state().unwrap(),
@@ -904,7 +904,7 @@ fn g57_socket_closed_during_a_state_change_reply(b: Backend) {
                 let g = GuestMem::new(0x10_0000, 0x1_0000);
                 g.map_into(&c);
                 c.enable_bus_master().unwrap();
-                let mut dev = WireDevice::new(&c, PAGES);
+                let mut dev = wire_device(&c);
                 let mut rd =
                     RingDriver::setup(&mut dev, &g.port, g.base, 8, g.base + 0x1000, 8).unwrap();
                 let d = Desc::new(Opcode::FillHost, 1, 0, g.base + 0x4000, 64, 0xabcd);

@@ -7,11 +7,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use vfpga_device::{
-    Bar, Device, DeviceError, DeviceInfo, DmaPort, Identity, MmapMemory, Perm, Progress,
-};
+use vfpga_device::{Device, DmaPort, MmapMemory, Perm};
 use vfpga_model::{Model, ModelConfig};
-use vfpga_vfio_user::session::region;
 use vfpga_vfio_user::{Client, IrqHub, Server};
 
 /// Device-memory pages of the test device.
@@ -190,86 +187,27 @@ impl GuestMem {
     }
 }
 
-/// How long a ring wait may go without the driver writing a register (a
-/// submission or a collected completion) before the test fails: a hang
-/// guard, far above any real wait.
-pub const RING_HANG_GUARD: std::time::Duration = std::time::Duration::from_secs(60);
+pub mod migration;
 
-/// The device as seen over vfio-user: BAR accesses become REGION_READ /
-/// REGION_WRITE; it runs by itself (the server's runner advances it).
-///
-/// `advance` only sleeps a little; it fails with a message once
-/// [`RING_HANG_GUARD`] has passed since the last register write, so a ring
-/// wait that never completes fails the test instead of spinning.
-pub struct WireDevice<'a> {
-    pub c: &'a Client,
-    pub info: DeviceInfo,
-    last_write: std::time::Instant,
-}
+#[allow(unused_imports)] // not every test binary drives rings
+pub use migration::wire_device;
 
-impl<'a> WireDevice<'a> {
-    pub fn new(c: &'a Client, pages: u32) -> Self {
-        WireDevice {
-            c,
-            info: DeviceInfo {
-                identity: Identity::this_build(pages, vfpga_regs::consts::MAX_DMALOG_PAGES),
-                bar0_size: vfpga_regs::consts::BAR0_SIZE.into(),
-                bar2_size: u64::from(pages) * 4096,
-                self_running: true,
-            },
-            last_write: std::time::Instant::now(),
-        }
+/// The test's own view of client memory that the server reaches by message
+/// (`Client::dma_map_message`), for a ring driver in the test.
+#[derive(Debug)]
+pub struct MessageMemory(pub vfpga_vfio_user::client::SharedMemory);
+
+impl vfpga_device::GuestMemory for MessageMemory {
+    fn len(&self) -> u64 {
+        self.0.lock().expect("memory lock").len() as u64
     }
-}
-
-fn wire_err(e: vfpga_vfio_user::ClientError) -> DeviceError {
-    DeviceError::Backend {
-        msg: e.to_string(),
-        source: Some(Box::new(e)),
-    }
-}
-
-impl Device for WireDevice<'_> {
-    fn info(&self) -> DeviceInfo {
-        self.info
-    }
-    fn mmio_read(&mut self, bar: Bar, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
-        let r = if bar == Bar::Regs {
-            region::BAR0
-        } else {
-            region::BAR2
-        };
-        let d = self
-            .c
-            .region_read(r, offset, data.len() as u32)
-            .map_err(wire_err)?;
-        data.copy_from_slice(&d);
+    fn read(&self, o: u64, b: &mut [u8]) -> Result<(), vfpga_device::DmaFault> {
+        let m = self.0.lock().expect("memory lock");
+        b.copy_from_slice(&m[o as usize..o as usize + b.len()]);
         Ok(())
     }
-    fn mmio_write(&mut self, bar: Bar, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
-        let r = if bar == Bar::Regs {
-            region::BAR0
-        } else {
-            region::BAR2
-        };
-        self.c.region_write(r, offset, data).map_err(wire_err)?;
-        self.last_write = std::time::Instant::now();
+    fn write(&self, o: u64, d: &[u8]) -> Result<(), vfpga_device::DmaFault> {
+        self.0.lock().expect("memory lock")[o as usize..o as usize + d.len()].copy_from_slice(d);
         Ok(())
-    }
-    fn advance(&mut self, _budget: u64) -> Result<Progress, DeviceError> {
-        if self.last_write.elapsed() > RING_HANG_GUARD {
-            return Err(DeviceError::Backend {
-                msg: format!(
-                    "hang guard: no ring progress over the wire for {RING_HANG_GUARD:?} \
-                     (a descriptor never completed)"
-                ),
-                source: None,
-            });
-        }
-        std::thread::sleep(std::time::Duration::from_micros(50));
-        Ok(Progress {
-            used: 0,
-            idle: false,
-        })
     }
 }
