@@ -31,18 +31,6 @@ fn qemu_like_client(h: &Harness) -> Arc<Client> {
     Arc::new(c)
 }
 
-fn pattern(seed: u32, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
 fn mmio_answers_while_dma_waits(b: Backend) {
     let h = start(b);
     let c = qemu_like_client(&h);
@@ -56,7 +44,7 @@ fn mmio_answers_while_dma_waits(b: Backend) {
 
     let (src, mid, dst) = (BASE + 0x1_0000, BASE + 0x3_0000, BASE + 0x5_0000);
     let n = 0x1_0000usize;
-    let data = pattern(7, n);
+    let data = vfpga_hil::pattern(7, n);
     mem.lock().unwrap()[0x1_0000..0x1_0000 + n].copy_from_slice(&data);
     let descs = [
         Desc::new(Opcode::CopyH2d, 1, src, 0, n as u32, 0).with_irq(),
