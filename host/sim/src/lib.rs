@@ -727,11 +727,11 @@ impl Harness {
         be: u8,
         wdata: u64,
     ) -> Result<u64, String> {
-        if !bar2 && be == 0xff && (self.dma_wait.is_some() || self.dma.any_may_pend()) {
+        if !bar2 && be == 0xff && self.dma.any_may_pend() {
             // A 64-bit BAR0 access is two 32-bit accesses, low half first
-            // (datasheet §1). Where DMA may wait for the client, it is issued
-            // as such, so that each half may be served while a step waits for
-            // its DMA (datasheet §5.3): a step can start while it is pending.
+            // (datasheet §1). Where DMA may wait for a client (the only case
+            // in which a step can wait long), it is issued as such, so that
+            // each half may be served during that wait (datasheet §5.3).
             let lo = self.mmio(false, write, addr, 0x0f, wdata & 0xffff_ffff)?;
             let hi = self.mmio(false, write, addr, 0xf0, wdata & !0xffff_ffff)?;
             return Ok((lo & 0xffff_ffff) | (hi & !0xffff_ffff));
