@@ -154,6 +154,8 @@ struct Inner {
     /// Keyed by start IOVA.
     maps: BTreeMap<u64, Mapping>,
     logging: bool,
+    /// How many mappings may answer [`DmaFault::Pending`].
+    pending_maps: usize,
 }
 
 /// The bounds-checked, dirty-logged view of guest memory given to a device.
@@ -197,6 +199,9 @@ impl DmaPort {
         {
             return Err(MapError::Overlap { iova, len });
         }
+        if mem.may_pend() {
+            g.pending_maps += 1;
+        }
         let dirty = if g.logging {
             vec![0; pages(len).div_ceil(64)]
         } else {
@@ -236,14 +241,28 @@ impl DmaPort {
             return Err(MapError::NotMapped { iova, len });
         }
         for s in &hit {
-            g.maps.remove(s);
+            if g.maps.remove(s).is_some_and(|m| m.mem.may_pend()) {
+                g.pending_maps -= 1;
+            }
         }
         Ok(hit.len())
     }
 
     /// Removes every mapping.
     pub fn unmap_all(&self) {
-        self.write_lock().maps.clear();
+        let mut g = self.write_lock();
+        g.maps.clear();
+        g.pending_maps = 0;
+    }
+
+    /// How many mappings there are.
+    pub fn len(&self) -> usize {
+        self.read_lock().maps.len()
+    }
+
+    /// Whether there is no mapping.
+    pub fn is_empty(&self) -> bool {
+        self.read_lock().maps.is_empty()
     }
 
     /// `(iova, len)` of every mapping, in address order.
@@ -312,7 +331,7 @@ impl DmaPort {
     /// may then wait for a peer, so whoever drives the device must not do it
     /// on a thread that the peer's answers need.
     pub fn any_may_pend(&self) -> bool {
-        self.read_lock().maps.values().any(|m| m.mem.may_pend())
+        self.read_lock().pending_maps > 0
     }
 
     /// Waits up to `timeout` for the answer to an outstanding
@@ -478,25 +497,61 @@ impl GuestMemory for VecMemory {
 /// Guest memory backed by a shared mapping of a file (for example a memfd the
 /// VMM passed with DMA_MAP).
 ///
-/// The memory is shared with another process that may write it at any time,
-/// so it is only ever accessed through raw-pointer copies, never through Rust
-/// references.
+/// The memory is shared with another process that may write it, or shrink
+/// the file under it, at any time:
+///
+/// - it is only ever accessed through volatile word copies, never through
+///   Rust references (a concurrent write by the other process is then not a
+///   data race of this program's Rust code);
+/// - the mapping is checked against the file's size when it is made, and a
+///   later shrink of the file cannot kill the process: every copy runs under
+///   [`crate::shared_mem`]'s SIGBUS guard, a copy that touches a page the
+///   file no longer backs fails with [`DmaFault::Backing`], and the mapping
+///   is refused for good from then on (the page it hit now reads as zeros).
 #[derive(Debug)]
 pub struct MmapMemory {
     map: memmap2::MmapRaw,
+    /// Set once a copy hit a page the file no longer backs.
+    lost: std::sync::atomic::AtomicBool,
 }
 
 impl MmapMemory {
-    /// Maps `len` bytes of `file` at `offset`, read/write and shared.
+    /// Maps `len` bytes of `file` at `offset`, read/write and shared. A
+    /// regular file (memfd, tmpfs, hugetlbfs) must hold the whole range.
     pub fn map_file(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<Self> {
+        let md = file.metadata()?;
+        if md.is_file() {
+            let end = offset.checked_add(len as u64).ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "offset + size overflows")
+            })?;
+            if end > md.len() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "the mapping ends at byte {end} of a file of {} bytes",
+                        md.len()
+                    ),
+                ));
+            }
+        }
+        crate::shared_mem::install_guard()?;
         let map = memmap2::MmapOptions::new()
             .offset(offset)
             .len(len)
             .map_raw(file)?;
-        Ok(MmapMemory { map })
+        Ok(MmapMemory {
+            map,
+            lost: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     fn check(&self, offset: u64, len: usize, kind: &'static str) -> Result<usize, DmaFault> {
+        if self.lost.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(DmaFault::Backing {
+                iova: offset,
+                reason: "the file behind this mapping was shrunk".into(),
+            });
+        }
         let o = usize::try_from(offset).map_err(|_| DmaFault::Unmapped {
             kind,
             iova: offset,
@@ -511,9 +566,20 @@ impl MmapMemory {
             }),
         }
     }
+
+    fn lost(&self, offset: u64) -> DmaFault {
+        self.lost.store(true, std::sync::atomic::Ordering::Release);
+        tracing::warn!(
+            offset,
+            "guest memory vanished under a DMA mapping (file shrunk); the mapping is dead"
+        );
+        DmaFault::Backing {
+            iova: offset,
+            reason: "the file behind this mapping was shrunk".into(),
+        }
+    }
 }
 
-// The only unsafe code of this crate: copies to and from shared guest memory.
 #[allow(unsafe_code)]
 impl GuestMemory for MmapMemory {
     fn len(&self) -> u64 {
@@ -526,30 +592,75 @@ impl GuestMemory for MmapMemory {
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaFault> {
         let o = self.check(offset, buf.len(), "read")?;
-        // SAFETY: `check` proved [o, o+len) lies inside the live mapping, which
+        // SAFETY: `check` proved [o, o+len) lies inside the mapping, which
         // `self.map` keeps mapped for our lifetime; `buf` is a distinct Rust
-        // allocation so the ranges cannot overlap. The other process may write
-        // concurrently: we copy bytes, never form a reference to shared memory.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.map.as_ptr().add(o), buf.as_mut_ptr(), buf.len());
-        }
-        Ok(())
+        // allocation, so the ranges cannot overlap.
+        let ok = unsafe { crate::shared_mem::copy_from(self.map.as_ptr().add(o), buf) };
+        if ok { Ok(()) } else { Err(self.lost(offset)) }
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaFault> {
         let o = self.check(offset, data.len(), "write")?;
-        // SAFETY: as in `read`: the range is inside the writable shared mapping
-        // owned by `self.map`, and `data` does not overlap it.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(o), data.len());
-        }
-        Ok(())
+        // SAFETY: as in `read`: the range is inside the writable shared
+        // mapping owned by `self.map`, and `data` does not overlap it.
+        let ok = unsafe { crate::shared_mem::copy_to(data, self.map.as_mut_ptr().add(o)) };
+        if ok { Ok(()) } else { Err(self.lost(offset)) }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn temp_file(len: u64) -> std::fs::File {
+        let path = std::env::temp_dir().join(format!(
+            "vfpga-dma-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("temp file");
+        let _ = std::fs::remove_file(&path);
+        f.set_len(len).expect("size");
+        f
+    }
+
+    #[test]
+    fn mapping_larger_than_its_file_is_refused() {
+        let f = temp_file(4096);
+        let e = MmapMemory::map_file(&f, 0, 1 << 20).expect_err("short file");
+        assert!(e.to_string().contains("file of 4096 bytes"), "{e}");
+        assert!(MmapMemory::map_file(&f, 4096, 4096).is_err());
+        assert!(MmapMemory::map_file(&f, 0, 4096).is_ok());
+    }
+
+    #[test]
+    fn file_shrunk_under_a_mapping_is_a_fault_not_a_crash() {
+        let f = temp_file(1 << 20);
+        let m = MmapMemory::map_file(&f, 0, 1 << 20).expect("map");
+        m.write(0x8_0000, &[0xa5; 64]).expect("write");
+        let mut b = [0u8; 64];
+        m.read(0x8_0000, &mut b).expect("read");
+        assert_eq!(b, [0xa5; 64]);
+        f.set_len(4096).expect("shrink");
+        // Still backed: fine.
+        m.read(0, &mut b[..8]).expect("first page");
+        // Gone: a fault, and the mapping is dead from now on.
+        let e = m.read(0x8_0000, &mut b).expect_err("vanished page");
+        assert!(matches!(e, DmaFault::Backing { .. }), "{e:?}");
+        assert!(m.write(0x9_0000, &[1; 8]).is_err());
+        assert!(m.read(0, &mut b[..8]).is_err());
+        // A fresh mapping of a file shrunk after a write also survives.
+        let g = temp_file(1 << 16);
+        let n = MmapMemory::map_file(&g, 0, 1 << 16).expect("map");
+        g.set_len(0).expect("shrink");
+        assert!(n.write(0x100, &[7; 100]).is_err());
+    }
 
     fn port() -> (DmaPort, Arc<VecMemory>) {
         let p = DmaPort::new();

@@ -33,6 +33,7 @@ pub mod dma;
 pub mod fake;
 pub mod irq;
 pub mod ring;
+pub mod shared_mem;
 pub mod state;
 
 use std::time::{Duration, Instant};

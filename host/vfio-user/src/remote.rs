@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc::UnboundedSender;
+use std::sync::mpsc::Sender;
 use vfpga_device::{DmaFault, GuestMemory};
 
 use crate::wire::{self, DmaLayout, HEADER_LEN, Header, cmd, flags};
@@ -71,7 +71,7 @@ impl Slot {
 
 #[derive(Debug)]
 struct LinkState {
-    tx: Option<UnboundedSender<Vec<u8>>>,
+    tx: Option<Sender<Vec<u8>>>,
     slot: Option<Slot>,
 }
 
@@ -91,7 +91,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl DmaLink {
     /// A link that queues outgoing messages on `tx`.
-    pub fn new(tx: UnboundedSender<Vec<u8>>) -> Self {
+    pub fn new(tx: Sender<Vec<u8>>) -> Self {
         DmaLink {
             state: Mutex::new(LinkState {
                 tx: Some(tx),
@@ -121,26 +121,54 @@ impl DmaLink {
         self.answered.notify_all();
     }
 
-    /// Routes a reply from the client. Returns `false` for a reply nobody
-    /// waits for (unsolicited, or late after its access timed out).
-    pub fn deliver(&self, hdr: &Header, payload: Vec<u8>) -> bool {
+    /// Routes a reply from the client. Refuses (with the reason) a reply
+    /// nobody waits for (unsolicited, or late after its access timed out) and
+    /// one whose length is not exactly what its request defines.
+    pub fn deliver(&self, hdr: &Header, payload: Vec<u8>) -> Result<(), String> {
         let mut g = lock(&self.state);
-        let Some(part) = g.slot.as_mut().and_then(|s| {
-            s.parts
-                .iter_mut()
-                .find(|p| p.id == hdr.msg_id && p.reply.is_none())
-        }) else {
-            return false;
+        let Some(slot) = g.slot.as_mut() else {
+            return Err("no DMA request is outstanding".into());
         };
-        part.reply = Some(if hdr.flags & flags::ERROR != 0 {
+        let (write, layout) = (slot.key.write, slot.layout);
+        let Some(part) = slot
+            .parts
+            .iter_mut()
+            .find(|p| p.id == hdr.msg_id && p.reply.is_none())
+        else {
+            return Err(format!("no outstanding DMA request has id {}", hdr.msg_id));
+        };
+        if hdr.command != if write { cmd::DMA_WRITE } else { cmd::DMA_READ } {
+            return Err(format!("reply to id {} names another command", hdr.msg_id));
+        }
+        let reply = if hdr.flags & flags::ERROR != 0 {
+            if !payload.is_empty() {
+                return Err("error reply with a payload".into());
+            }
             Err(hdr.error)
         } else {
+            // DMA_READ: the request's fields and exactly the data asked for.
+            // DMA_WRITE: nothing (QEMU), or the request's address and count
+            // (the specification; its reply table gives count 4 bytes).
+            let want = layout.payload_len(if write { 0 } else { part.len });
+            let ok = if write {
+                matches!(payload.len(), 0 | 12) || payload.len() == want
+            } else {
+                payload.len() == want
+            };
+            if !ok {
+                return Err(format!(
+                    "DMA_{} reply of {} bytes, {want} expected",
+                    if write { "WRITE" } else { "READ" },
+                    payload.len()
+                ));
+            }
             Ok(payload)
-        });
+        };
+        part.reply = Some(reply);
         if g.slot.as_ref().is_some_and(Slot::answered) {
             self.answered.notify_all();
         }
-        true
+        Ok(())
     }
 
     /// Waits up to `timeout` until the outstanding access (if any) has all
@@ -264,6 +292,23 @@ fn finish(s: Slot) -> Result<Vec<u8>, DmaFault> {
             None => return Err(fault("no reply".into())),
         };
         if s.key.write {
+            // An echo, when there is one, must name the request's range.
+            let echo = match reply.len() {
+                0 => None,
+                12 => Some((
+                    u64::from_le_bytes(reply[0..8].try_into().unwrap_or_default()),
+                    u64::from(u32::from_le_bytes(
+                        reply[8..12].try_into().unwrap_or_default(),
+                    )),
+                )),
+                _ => Some((
+                    u64::from_le_bytes(reply[0..8].try_into().unwrap_or_default()),
+                    u64::from_le_bytes(reply[8..16].try_into().unwrap_or_default()),
+                )),
+            };
+            if echo.is_some_and(|(a, c)| a != p.addr || c != p.len as u64) {
+                return Err(fault("DMA_WRITE reply for another range".into()));
+            }
             continue;
         }
         let (raddr, count, data) = s

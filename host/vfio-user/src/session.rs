@@ -33,8 +33,61 @@ pub const SERVER_MAX_XFER: u64 = 1 << 20;
 pub const SERVER_MAX_MSG: u32 = (SERVER_MAX_XFER as u32) + 4096 + 64;
 /// Most fds per message this server accepts.
 pub const SERVER_MAX_FDS: u32 = 8;
-/// Most DMA mappings at once.
+/// Most DMA mappings at once, whatever the host allows (the protocol's
+/// default `max_dma_maps`).
 pub const SERVER_MAX_DMA_MAPS: usize = 65535;
+/// How long a message may take to arrive once its first byte has.
+pub const SERVER_MESSAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What one client may use of the server. Exceeding a limit is an error
+/// reply (or, for a message that cannot be framed or that stalls, the end of
+/// that connection), never a dead server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest message, header included ([`SERVER_MAX_MSG`]).
+    pub max_msg: u32,
+    /// Most fds one message may carry ([`SERVER_MAX_FDS`]).
+    pub max_fds: usize,
+    /// Most DMA mappings at once (each is one memory mapping of the
+    /// process, so it derives from the kernel's `vm.max_map_count`).
+    pub max_dma_maps: usize,
+    /// A message whose first byte arrived must be complete within this.
+    pub message_timeout: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_msg: SERVER_MAX_MSG,
+            max_fds: SERVER_MAX_FDS as usize,
+            max_dma_maps: SERVER_MAX_DMA_MAPS,
+            message_timeout: SERVER_MESSAGE_TIMEOUT,
+        }
+    }
+}
+
+impl Limits {
+    /// The defaults, with `max_dma_maps` cut to what the host can map: half
+    /// of the memory mappings `vm.max_map_count` leaves after those this
+    /// process already has and 4,096 of headroom (threads, allocator,
+    /// libraries). A mapping whose file later shrinks may split into three.
+    pub fn from_host() -> Self {
+        let mut l = Limits::default();
+        let max = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok());
+        let used = std::fs::read_to_string("/proc/self/maps")
+            .map(|s| s.lines().count())
+            .ok();
+        if let (Some(max), Some(used)) = (max, used) {
+            l.max_dma_maps = l
+                .max_dma_maps
+                .min(max.saturating_sub(used + 4096) / 2)
+                .max(1);
+        }
+        l
+    }
+}
 
 /// vfio-pci region indexes.
 pub mod region {
@@ -104,6 +157,8 @@ pub struct Shared {
     pub gate: Arc<AtomicBool>,
     /// Device geometry.
     pub info: DeviceInfo,
+    /// What a client may use.
+    pub limits: Limits,
 }
 
 impl Shared {
@@ -114,7 +169,12 @@ impl Shared {
 
 /// Builds the [`DevCore`] and [`Shared`] halves for `dev`, which must have
 /// been created with `dma` as its DMA port and `irq` as its IRQ sink.
-pub fn build(dev: Box<dyn Device>, dma: DmaPort, irq: Arc<IrqHub>) -> (DevCore, Shared) {
+pub fn build(
+    dev: Box<dyn Device>,
+    dma: DmaPort,
+    irq: Arc<IrqHub>,
+    limits: Limits,
+) -> (DevCore, Shared) {
     let info = dev.info();
     let config = ConfigSpace::new(
         info.identity.vendor_id,
@@ -137,6 +197,7 @@ pub fn build(dev: Box<dyn Device>, dma: DmaPort, irq: Arc<IrqHub>) -> (DevCore, 
             dma,
             gate: Arc::new(AtomicBool::new(false)),
             info,
+            limits,
         },
     )
 }
@@ -465,10 +526,10 @@ impl Session {
             major: wire::VERSION_MAJOR,
             minor,
             caps: wire::Caps {
-                max_msg_fds: SERVER_MAX_FDS,
+                max_msg_fds: self.shared.limits.max_fds as u32,
                 max_data_xfer_size: max_xfer,
                 pgsizes: 4096,
-                max_dma_maps: SERVER_MAX_DMA_MAPS as u32,
+                max_dma_maps: self.shared.limits.max_dma_maps as u32,
                 migration: v
                     .caps
                     .migration
@@ -500,8 +561,14 @@ impl Session {
         if fds.len() > 1 {
             return fail(Errno::EINVAL, "DMA_MAP with more than one fd");
         }
-        if self.shared.dma.mappings().len() >= SERVER_MAX_DMA_MAPS {
-            return fail(Errno::ENOSPC, "too many DMA mappings");
+        if self.shared.dma.len() >= self.shared.limits.max_dma_maps {
+            return fail(
+                Errno::ENOSPC,
+                format!(
+                    "too many DMA mappings (this host allows {})",
+                    self.shared.limits.max_dma_maps
+                ),
+            );
         }
         let perm = Perm {
             read: m.flags & wire::DMA_FLAG_READ != 0,

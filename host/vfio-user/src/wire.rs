@@ -52,6 +52,31 @@ pub mod cmd {
     pub const MIG_DATA_READ: u16 = 17;
     /// Write migration data.
     pub const MIG_DATA_WRITE: u16 = 18;
+
+    /// The command's name in the specification, for logs.
+    pub fn name(c: u16) -> &'static str {
+        match c {
+            VERSION => "VERSION",
+            DMA_MAP => "DMA_MAP",
+            DMA_UNMAP => "DMA_UNMAP",
+            DEVICE_GET_INFO => "DEVICE_GET_INFO",
+            DEVICE_GET_REGION_INFO => "DEVICE_GET_REGION_INFO",
+            DEVICE_GET_REGION_IO_FDS => "DEVICE_GET_REGION_IO_FDS",
+            DEVICE_GET_IRQ_INFO => "DEVICE_GET_IRQ_INFO",
+            DEVICE_SET_IRQS => "DEVICE_SET_IRQS",
+            REGION_READ => "REGION_READ",
+            REGION_WRITE => "REGION_WRITE",
+            DMA_READ => "DMA_READ",
+            DMA_WRITE => "DMA_WRITE",
+            DEVICE_RESET => "DEVICE_RESET",
+            DIRTY_PAGES => "DIRTY_PAGES",
+            REGION_WRITE_MULTI => "REGION_WRITE_MULTI",
+            DEVICE_FEATURE => "DEVICE_FEATURE",
+            MIG_DATA_READ => "MIG_DATA_READ",
+            MIG_DATA_WRITE => "MIG_DATA_WRITE",
+            _ => "UNKNOWN",
+        }
+    }
 }
 
 /// Header flag bits.
@@ -87,6 +112,16 @@ pub enum WireError {
         /// Bytes needed.
         need: usize,
     },
+    /// The payload is longer than the command defines.
+    #[error("{what}: payload is {got} bytes, the command defines {want}")]
+    Long {
+        /// Which message.
+        what: &'static str,
+        /// Bytes present.
+        got: usize,
+        /// Bytes defined.
+        want: usize,
+    },
     /// A size exceeds the negotiated limits.
     #[error("{what} of {got} bytes exceeds the limit of {max}")]
     TooBig {
@@ -111,7 +146,9 @@ impl WireError {
     /// The errno the server replies with.
     pub fn errno(&self) -> Errno {
         match self {
-            WireError::Invalid(_) | WireError::Short { .. } => Errno::EINVAL,
+            WireError::Invalid(_) | WireError::Short { .. } | WireError::Long { .. } => {
+                Errno::EINVAL
+            }
             WireError::TooBig { .. } => Errno::E2BIG,
             WireError::Errno { errno, .. } => *errno,
         }
@@ -250,6 +287,19 @@ impl<'a> Reader<'a> {
                 what: self.what,
                 got: self.b.len(),
                 need,
+            });
+        }
+        Ok(())
+    }
+
+    /// Fails unless exactly `len` bytes are present.
+    pub fn exact(&self, len: usize) -> WireResult<()> {
+        self.need(len)?;
+        if self.b.len() > len {
+            return Err(WireError::Long {
+                what: self.what,
+                got: self.b.len(),
+                want: len,
             });
         }
         Ok(())
@@ -573,7 +623,7 @@ impl DmaMap {
     /// Decodes and validates.
     pub fn decode(p: &[u8]) -> WireResult<DmaMap> {
         let r = Reader::new(p, "DMA_MAP");
-        r.need(Self::LEN)?;
+        r.exact(Self::LEN)?;
         let m = DmaMap {
             argsz: r.u32(0)?,
             flags: r.u32(4)?,
@@ -626,7 +676,7 @@ impl DmaUnmap {
     /// Decodes and validates.
     pub fn decode(p: &[u8]) -> WireResult<DmaUnmap> {
         let r = Reader::new(p, "DMA_UNMAP");
-        r.need(Self::LEN)?;
+        r.exact(Self::LEN)?;
         let m = DmaUnmap {
             argsz: r.u32(0)?,
             flags: r.u32(4)?,
@@ -714,7 +764,7 @@ pub fn decode_argsz_index(
     idx_off: Option<usize>,
 ) -> WireResult<(u32, u32)> {
     let r = Reader::new(p, what);
-    r.need(min)?;
+    r.exact(min)?;
     let argsz = r.u32(0)?;
     if (argsz as usize) < min {
         return Err(WireError::Invalid("argsz"));
@@ -927,10 +977,14 @@ impl SetIrqs {
             IRQ_SET_DATA_BOOL => {
                 // Bounded by the payload actually present, never by `count` alone.
                 let b = r.bytes(Self::LEN, count as usize)?;
+                r.exact(Self::LEN + count as usize)?;
                 IrqData::Bool(b.iter().map(|x| *x != 0).collect())
             }
             _ => return Err(WireError::Invalid("SET_IRQS data type")),
         };
+        if !matches!(data, IrqData::Bool(_)) {
+            r.exact(Self::LEN)?;
+        }
         if data == IrqData::Eventfd && action == IrqAction::Mask {
             return Err(WireError::Invalid("SET_IRQS mask with eventfds"));
         }
@@ -979,6 +1033,7 @@ impl RegionAccess {
     /// Decodes a REGION_READ request (no data).
     pub fn decode_read(p: &[u8], max_xfer: u64) -> WireResult<RegionAccess> {
         let a = Self::decode_fixed(p, "REGION_READ")?;
+        Reader::new(p, "REGION_READ").exact(Self::LEN)?;
         if u64::from(a.count) > max_xfer {
             return Err(WireError::TooBig {
                 what: "REGION_READ count",
@@ -1301,7 +1356,7 @@ impl LoggingStart {
                 max: MAX_LOG_RANGES as u64,
             });
         }
-        r.need(16 + n * 16)?;
+        r.exact(16 + n * 16)?;
         let mut ranges = Vec::with_capacity(n);
         for i in 0..n {
             let iova = r.u64(16 + i * 16)?;
@@ -1405,7 +1460,7 @@ impl MigData {
     /// Decodes a MIG_DATA_READ request.
     pub fn decode_read(p: &[u8], max_xfer: u64) -> WireResult<MigData> {
         let r = Reader::new(p, "MIG_DATA_READ");
-        r.need(Self::LEN)?;
+        r.exact(Self::LEN)?;
         let m = MigData {
             argsz: r.u32(0)?,
             size: r.u32(4)?,
@@ -1437,6 +1492,7 @@ impl MigData {
             return Err(WireError::Invalid("MIG_DATA_WRITE argsz"));
         }
         let data = r.bytes(Self::LEN, m.size as usize)?;
+        r.exact(Self::LEN + m.size as usize)?;
         Ok((m, data))
     }
     /// Encodes with data.

@@ -143,24 +143,10 @@ fn a2_a3_a4_version_json(b: Backend) {
 
 fn a5_a6_a7_framing_errors_keep_the_session(b: Backend) {
     let h = start(b);
+    // A msg_size that cannot be right (below the header, above our limit)
+    // is answered and ends the connection: covered by `hostile.rs`. Errors
+    // inside well-framed messages keep the session:
     let c = h.client();
-    // msg_size below the header: error reply, session goes on.
-    let mut hd = Header {
-        msg_id: 0x77,
-        command: cmd::DEVICE_GET_INFO,
-        msg_size: 8,
-        flags: 0,
-        error: 0,
-    };
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    drop((tx, rx));
-    c.send_raw(&hd.encode(), &[]).unwrap();
-    // msg_size above our limit with the bytes following: E2BIG, drained.
-    hd.msg_id = 0x78;
-    hd.msg_size = (16 + (2 << 20)) as u32;
-    let mut big = hd.encode().to_vec();
-    big.resize(16 + (2 << 20), 0xab);
-    c.send_raw(&big, &[]).unwrap();
     // Unknown commands.
     for command in [0u16, 14, 19, 0xffff] {
         assert_eq!(

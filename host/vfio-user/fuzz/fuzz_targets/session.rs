@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(model) = Model::new(ModelConfig::with_pages(16), dma.clone(), irq.clone()) else {
         return;
     };
-    let (mut core, shared) = session::build(Box::new(model), dma, irq);
+    let (mut core, shared) = session::build(Box::new(model), dma, irq, session::Limits::default());
     let mut s = Session::new(Arc::new(shared), None);
     let v = Header { msg_id: 0, command: cmd::VERSION, msg_size: 20, flags: 0, error: 0 };
     let o = s.handle(&mut core, &v, &[0, 0, 2, 0], Vec::new());
