@@ -506,13 +506,15 @@ impl GuestMemory for VecMemory {
 /// - the mapping is checked against the file's size when it is made, and a
 ///   later shrink of the file cannot kill the process: every copy runs under
 ///   [`crate::shared_mem`]'s SIGBUS guard, a copy that touches a page the
-///   file no longer backs fails with [`DmaFault::Backing`], and the mapping
-///   is refused for good from then on (the page it hit now reads as zeros).
+///   file no longer backs fails with [`DmaFault::Backing`], and from then on
+///   every access at or past that page fails the same way (a file shrinks
+///   from its end; the page that faulted now reads as zeros). The pages
+///   before it keep working.
 #[derive(Debug)]
 pub struct MmapMemory {
     map: memmap2::MmapRaw,
-    /// Set once a copy hit a page the file no longer backs.
-    lost: std::sync::atomic::AtomicBool,
+    /// Offset of the first page found missing (`usize::MAX`: none).
+    lost_from: std::sync::atomic::AtomicUsize,
 }
 
 impl MmapMemory {
@@ -541,24 +543,23 @@ impl MmapMemory {
             .map_raw(file)?;
         Ok(MmapMemory {
             map,
-            lost: std::sync::atomic::AtomicBool::new(false),
+            lost_from: std::sync::atomic::AtomicUsize::new(usize::MAX),
         })
     }
 
     fn check(&self, offset: u64, len: usize, kind: &'static str) -> Result<usize, DmaFault> {
-        if self.lost.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(DmaFault::Backing {
-                iova: offset,
-                reason: "the file behind this mapping was shrunk".into(),
-            });
-        }
         let o = usize::try_from(offset).map_err(|_| DmaFault::Unmapped {
             kind,
             iova: offset,
             len,
         })?;
         match o.checked_add(len) {
-            Some(e) if e <= self.map.len() => Ok(o),
+            Some(e) if e <= self.map.len() => {
+                if e > self.lost_from.load(std::sync::atomic::Ordering::Acquire) && len > 0 {
+                    return Err(Self::vanished(offset));
+                }
+                Ok(o)
+            }
             _ => Err(DmaFault::Unmapped {
                 kind,
                 iova: offset,
@@ -567,16 +568,27 @@ impl MmapMemory {
         }
     }
 
-    fn lost(&self, offset: u64) -> DmaFault {
-        self.lost.store(true, std::sync::atomic::Ordering::Release);
-        tracing::warn!(
-            offset,
-            "guest memory vanished under a DMA mapping (file shrunk); the mapping is dead"
-        );
+    fn vanished(offset: u64) -> DmaFault {
         DmaFault::Backing {
             iova: offset,
-            reason: "the file behind this mapping was shrunk".into(),
+            reason: "the memory behind this mapping is gone (its file was shrunk)".into(),
         }
+    }
+
+    /// A copy hit a vanished page at host address `addr`.
+    fn lost(&self, offset: u64, addr: usize) -> DmaFault {
+        let page = addr.saturating_sub(self.map.as_ptr() as usize) & !4095;
+        let was = self
+            .lost_from
+            .fetch_min(page, std::sync::atomic::Ordering::AcqRel);
+        if page < was {
+            tracing::warn!(
+                offset = page,
+                "guest memory vanished under a DMA mapping (file shrunk): \
+                 accesses from this offset on fail"
+            );
+        }
+        Self::vanished(offset)
     }
 }
 
@@ -595,16 +607,16 @@ impl GuestMemory for MmapMemory {
         // SAFETY: `check` proved [o, o+len) lies inside the mapping, which
         // `self.map` keeps mapped for our lifetime; `buf` is a distinct Rust
         // allocation, so the ranges cannot overlap.
-        let ok = unsafe { crate::shared_mem::copy_from(self.map.as_ptr().add(o), buf) };
-        if ok { Ok(()) } else { Err(self.lost(offset)) }
+        unsafe { crate::shared_mem::copy_from(self.map.as_ptr().add(o), buf) }
+            .map_err(|a| self.lost(offset, a))
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaFault> {
         let o = self.check(offset, data.len(), "write")?;
         // SAFETY: as in `read`: the range is inside the writable shared
         // mapping owned by `self.map`, and `data` does not overlap it.
-        let ok = unsafe { crate::shared_mem::copy_to(data, self.map.as_mut_ptr().add(o)) };
-        if ok { Ok(()) } else { Err(self.lost(offset)) }
+        unsafe { crate::shared_mem::copy_to(data, self.map.as_mut_ptr().add(o)) }
+            .map_err(|a| self.lost(offset, a))
     }
 }
 
@@ -654,7 +666,10 @@ mod tests {
         let e = m.read(0x8_0000, &mut b).expect_err("vanished page");
         assert!(matches!(e, DmaFault::Backing { .. }), "{e:?}");
         assert!(m.write(0x9_0000, &[1; 8]).is_err());
-        assert!(m.read(0, &mut b[..8]).is_err());
+        // The pages the file still backs keep working.
+        m.write(0x10, &[3; 8]).expect("backed page");
+        m.read(0x10, &mut b[..8]).expect("backed page");
+        assert_eq!(b[..8], [3; 8]);
         // A fresh mapping of a file shrunk after a write also survives.
         let g = temp_file(1 << 16);
         let n = MmapMemory::map_file(&g, 0, 1 << 16).expect("map");

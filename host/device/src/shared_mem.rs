@@ -18,15 +18,15 @@
 
 #![allow(unsafe_code)]
 
-use std::cell::Cell;
 use std::sync::OnceLock;
-use std::sync::atomic::{Ordering, compiler_fence};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, compiler_fence};
 
 thread_local! {
-    // Const-initialized and without a destructor: a plain TLS slot, safe to
-    // touch from a signal handler.
-    static ACTIVE: Cell<bool> = const { Cell::new(false) };
-    static FAULTED: Cell<bool> = const { Cell::new(false) };
+    // Const-initialized atomics without a destructor: plain TLS slots, safe
+    // to touch from a signal handler.
+    static ACTIVE: AtomicBool = const { AtomicBool::new(false) };
+    /// Lowest address that faulted during the current copy (`usize::MAX`: none).
+    static FAULT_AT: AtomicUsize = const { AtomicUsize::new(usize::MAX) };
 }
 
 /// The handler that was installed before ours.
@@ -57,7 +57,7 @@ pub fn install_guard() -> std::io::Result<()> {
 }
 
 extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    if ACTIVE.with(Cell::get) && !info.is_null() {
+    if ACTIVE.with(|a| a.load(Ordering::Relaxed)) && !info.is_null() {
         // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
         let addr = unsafe { (*info).si_addr() } as usize;
         // Replace the faulting page (a huge page for hugetlbfs, where a
@@ -79,7 +79,7 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
                 )
             };
             if r != libc::MAP_FAILED {
-                FAULTED.with(|f| f.set(true));
+                FAULT_AT.with(|f| f.fetch_min(addr, Ordering::Relaxed));
                 return;
             }
         }
@@ -117,21 +117,25 @@ fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     }
 }
 
-/// Runs `f` with the guard armed; `false` when a guarded page vanished.
-fn guarded(f: impl FnOnce()) -> bool {
-    FAULTED.with(|x| x.set(false));
-    ACTIVE.with(|x| x.set(true));
+/// Runs `f` with the guard armed: `Err(address)` with the lowest address
+/// whose page vanished during `f` (that page now reads as zeros).
+fn guarded(f: impl FnOnce()) -> Result<(), usize> {
+    FAULT_AT.with(|x| x.store(usize::MAX, Ordering::Relaxed));
+    ACTIVE.with(|x| x.store(true, Ordering::Relaxed));
     compiler_fence(Ordering::SeqCst);
     f();
     compiler_fence(Ordering::SeqCst);
-    ACTIVE.with(|x| x.set(false));
-    !FAULTED.with(Cell::get)
+    ACTIVE.with(|x| x.store(false, Ordering::Relaxed));
+    match FAULT_AT.with(|x| x.load(Ordering::Relaxed)) {
+        usize::MAX => Ok(()),
+        a => Err(a),
+    }
 }
 
 const W: usize = std::mem::size_of::<u64>();
 
-/// Copies `dst.len()` bytes from shared memory at `src` into `dst`. Returns
-/// `false` when a page of the source vanished during the copy (`dst` then
+/// Copies `dst.len()` bytes from shared memory at `src` into `dst`. Fails
+/// with the lowest address whose page vanished during the copy (`dst` then
 /// holds unspecified bytes).
 ///
 /// # Safety
@@ -139,7 +143,7 @@ const W: usize = std::mem::size_of::<u64>();
 /// `[src, src + dst.len())` must be mapped for reading for the whole call
 /// (a page that loses its backing file is handled), and must not overlap
 /// `dst`. [`install_guard`] must have succeeded.
-pub unsafe fn copy_from(src: *const u8, dst: &mut [u8]) -> bool {
+pub unsafe fn copy_from(src: *const u8, dst: &mut [u8]) -> Result<(), usize> {
     let n = dst.len();
     let d = dst.as_mut_ptr();
     guarded(|| {
@@ -164,15 +168,15 @@ pub unsafe fn copy_from(src: *const u8, dst: &mut [u8]) -> bool {
     })
 }
 
-/// Copies `src` into shared memory at `dst`. Returns `false` when a page of
-/// the destination vanished during the copy (what landed is unspecified).
+/// Copies `src` into shared memory at `dst`. Fails with the lowest address
+/// whose page vanished during the copy (what landed is unspecified).
 ///
 /// # Safety
 ///
 /// `[dst, dst + src.len())` must be mapped for writing for the whole call
 /// (a page that loses its backing file is handled), and must not overlap
 /// `src`. [`install_guard`] must have succeeded.
-pub unsafe fn copy_to(src: &[u8], dst: *mut u8) -> bool {
+pub unsafe fn copy_to(src: &[u8], dst: *mut u8) -> Result<(), usize> {
     let n = src.len();
     let s = src.as_ptr();
     guarded(|| {
@@ -210,12 +214,12 @@ mod tests {
                 install_guard().expect("guard");
                 // SAFETY: in-bounds, distinct allocations; the guard is armed.
                 let ok = unsafe { copy_from(src.as_ptr().add(off), &mut out) };
-                assert!(ok);
+                assert!(ok.is_ok());
                 assert_eq!(out, &src[off..off + len]);
                 let mut dst = vec![0u8; 200];
                 // SAFETY: as above.
                 let ok = unsafe { copy_to(&src[..len], dst.as_mut_ptr().add(off)) };
-                assert!(ok);
+                assert!(ok.is_ok());
                 assert_eq!(&dst[off..off + len], &src[..len]);
                 assert!(dst[..off].iter().all(|b| *b == 0));
             }

@@ -644,13 +644,16 @@ impl Drop for StopAccept {
 }
 
 /// Whether the peer of `s` has hung up.
+#[allow(unsafe_code)]
 fn hung_up(s: &UnixStream) -> bool {
-    let rdhup = nix::poll::PollFlags::from_bits_retain(libc::POLLRDHUP);
-    let mut pf = [nix::poll::PollFd::new(s.as_fd(), rdhup)];
-    matches!(nix::poll::poll(&mut pf, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0)
-        && pf[0].revents().is_some_and(|r| {
-            r.intersects(rdhup | nix::poll::PollFlags::POLLHUP | nix::poll::PollFlags::POLLERR)
-        })
+    let mut pf = libc::pollfd {
+        fd: s.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for an fd we own, zero timeout.
+    let n = unsafe { libc::poll(&mut pf, 1, 0) };
+    n > 0 && pf.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
 /// Writes a whole message (writes are serialized by `wlock`; the socket's

@@ -29,6 +29,15 @@ pub fn model_device(pages: u32) -> (Box<dyn Device>, DmaPort, Arc<IrqHub>) {
 }
 
 pub fn start_with(dev: Box<dyn Device>, dma: DmaPort, irq: Arc<IrqHub>) -> Harness {
+    start_with_all(dev, dma, irq, vfpga_vfio_user::session::Limits::from_host())
+}
+
+pub fn start_with_all(
+    dev: Box<dyn Device>,
+    dma: DmaPort,
+    irq: Arc<IrqHub>,
+    limits: vfpga_vfio_user::session::Limits,
+) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("vfu.sock");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -36,7 +45,7 @@ pub fn start_with(dev: Box<dyn Device>, dma: DmaPort, irq: Arc<IrqHub>) -> Harne
         .enable_all()
         .build()
         .expect("runtime");
-    let server = Arc::new(Server::new(dev, dma, irq).expect("server"));
+    let server = Arc::new(Server::with_limits(dev, dma, irq, limits).expect("server"));
     let listener = {
         let _g = rt.enter();
         tokio::net::UnixListener::bind(&path).expect("bind")
@@ -76,8 +85,15 @@ pub fn sim_backend() -> Option<Backend> {
 }
 
 pub fn start(b: Backend) -> Harness {
+    start_with_limits(b, vfpga_vfio_user::session::Limits::from_host())
+}
+
+pub fn start_with_limits(b: Backend, limits: vfpga_vfio_user::session::Limits) -> Harness {
     match b {
-        Backend::Model => start_model(),
+        Backend::Model => {
+            let (d, dma, irq) = model_device(PAGES);
+            start_with_all(d, dma, irq, limits)
+        }
         Backend::Sim => {
             let dma = DmaPort::new();
             let irq = Arc::new(IrqHub::new());
@@ -87,7 +103,7 @@ pub fn start(b: Backend) -> Harness {
                 ..Default::default()
             };
             let d = vfpga_sim::SimDevice::new(opts, dma.clone(), irq.clone()).expect("sim");
-            start_with(Box::new(d), dma, irq)
+            start_with_all(Box::new(d), dma, irq, limits)
         }
     }
 }
