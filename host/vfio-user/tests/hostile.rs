@@ -81,7 +81,12 @@ fn read_reply(s: &mut UnixStream) -> Header {
 fn closed(s: &mut UnixStream) -> bool {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut b = [0u8; 1];
-    matches!(s.read(&mut b), Ok(0))
+    // A close with our bytes still unread reaches us as a reset.
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    }
 }
 
 /// A connection that negotiated, as a raw socket.
