@@ -86,6 +86,9 @@ const SCM_MAX_FD: usize = 253;
 const READ_BUF: usize = 64 * 1024;
 /// How long a new client waits for the previous session's cleanup.
 const CLEANUP_WAIT: Duration = Duration::from_secs(30);
+/// How many new clients may wait for that cleanup at once (the rest are
+/// refused, so a flood of connections cannot pile up threads).
+const MAX_WAITING: usize = 4;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -166,6 +169,7 @@ pub struct Server {
     runner: Runner,
     holder: Mutex<Holder>,
     holder_cv: Condvar,
+    waiting: AtomicUsize,
     conn_ids: AtomicU64,
 }
 
@@ -220,6 +224,7 @@ impl Server {
             runner,
             holder: Mutex::new(Holder::Free),
             holder_cv: Condvar::new(),
+            waiting: AtomicUsize::new(0),
             conn_ids: AtomicU64::new(0),
         })
     }
@@ -332,6 +337,16 @@ impl Server {
     /// Takes the device for a new client: refused while another client is
     /// connected; waits while the previous one is going away.
     fn claim(&self, stream: &UnixStream) -> Result<(), ServerError> {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(ServerError::Busy);
+        }
+        let r = self.claim_waiting(stream);
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        r
+    }
+
+    fn claim_waiting(&self, stream: &UnixStream) -> Result<(), ServerError> {
         let deadline = Instant::now() + CLEANUP_WAIT;
         let mut g = lock(&self.holder);
         loop {
