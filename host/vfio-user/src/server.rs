@@ -533,12 +533,14 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Runs `m` here if the device is free at once; gives it back otherwise.
+    /// Runs a step-free command here. Called only while no guest memory is
+    /// reached by messages, so the runner holds the device for one bounded
+    /// `advance` at most: waiting for it here is cheaper than a hand-off.
     fn try_run(&self, m: Message) -> Result<Option<Message>, ServerError> {
         let mut core = match self.server.core.try_lock() {
             Ok(g) => g,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return Ok(Some(m)),
+            Err(TryLockError::WouldBlock) => lock(&self.server.core),
         };
         let o = lock(self.session).handle(&mut core, &m.hdr, &m.payload, m.fds);
         drop(core);

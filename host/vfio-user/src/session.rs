@@ -888,7 +888,10 @@ impl Session {
                         .mmio_write(Bar::Regs, off + (i * c.len()) as u64, c)
                         .map_err(|e| (errno_of_device(&e), e.to_string()))?;
                 }
-                out.wake = true;
+                // Only a write that can give the engine work wakes the
+                // runner (which also looks on its own every few ms): waking
+                // it for every write costs each MMIO a context switch.
+                out.wake = gives_work(off, len);
                 Ok(())
             }
             region::BAR2 => {
@@ -896,7 +899,6 @@ impl Session {
                 core.dev
                     .devmem_write(off, data)
                     .map_err(|e| (errno_of_device(&e), e.to_string()))?;
-                out.wake = true;
                 Ok(())
             }
             region::MIGRATION => {
@@ -1048,6 +1050,22 @@ pub(crate) fn irq_geometry(index: u32) -> Option<(u32, u32)> {
         irq_index::MSI | irq_index::ERR | irq_index::REQ => (IRQ_INFO_EVENTFD, 0),
         _ => return None,
     })
+}
+
+/// Whether a BAR0 write to `[off, off+len)` touches a register that can
+/// start engine work: `CTRL` (enable, resume, soft reset), `SQ_TAIL` (new
+/// descriptors), `CQ_HEAD` (room for completions), `IRQ_MASK`/`IRQ_STATUS`
+/// (a pending message may go).
+fn gives_work(off: u64, len: u64) -> bool {
+    [
+        offsets::CTRL,
+        offsets::SQ_TAIL,
+        offsets::CQ_HEAD,
+        offsets::IRQ_MASK,
+        offsets::IRQ_STATUS,
+    ]
+    .iter()
+    .any(|&r| off < u64::from(r) + 4 && u64::from(r) < off + len)
 }
 
 fn check_range(off: u64, len: u64, size: u64) -> Option<()> {

@@ -1,0 +1,224 @@
+//! MMIO round trip through a `vfpga serve` PROCESS (what users run), from an
+//! external blocking client, beside a raw UNIX-socket echo of the same
+//! message sizes measured in the same run: 4-byte BAR0 REGION_READ (32-byte
+//! request, 36-byte reply) and REGION_WRITE (36-byte request, 32-byte
+//! reply), 5 rounds of 4,000 requests, server and echo alternating by round.
+//! Model always; the sim when this build has Verilator. Writes
+//! `target/bench/serve_{model,sim}_mmio_{read,write}_{p50,p99}.json` when
+//! `VFU_BENCH_JSON` names the directory.
+
+#![allow(clippy::unwrap_used, missing_docs)] // a benchmark binary
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vfpga_regs::offsets;
+use vfpga_vfio_user::session::region;
+use vfpga_vfio_user::wire::{self, HEADER_LEN, Header, cmd};
+
+const ROUNDS: usize = 5;
+const PER_ROUND: usize = 4000;
+
+struct Served(Child, PathBuf);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_file(&self.1);
+    }
+}
+
+fn serve(config: &str) -> Served {
+    let path =
+        std::env::temp_dir().join(format!("vfpga-bench-{}-{config}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../config/{config}.yaml"));
+    let child = Command::new(env!("CARGO_BIN_EXE_vfpga"))
+        .args(["serve", "--config"])
+        .arg(cfg)
+        .arg("--socket")
+        .arg(&path)
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn vfpga serve");
+    let s = Served(child, path);
+    let t0 = Instant::now();
+    while UnixStream::connect(&s.1).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "serve never listened"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    s
+}
+
+fn frame(id: u16, command: u16, payload: &[u8]) -> Vec<u8> {
+    let mut m = Header {
+        msg_id: id,
+        command,
+        msg_size: (HEADER_LEN + payload.len()) as u32,
+        flags: 0,
+        error: 0,
+    }
+    .encode()
+    .to_vec();
+    m.extend_from_slice(payload);
+    m
+}
+
+/// A negotiated blocking connection to the server.
+fn connect(path: &Path) -> UnixStream {
+    let t0 = Instant::now();
+    loop {
+        let mut s = UnixStream::connect(path).unwrap();
+        let v = wire::Version {
+            major: wire::VERSION_MAJOR,
+            minor: 0,
+            caps: wire::Caps::default(),
+            has_json: true,
+        }
+        .encode();
+        let ok = s.write_all(&frame(1, cmd::VERSION, &v)).is_ok() && {
+            let mut h = [0u8; HEADER_LEN];
+            s.read_exact(&mut h).is_ok() && {
+                let h = Header::parse(&h);
+                let mut p = vec![0u8; h.payload_len()];
+                s.read_exact(&mut p).is_ok()
+            }
+        };
+        if ok {
+            return s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "server never free");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn percentile(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 - 1.0) * q).round() as usize]
+}
+
+/// Times `n` request/reply exchanges of fixed sizes on `s`.
+fn time(s: &mut UnixStream, req: &[u8], reply_len: usize, n: usize, out: &mut Vec<f64>) {
+    let mut r = vec![0u8; reply_len];
+    for _ in 0..n {
+        let t = Instant::now();
+        s.write_all(req).unwrap();
+        s.read_exact(&mut r).unwrap();
+        out.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+}
+
+/// An echo peer: reads `req_len` bytes, answers `reply_len` bytes.
+fn echo(req_len: usize, reply_len: usize) -> UnixStream {
+    let (a, mut b) = UnixStream::pair().unwrap();
+    std::thread::spawn(move || {
+        let mut q = vec![0u8; req_len];
+        let r = vec![0u8; reply_len];
+        while b.read_exact(&mut q).is_ok() {
+            if b.write_all(&r).is_err() {
+                break;
+            }
+        }
+    });
+    a
+}
+
+fn write_json(name: &str, value: f64, bname: &str, bvalue: f64, notes: &str) {
+    println!(
+        "{name:<34} {value:>9.2} us  baseline {bname} = {bvalue:.2} us, ratio {:.3}",
+        value / bvalue
+    );
+    let Ok(dir) = std::env::var("VFU_BENCH_JSON") else {
+        return;
+    };
+    let j = serde_json::json!({
+        "name": name, "value": value, "unit": "us",
+        "baseline_name": bname, "baseline_value": bvalue, "ratio": value / bvalue,
+        "notes": notes,
+    });
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(format!("{dir}/{name}.json"), format!("{j:#}\n")).unwrap();
+}
+
+fn run(config: &str) {
+    let srv = serve(config);
+    let mut s = connect(&srv.1);
+    let scratch = u64::from(offsets::SCRATCH);
+    let rd = frame(
+        2,
+        cmd::REGION_READ,
+        &wire::RegionAccess {
+            offset: scratch,
+            region: region::BAR0,
+            count: 4,
+        }
+        .encode(&[]),
+    );
+    let wr = frame(
+        3,
+        cmd::REGION_WRITE,
+        &wire::RegionAccess {
+            offset: scratch,
+            region: region::BAR0,
+            count: 4,
+        }
+        .encode(&7u32.to_le_bytes()),
+    );
+    for (what, req, reply) in [
+        ("read", &rd, HEADER_LEN + 20),
+        ("write", &wr, HEADER_LEN + 16),
+    ] {
+        let mut e = echo(req.len(), reply);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        // Warm up both.
+        time(&mut s, req, reply, 500, &mut Vec::new());
+        time(&mut e, req, reply, 500, &mut Vec::new());
+        for _ in 0..ROUNDS {
+            time(&mut s, req, reply, PER_ROUND, &mut a);
+            time(&mut e, req, reply, PER_ROUND, &mut b);
+        }
+        let note = format!(
+            "4-byte BAR0 REGION_{} through a `vfpga serve` process ({config} backend) from a blocking client, {ROUNDS}x{PER_ROUND} requests; baseline: a raw UNIX-socket echo of the same sizes ({} B request, {reply} B reply), rounds alternating",
+            what.to_uppercase(),
+            req.len()
+        );
+        for q in [("p50", 0.5), ("p99", 0.99)] {
+            let (x, y) = (percentile(&mut a, q.1), percentile(&mut b, q.1));
+            write_json(
+                &format!("serve_{config}_mmio_{what}_{}", q.0),
+                x,
+                &format!("raw_socket_echo_{what}_{}", q.0),
+                y,
+                &note,
+            );
+        }
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument selects configs.
+    let want: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    for config in ["model", "sim"] {
+        if !want.is_empty() && !want.iter().any(|w| config.contains(w.as_str())) {
+            continue;
+        }
+        if config == "sim" && !vfpga_sim::AVAILABLE {
+            println!("serve_sim: skipped (this build has no Verilator)");
+            continue;
+        }
+        run(config);
+    }
+}
