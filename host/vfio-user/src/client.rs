@@ -723,9 +723,12 @@ impl Client {
                 "MIG_DATA_READ returned more than asked".into(),
             ));
         }
-        Ok(r.bytes(8, n as usize)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?
-            .to_vec())
+        r.bytes(8, n as usize)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut p = p;
+        p.truncate(8 + n as usize);
+        p.drain(..8);
+        Ok(p)
     }
 
     /// MIG_DATA_WRITE of `data` (split at the negotiated transfer size).

@@ -289,6 +289,9 @@ pub struct Session {
     shared: Arc<Shared>,
     link: Option<Arc<DmaLink>>,
     neg: Option<Negotiated>,
+    /// The command being handled built its reply after HEADER_LEN spare
+    /// bytes (large replies, so they are not copied once more).
+    head_room: bool,
 }
 
 fn errno_of_engine(e: &EngineError) -> Errno {
@@ -340,6 +343,7 @@ impl Session {
             shared,
             link,
             neg: None,
+            head_room: false,
         }
     }
 
@@ -358,11 +362,17 @@ impl Session {
         fds: Vec<OwnedFd>,
     ) -> Outcome {
         let mut out = Outcome::default();
+        self.head_room = false;
         let res = self.dispatch(core, hdr, payload, fds, &mut out);
         let no_reply = hdr.no_reply();
         match res {
-            Ok(p) => {
-                if !no_reply {
+            Ok(mut p) => {
+                if !no_reply && self.head_room {
+                    // The payload was built after HEADER_LEN spare bytes.
+                    let h = Header::reply_to(hdr, p.len() - HEADER_LEN);
+                    p[..HEADER_LEN].copy_from_slice(&h.encode());
+                    out.reply = Some(p);
+                } else if !no_reply {
                     let h = Header::reply_to(hdr, p.len());
                     let mut m = Vec::with_capacity(HEADER_LEN + p.len());
                     m.extend_from_slice(&h.encode());
@@ -467,17 +477,23 @@ impl Session {
             cmd::DEVICE_FEATURE => self.feature(core, p, out),
             cmd::MIG_DATA_READ => {
                 let m = wire::MigData::decode_read(p, neg.max_xfer)?;
-                let mut buf = vec![0u8; m.size as usize];
+                // The stream is encoded straight into the reply message:
+                // room for the header and the fixed part, then the data.
+                let at = HEADER_LEN + wire::MigData::LEN;
+                let mut buf = vec![0u8; at + m.size as usize];
                 let DevCore { dev, engine, .. } = core;
                 let n = engine
-                    .read_data(dev, &mut buf)
+                    .read_data(dev, &mut buf[at..])
                     .map_err(|e| (errno_of_engine(&e), e.to_string()))?;
-                buf.truncate(n);
-                Ok(wire::MigData {
+                buf.truncate(at + n);
+                let fixed = wire::MigData {
                     argsz: (wire::MigData::LEN + n) as u32,
                     size: n as u32,
                 }
-                .encode(&buf))
+                .encode(&[]);
+                buf[HEADER_LEN..at].copy_from_slice(&fixed);
+                self.head_room = true;
+                Ok(buf)
             }
             cmd::MIG_DATA_WRITE => {
                 let (m, data) = wire::MigData::decode_write(p, neg.max_xfer)?;

@@ -1,0 +1,161 @@
+//! MIG_DATA_READ throughput through a `vfpga serve` PROCESS: the STOP_COPY
+//! stream of a 256 MiB model device (every page written once, so every page
+//! is in the stream) read with 1 MiB MIG_DATA_READs by a blocking client,
+//! beside, in the same run, a raw UNIX-socket bulk transfer of the same byte
+//! count in the same chunk size (a peer thread writing, this thread
+//! reading) and a memcpy of the same bytes. Writes
+//! `target/bench/serve_model_mig_data_read.json` when `VFU_BENCH_JSON` names
+//! the directory.
+
+#![allow(clippy::unwrap_used, missing_docs)] // a benchmark binary
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vfpga_migration::fsm::MigState;
+use vfpga_vfio_user::Client;
+use vfpga_vfio_user::session::region;
+
+const DEVMEM: usize = 256 << 20;
+const CHUNK: u32 = 1 << 20;
+
+struct Served(Child, PathBuf, PathBuf);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_file(&self.1);
+        let _ = std::fs::remove_file(&self.2);
+    }
+}
+
+fn serve() -> Served {
+    let tmp = std::env::temp_dir();
+    let id = std::process::id();
+    let path = tmp.join(format!("vfpga-bench-mig-{id}.sock"));
+    let cfg = tmp.join(format!("vfpga-bench-mig-{id}.yaml"));
+    std::fs::write(
+        &cfg,
+        "backend: model\ndevice:\n  devmem_size: 256MiB\n  dmalog_max_pages: 65536\nlog:\n  level: error\n",
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(&path);
+    let child = Command::new(env!("CARGO_BIN_EXE_vfpga"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .arg("--socket")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn vfpga serve");
+    let s = Served(child, path, cfg);
+    let t0 = Instant::now();
+    while UnixStream::connect(&s.1).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "serve never listened"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    s
+}
+
+fn client(s: &Served) -> Client {
+    let t0 = Instant::now();
+    loop {
+        let mut c = Client::connect(&s.1).unwrap();
+        c.set_timeout(Duration::from_secs(120));
+        if c.negotiate_default().is_ok() {
+            return c;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "server never free");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Seconds to move `bytes` over a socket pair in `CHUNK` writes.
+fn raw_socket(bytes: usize) -> f64 {
+    let (mut a, mut b) = UnixStream::pair().unwrap();
+    let t = Instant::now();
+    let w = std::thread::spawn(move || {
+        let buf = vec![0x5au8; CHUNK as usize];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(buf.len());
+            b.write_all(&buf[..n]).unwrap();
+            left -= n;
+        }
+    });
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut got = 0;
+    while got < bytes {
+        got += a.read(&mut buf).unwrap();
+    }
+    w.join().unwrap();
+    t.elapsed().as_secs_f64()
+}
+
+fn memcpy(bytes: usize) -> f64 {
+    let src = vec![0x11u8; bytes];
+    let mut dst = vec![0u8; bytes];
+    dst.copy_from_slice(&src); // fault the pages in first
+    let t = Instant::now();
+    dst.copy_from_slice(std::hint::black_box(&src));
+    std::hint::black_box(&dst);
+    t.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let srv = serve();
+    let c = client(&srv);
+    // Write every page once (so every page is in the stream).
+    let page = vec![0xa5u8; 1 << 20];
+    for off in (0..DEVMEM).step_by(page.len()) {
+        c.region_write(region::BAR2, off as u64, &page).unwrap();
+    }
+    let (mut t_srv, mut t_raw, mut t_mem, mut bytes) = (f64::MAX, f64::MAX, f64::MAX, 0);
+    for _ in 0..3 {
+        c.set_mig_state(MigState::Stop as u32).unwrap();
+        c.set_mig_state(MigState::StopCopy as u32).unwrap();
+        let t = Instant::now();
+        let mut n = 0usize;
+        loop {
+            let d = c.mig_data_read(CHUNK).unwrap();
+            n += d.len();
+            if d.len() < CHUNK as usize {
+                break;
+            }
+        }
+        t_srv = t_srv.min(t.elapsed().as_secs_f64());
+        bytes = n;
+        c.set_mig_state(MigState::Stop as u32).unwrap();
+        c.set_mig_state(MigState::Running as u32).unwrap();
+        t_raw = t_raw.min(raw_socket(n));
+        t_mem = t_mem.min(memcpy(n));
+    }
+    let gbs = |t: f64| bytes as f64 / t / 1e9;
+    let (v, b, m) = (gbs(t_srv), gbs(t_raw), gbs(t_mem));
+    println!(
+        "serve_model_mig_data_read  {v:.3} GB/s  baseline raw socket bulk = {b:.3} GB/s, ratio {:.3}; memcpy {m:.3} GB/s ({bytes} bytes, best of 3)",
+        v / b
+    );
+    if let Ok(dir) = std::env::var("VFU_BENCH_JSON") {
+        let j = serde_json::json!({
+            "name": "serve_model_mig_data_read", "value": v, "unit": "GB/s",
+            "baseline_name": "raw_socket_bulk", "baseline_value": b, "ratio": v / b,
+            "notes": format!("STOP_COPY stream of a 256 MiB model device (every page written) read with 1 MiB MIG_DATA_READs from a `vfpga serve` process, best of 3; baseline: a raw UNIX-socket transfer of the same {bytes} bytes in 1 MiB writes; memcpy of the same bytes {m:.3} GB/s"),
+        });
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            format!("{dir}/serve_model_mig_data_read.json"),
+            format!("{j:#}\n"),
+        )
+        .unwrap();
+    }
+}
