@@ -56,18 +56,32 @@ impl Drop for Served {
 
 impl Served {
     fn spawn() -> Served {
+        Self::spawn_with(&[])
+    }
+
+    /// `prefix`: a command (and its arguments) the server runs under.
+    fn spawn_with(prefix: &[&str]) -> Served {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let stem = format!("soak-{}", std::process::id());
+        let stem = format!("soak-{}-{}", std::process::id(), prefix.len());
         let path = dir.join(format!("{stem}.sock"));
         let log = dir.join(format!("{stem}.log"));
         let _ = std::fs::remove_file(&path);
         let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/model.yaml");
-        let child = Command::new(env!("CARGO_BIN_EXE_vfpga"))
+        let mut cmd = match prefix.split_first() {
+            Some((p, rest)) => {
+                let mut c = Command::new(p);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_vfpga"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_vfpga")),
+        };
+        let level = if prefix.is_empty() { "error" } else { "warn" };
+        let child = cmd
             .args(["serve", "--config"])
             .arg(cfg)
             .arg("--socket")
             .arg(&path)
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", level)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&log).unwrap())
@@ -365,4 +379,41 @@ fn soak_random_clients() {
     );
     engine_works(&s);
     s.alive();
+}
+
+/// Out of fds: `accept` fails with EMFILE while the table is full; the
+/// server logs, backs off and goes on, and serves the next client once
+/// connections are gone.
+#[test]
+fn accept_survives_running_out_of_fds() {
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        eprintln!("skipped: prlimit (util-linux) is not installed");
+        return;
+    }
+    // 16 fds: the server's own plus one client's, and almost nothing more.
+    let mut s = Served::spawn_with(&["prlimit", "--nofile=16:16", "--"]);
+    let c = s.client();
+    let fd0 = s.fds();
+    // Far more connections than the server has fds left.
+    let flood: Vec<UnixStream> = (0..200)
+        .filter_map(|_| UnixStream::connect(&s.path).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    s.alive();
+    drop(flood);
+    // The connected client was never disturbed.
+    c.write32(offsets::SCRATCH.into(), 0xfeed).unwrap();
+    assert_eq!(c.read32(offsets::SCRATCH.into()).unwrap(), 0xfeed);
+    drop(c);
+    let c = s.client();
+    assert_eq!(c.read32(offsets::SCRATCH.into()).unwrap(), 0xfeed);
+    drop(c);
+    std::thread::sleep(Duration::from_millis(300));
+    s.alive();
+    let log = std::fs::read_to_string(&s.log).unwrap_or_default();
+    let emfile = log.matches("Too many open files").count();
+    eprintln!(
+        "fds {fd0} -> {}; accept hit EMFILE {emfile} times and went on",
+        s.fds()
+    );
 }
