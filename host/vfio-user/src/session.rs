@@ -962,7 +962,7 @@ impl Session {
                 if f.set() {
                     let d = wire::Reader::new(f.data, "MIG_DEVICE_STATE");
                     let target = d.u32(0)?;
-                    d.need(8)?;
+                    d.exact(8)?;
                     let r = engine.set_state(dev, target);
                     v1.reset();
                     out.wake = true;
@@ -1005,6 +1005,7 @@ impl Session {
                 if !f.check(SET, 0)? {
                     return Ok(echo());
                 }
+                wire::Reader::new(f.data, "DMA_LOGGING_STOP").exact(0)?;
                 engine
                     .dma_logging()
                     .stop(dev)

@@ -1268,6 +1268,14 @@ impl<'a> Feature<'a> {
         if argsz < 8 {
             return Err(WireError::Invalid("DEVICE_FEATURE argsz"));
         }
+        // argsz covers what is sent (a GET may send less: room for the reply).
+        if p.len() > argsz as usize {
+            return Err(WireError::Long {
+                what: "DEVICE_FEATURE (payload beyond argsz)",
+                got: p.len(),
+                want: argsz as usize,
+            });
+        }
         if fl & !(FEATURE_MASK | FEATURE_GET | FEATURE_SET | FEATURE_PROBE) != 0 {
             return Err(WireError::Invalid("DEVICE_FEATURE flags"));
         }

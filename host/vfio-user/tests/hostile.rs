@@ -427,6 +427,20 @@ fn c8_lengths_are_exact(b: Backend) {
         errno(c.request(cmd::DEVICE_GET_INFO, &info, &[])),
         Errno::EINVAL
     );
+    // DEVICE_FEATURE: a payload beyond its argsz, and a state SET whose
+    // data is longer than the feature defines.
+    let f = wire::Feature::encode(8, wire::FEATURE_GET | wire::FEATURE_MIGRATION, &[0; 8]);
+    assert_eq!(
+        errno(c.request(cmd::DEVICE_FEATURE, &f, &[])),
+        Errno::EINVAL
+    );
+    let mut d = 2u32.to_le_bytes().to_vec();
+    d.extend_from_slice(&[0xff; 8]);
+    let f = wire::Feature::encode(20, wire::FEATURE_SET | wire::FEATURE_MIG_DEVICE_STATE, &d);
+    assert_eq!(
+        errno(c.request(cmd::DEVICE_FEATURE, &f, &[])),
+        Errno::EINVAL
+    );
     drop(c);
     still_serving(&h);
 }
