@@ -140,7 +140,11 @@ module vfpga_usp_rq #(
     wire [2:0]  rc_st    = s_axis_rc_tdata[45:43];
     wire        rc_ep    = s_axis_rc_tdata[46];
     wire [7:0]  rc_tag   = s_axis_rc_tdata[71:64];
+`ifdef SHELL_BREAK_TAG
+    wire        rc_mine  = (state == R_WAIT) && (rc_tag[7:5] == 3'd0);   // fault injection: tag not checked
+`else
     wire        rc_mine  = (state == R_WAIT) && (rc_tag == {3'd0, tag});
+`endif
     wire        rc_last  = rc_rcomp || ({1'b0, rc_bc} + {12'd0, rc_la[1:0]} <= {1'b0, rc_dwc, 2'b00});
 `ifdef SHELL_BREAK_RCB
     wire [9:0]  rc_first = 10'd0 * (rc_la[11:2] - cur_addr[11:2]);   // fault injection: ignore the lower address

@@ -79,6 +79,8 @@ def run(name, p, testcases, defines, out):
     root = ET.parse(xml).getroot()
     passed, failed = [], []
     for tc in root.iter("testcase"):
+        if tc.find("skipped") is not None:
+            continue
         (failed if tc.find("failure") is not None or tc.find("error") is not None else passed).append(tc.get("name"))
     return passed, failed
 
@@ -89,7 +91,7 @@ def main():
     ap.add_argument("--define", action="append", default=[])
     ap.add_argument("--only", choices=["confirm", "noconfirm"], default=None)
     a = ap.parse_args()
-    out = pathlib.Path(os.environ.get("SHELL_BUILD", REPO / "target" / "shell-sim"))
+    out = pathlib.Path(os.environ.get("SHELL_BUILD", REPO / "target" / "shell-sim")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     tcs = a.testcase.split(",") if a.testcase else None

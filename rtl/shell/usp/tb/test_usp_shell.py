@@ -111,8 +111,9 @@ class TB:
 
     def _make_read_hook(self, orig):
         async def hook(tlp):
-            h = self.read_hook
-            if h is not None and h["lo"] <= tlp.address < h["hi"]:
+            rules = self.read_hook if isinstance(self.read_hook, list) else [self.read_hook]
+            h = next((r for r in rules if r is not None and r["lo"] <= tlp.address < r["hi"]), None)
+            if h is not None:
                 if h["mode"] == "swallow":
                     self.swallowed.append(tlp.tag)
                     return
@@ -582,6 +583,23 @@ async def test_faults(dut):
     tb.read_hook = None
     for t in tb.swallowed:                 # the block retires the tag after its own timeout
         tb.dev.active_request[t] = None
+    # 3b. A completion that comes after the timeout, while the next read waits:
+    # dropped (its tag is stale); the next read gets its own data.
+    src1 = base + HOST_SRC + 0x1000 + 3
+    src2 = base + HOST_SRC + 0x2000 + 9
+    to_ns = P["CPL_TIMEOUT"] * CLK_NS
+    tb.read_hook = [
+        {"mode": "delay", "ns": to_ns + 4000, "lo": src1 & ~0xFFF, "hi": (src1 & ~0xFFF) + 0x1000},
+        {"mode": "delay", "ns": 6000, "lo": src2 & ~0xFFF, "hi": (src2 & ~0xFFF) + 0x1000},
+    ]
+    await tb.submit(tb.desc(rm.opcode("CRC32C"), src1, 0, 48, tag=0x41))
+    await tb.submit(tb.desc(rm.opcode("CRC32C"), src2, 0, 48, tag=0x42))
+    tag, st, _, _ = await tb.wait_cpl()
+    assert (tag, st) == (0x41, rm.status("DMA_READ_FAULT")), (tag, st)
+    tag, st, res, nbytes = await tb.wait_cpl()
+    want = crc32c(await tb.host_read(src2, 48))
+    assert (tag, st, nbytes, res) == (0x42, rm.status("OK"), 48, want), (tag, st, nbytes, hex(res), hex(want))
+    tb.read_hook = None
     # The engine goes on: a good copy now works.
     await tb.submit(tb.desc(rm.opcode("COPY_H2H"), base + HOST_SRC, base + HOST_DST, 100, tag=5))
     tag, st, _, nbytes = await tb.wait_cpl()
