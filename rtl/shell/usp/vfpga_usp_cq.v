@@ -307,7 +307,10 @@ module vfpga_usp_cq #(
                     r_bc    <= req_bytes(d_dwcnt, d_fbe, d_lbe);
                     r_la    <= {d_addr[6:2], low_bit(d_fbe)};
                     r_first <= 1'b1;
-                    r_ur_bc <= (d_type == 4'b0000) ? req_bytes(d_dwcnt, d_fbe, d_lbe) : 13'd4;
+                    // UR completion fields: a memory read (locked or not) keeps
+                    // its byte count and lower address; others use 4 and 0.
+                    r_ur_bc <= (d_type == 4'b0000 || d_type == 4'b0111) ? req_bytes(d_dwcnt, d_fbe, d_lbe) : 13'd4;
+                    if (d_type != 4'b0000 && d_type != 4'b0111) r_la <= 7'd0;
                     c_cnt   <= 5'd0;
                     cc_beat <= 2'd0;
                     case (d_type)

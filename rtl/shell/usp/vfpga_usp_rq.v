@@ -28,6 +28,7 @@ module vfpga_usp_rq #(
 ) (
     input  wire         clk,
     input  wire         rst_n,
+    input  wire         tag_rst_n,                 // resets the tag counter: block reset only, not FLR
     input  wire         bus_master,                // cfg_function_status[2]
     // Core DMA port
     input  wire         dma_req_valid,
@@ -158,6 +159,16 @@ module vfpga_usp_rq #(
         for (i = 0; i < 18; i = i + 1) rflat[32*i +: 32] = rbuf[i];
     end
 
+    // The tag counter survives an FLR, so a completion that arrives after the
+    // FLR for a request made before it cannot match the next request's tag.
+    wire      tag_step =
+        (state == R_IDLE && !(msg_valid && !msg_ready) && dma_req_valid && !dma_req_ready && !dma_req_write) ||
+        (state == R_SEND && m_axis_rq_tready && tx_beat == tx_last && !tx_msg && confirm_next);
+    always @(posedge clk) begin
+        if (!tag_rst_n) tag <= 5'd0;
+        else if (tag_step) tag <= tag_nxt;
+    end
+
     integer l;
     reg [9:0] idx0 [0:7];     // rbuf index of each lane of this beat
     always @(*) begin
@@ -177,7 +188,6 @@ module vfpga_usp_rq #(
             cur_write     <= 1'b0;
             confirm_next  <= 1'b0;
             cur_addr      <= 64'd0;
-            tag           <= 5'd0;
             fault         <= 1'b0;
             timer         <= 32'd0;
             rc_in         <= 1'b0;
@@ -250,7 +260,6 @@ module vfpga_usp_rq #(
                         end else begin
                             tx    <= {640'd0, rq_desc(dma_req_addr[63:2], {5'd0, a_dws}, 4'b0000, {3'd0, tag_nxt})};
                             tx_np <= 1'b1;
-                            tag   <= tag_nxt;
                         end
                         confirm_next <= dma_req_write && (WRITE_CONFIRM != 0);
 `ifdef SHELL_BREAK_BME
@@ -281,7 +290,6 @@ module vfpga_usp_rq #(
                             tx_last <= 2'd0;
                             tx_be   <= {4'd0, c_fbe};
                             tx_np   <= 1'b1;
-                            tag     <= tag_nxt;
                             rc_done <= 1'b0;
                             rc_bad  <= 1'b0;
                         end else if (tx_np) begin

@@ -278,6 +278,7 @@ module vfpga_usp_shell #(
     ) u_rq (
         .clk              (user_clk),
         .rst_n            (rst_n),
+        .tag_rst_n        (!user_reset),
         .bus_master       (bus_master),
         .dma_req_valid    (dma_req_valid),
         .dma_req_ready    (dma_req_ready),

@@ -11,6 +11,7 @@ import random
 import struct
 
 import cocotb
+from cocotb.handle import Force, Release
 from cocotb.triggers import FallingEdge, RisingEdge, Timer
 
 from cocotbext.axi import AxiStreamBus
@@ -116,6 +117,19 @@ class TB:
             if h is not None:
                 if h["mode"] == "swallow":
                     self.swallowed.append(tlp.tag)
+                    return
+                if h["mode"] == "ca":
+                    h["count"] = h.get("count", 0) + 1
+                    await self.rc.send(Tlp.create_ca_completion_for_tlp(tlp, PcieId(0, 0, 0)))
+                    return
+                if h["mode"] == "poison":
+                    h["count"] = h.get("count", 0) + 1
+                    cpl = Tlp.create_completion_data_for_tlp(tlp, PcieId(0, 0, 0))
+                    cpl.byte_count = tlp.get_be_byte_count()
+                    cpl.lower_address = (tlp.address + tlp.get_first_be_offset()) & 0x7F
+                    cpl.set_data(await self.rc.mem_address_space.read(tlp.address, tlp.length * 4))
+                    cpl.ep = True
+                    await self.rc.send(cpl)
                     return
                 if h["mode"] == "delay":
                     async def later():
@@ -583,6 +597,16 @@ async def test_faults(dut):
     tb.read_hook = None
     for t in tb.swallowed:                 # the block retires the tag after its own timeout
         tb.dev.active_request[t] = None
+    # 3a. Completer abort and poisoned data: DMA_READ_FAULT too.
+    for k, mode in enumerate(("ca", "poison")):
+        src = base + HOST_SRC + 0x3000 + 11
+        tb.read_hook = {"mode": mode, "lo": src & ~0xFFF, "hi": (src & ~0xFFF) + 0x1000}
+        await tb.submit(tb.desc(rm.opcode("COPY_H2H"), src, base + HOST_DST, 30, tag=0x30 + k))
+        tag, st, _, nbytes = await tb.wait_cpl()
+        assert (tag, st, nbytes) == (0x30 + k, rm.status("DMA_READ_FAULT"), 0), (mode, tag, st, nbytes)
+        assert await err_regs(tb) == (rm.status("DMA_READ_FAULT"), src), mode
+        assert tb.read_hook["count"] == 1, mode
+    tb.read_hook = None
     # 3b. A completion that comes after the timeout, while the next read waits:
     # dropped (its tag is stale); the next read gets its own data.
     src1 = base + HOST_SRC + 0x1000 + 3
@@ -829,12 +853,12 @@ async def test_quiesce(dut):
 
 @cocotb.test()
 async def test_resets(dut):
-    """FLR (cfg_flr_in_process / cfg_flr_done) and hot reset reset the core
-    and the MSI-X table; device memory keeps its contents."""
+    """FLR (cfg_flr_in_process / cfg_flr_done), hot reset and link down reset
+    the core and the MSI-X table; device memory keeps its contents."""
     tb = TB(dut)
     await tb.init(msix=True)
     await tb.bar2.write(0x100, b"keep")
-    for kind in ("flr", "hot"):
+    for kind in ("flr", "hot", "link"):
         await tb.wr(rm.reg("SCRATCH"), 0x5A5A)
         assert await tb.rd(rm.reg("SCRATCH")) == 0x5A5A
         await tb.wr(rm.const("MSIX_TABLE_OFFSET") + 0, 0xFEE00000)
@@ -850,10 +874,14 @@ async def test_resets(dut):
                     seen += 1
             assert seen == 1, "cfg_flr_done pulses: %d" % seen
             dut.cfg_flr_in_process.value = 0
-        else:
+        elif kind == "hot":
             dut.cfg_hot_reset_out.value = 1
             await tb.cycles(5)
             dut.cfg_hot_reset_out.value = 0
+        else:                               # link down (the model keeps user_lnk_up high)
+            dut.user_lnk_up.value = Force(0)
+            await tb.cycles(5)
+            dut.user_lnk_up.value = Release()
         await tb.wait_reset_done()
         assert await tb.rd(rm.reg("SCRATCH")) == 0, kind
         assert await msix_entry(tb, 0, 3) == 1, kind     # vector masked again
