@@ -55,7 +55,9 @@ def params(write_confirm):
 def run(name, p, testcases, defines, out):
     runner = get_runner("icarus")
     build_dir = out / name
+    log = build_dir / "sim.log"
     runner.build(
+        log_file=build_dir / "build.log",
         sources=SOURCES,
         includes=[RTL],
         hdl_toplevel="vfpga_usp_shell",
@@ -75,8 +77,19 @@ def run(name, p, testcases, defines, out):
         extra_env=env,
         results_xml=str(build_dir / "results.xml"),
         timescale=("1ns", "1ps"),
+        log_file=log,
     )
     root = ET.parse(xml).getroot()
+    # The simulator's output goes to sim.log; show the summary table and
+    # every failure's traceback here.
+    lines = log.read_text(errors="replace").splitlines()
+    for i, line in enumerate(lines):
+        if " failed" in line and "cocotb.regression" in line:
+            print("\n".join(lines[i:i + 30]))
+    for line in lines:
+        if line.strip().startswith("**"):
+            print(line.strip())
+    print("%s: full simulator log in %s" % (name, log))
     passed, failed = [], []
     for tc in root.iter("testcase"):
         if tc.find("skipped") is not None:
