@@ -3,10 +3,9 @@
 //
 // Storage: PAGES x 4 KiB as 64-bit rows with byte enables (one simple
 // dual-port RAM, inferred as BRAM). An access of 1..64 bytes at any byte
-// address touches at most 9 rows; the controller always walks 9 rows from the
-// row of the first byte (rows past the request get no byte enable on a write,
-// and their read data is shifted out), then answers. Latency: 11 cycles for a
-// read, 10 for a write, whatever the length.
+// address touches n = 1..9 rows; the controller walks them one a cycle and
+// answers: a write after n + 1 cycles, a read after n + 2 (an aligned 8-byte
+// BAR2 word: 3 cycles; a 64-byte burst: 10 or 11).
 `default_nettype none
 
 module vfpga_usp_devmem #(
@@ -33,19 +32,19 @@ module vfpga_usp_devmem #(
     reg  [63:0]  q;
     reg          busy;
     reg          wr;
-    reg  [3:0]   step;        // rows issued so far (0..9)
+    reg  [3:0]   nrows;       // rows the request touches (1..9)
+    reg  [3:0]   step;        // rows issued so far
     reg          rd_pend;     // a read issued last cycle: q is valid now
+    reg  [3:0]   rd_idx;      // ... for row rd_idx of the request
     reg  [RW-1:0] row;
     reg  [2:0]   off;
     reg  [575:0] wsh;         // write data, shifted to the row position; consumed 64 bits a row
     reg  [71:0]  wmsk;        // byte enables, same
-    /* verilator lint_off UNUSEDSIGNAL */
-    reg  [575:0] acc;         // read rows, shifted in from the top (low row shifted out)
-    /* verilator lint_on UNUSEDSIGNAL */
+    reg  [575:0] acc;         // read rows, row i at bits 64i+63:64i (rows past nrows are stale)
 
     assign dm_req_ready = !busy;
 
-    wire         we  = busy && wr && (step < 4'd9);
+    wire         we  = busy && wr && (step < nrows);
     wire [7:0]   wbe = wmsk[7:0];
 
 `ifndef SYNTHESIS
@@ -66,7 +65,16 @@ module vfpga_usp_devmem #(
     wire [575:0] wsh_in  = {64'd0, dm_req_wdata} << {dm_req_addr[2:0], 3'b000};
     wire [71:0]  len_msk = (72'd1 << dm_req_len) - 72'd1;
     wire [71:0]  msk_in  = len_msk << dm_req_addr[2:0];
-    wire [575:0] acc_nxt = {q, acc[575:64]};
+    /* verilator lint_off UNUSEDSIGNAL */
+    wire [6:0]   end_in  = {4'd0, dm_req_addr[2:0]} + dm_req_len + 7'd7;   // <= 78
+    /* verilator lint_on UNUSEDSIGNAL */
+    reg  [575:0] acc_nxt;
+    integer r;
+    always @(*) begin
+        acc_nxt = acc;
+        for (r = 0; r < 9; r = r + 1)
+            if (rd_idx == r[3:0]) acc_nxt[64*r +: 64] = q;
+    end
     /* verilator lint_off UNUSEDSIGNAL */
     wire [575:0] rd_sh   = acc_nxt >> {off, 3'b000};
     /* verilator lint_on UNUSEDSIGNAL */
@@ -75,8 +83,10 @@ module vfpga_usp_devmem #(
         if (!rst_n) begin
             busy         <= 1'b0;
             wr           <= 1'b0;
+            nrows        <= 4'd0;
             step         <= 4'd0;
             rd_pend      <= 1'b0;
+            rd_idx       <= 4'd0;
             row          <= {RW{1'b0}};
             off          <= 3'd0;
             wsh          <= 576'd0;
@@ -86,32 +96,34 @@ module vfpga_usp_devmem #(
             dm_rsp_rdata <= 512'd0;
         end else begin
             dm_rsp_valid <= 1'b0;
+            rd_pend      <= 1'b0;
             if (!busy) begin
                 if (dm_req_valid) begin
-                    busy <= 1'b1;
-                    wr   <= dm_req_write;
-                    step <= 4'd0;
-                    row  <= dm_req_addr[RW+2:3];
-                    off  <= dm_req_addr[2:0];
-                    wsh  <= wsh_in;
-                    wmsk <= dm_req_write ? msk_in : 72'd0;
+                    busy  <= 1'b1;
+                    wr    <= dm_req_write;
+                    nrows <= end_in[6:3];
+                    step  <= 4'd0;
+                    row   <= dm_req_addr[RW+2:3];
+                    off   <= dm_req_addr[2:0];
+                    wsh   <= wsh_in;
+                    wmsk  <= dm_req_write ? msk_in : 72'd0;
                 end
             end else begin
-                rd_pend <= 1'b0;
-                if (step < 4'd9) begin
+                if (step < nrows) begin
                     step    <= step + 4'd1;
                     row     <= row + 1'b1;
                     wsh     <= wsh >> 64;
                     wmsk    <= wmsk >> 8;
                     rd_pend <= !wr;
-                    if (wr && step == 4'd8) begin
+                    rd_idx  <= step;
+                    if (wr && step == nrows - 4'd1) begin
                         busy         <= 1'b0;
                         dm_rsp_valid <= 1'b1;
                     end
                 end
                 if (rd_pend) begin
                     acc <= acc_nxt;
-                    if (step == 4'd9) begin
+                    if (rd_idx == nrows - 4'd1) begin
                         busy         <= 1'b0;
                         dm_rsp_valid <= 1'b1;
                         dm_rsp_rdata <= rd_sh[511:0];

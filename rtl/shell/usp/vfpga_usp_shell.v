@@ -122,7 +122,7 @@ module vfpga_usp_shell #(
     wire bus_master = cfg_function_status[2];
     wire msix_en    = cfg_interrupt_msix_enable[0];
     wire msix_fmask = cfg_interrupt_msix_mask[0];
-    assign pcie_cq_np_req = 2'b11;             // always ready for non-posted requests
+    assign pcie_cq_np_req = 2'b01;             // one more non-posted credit every cycle: CQ tready paces them
 
     // ---- core
     wire         mmio_req_valid, mmio_req_ready, mmio_req_write, mmio_req_bar2;
