@@ -163,7 +163,7 @@ module vfpga_usp_cq #(
         if (dwcnt == 12'd1)
             req_bytes = (fbe == 4'd0) ? 13'd1 : {11'd0, high_bit(fbe)} - {11'd0, low_bit(fbe)} + 13'd1;
         else
-            req_bytes = {dwcnt[10:0], 2'b00} - {11'd0, low_bit(fbe)} - (13'd3 - {11'd0, high_bit(lbe)});   // 1024 DW: 4096 = 0 mod 2^13, as the spec encodes it
+            req_bytes = {dwcnt[10:0], 2'b00} - {11'd0, low_bit(fbe)} - (13'd3 - {11'd0, high_bit(lbe)});   // 1024 DW: 4096 (the CC byte count field has 13 bits)
     endfunction
 
     // ---- the current 64-bit word
