@@ -267,7 +267,11 @@ module vfpga_usp_shell #(
     );
 
     // INTx (pin A) when MSI-X is off and INTx is not disabled.
+`ifdef SHELL_BREAK_INTX
+    wire intx_on = intx && !msix_en;           // fault injection: INTx disable ignored
+`else
     wire intx_on = intx && !msix_en && !cfg_function_status[3];
+`endif
     assign cfg_interrupt_int     = {3'd0, intx_on};
     assign cfg_interrupt_pending = {3'd0, intx_on};
 
