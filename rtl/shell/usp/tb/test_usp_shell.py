@@ -699,7 +699,6 @@ async def test_write_cost(dut):
                 t0 = None
     cocotb.start_soon(mon())
     n = 2048
-    c0 = tb.dev.functions[0]  # noqa: F841 - keeps the model alive in the closure
     start = cocotb.utils.get_sim_time("ns")
     await tb.submit(tb.desc(rm.opcode("COPY_D2H"), DEV_SRC, tb.mem_base + HOST_DST, n, tag=9))
     tag, st, _, nbytes = await tb.wait_cpl()
