@@ -26,7 +26,11 @@ module vfpga_top #(
     // Storage of the DMA write log, in pages (power of two >= 64, at most
     // MAX_DMALOG_PAGES). DMALOG_MAX_PAGES reads the `dmalog_max_pages` input
     // clamped to this.
-    parameter integer DMALOG_PAGES_MAX = 65536
+    parameter integer DMALOG_PAGES_MAX = 65536,
+    // PCI identity that PCI_ID reports: must equal what config space shows
+    // (a board's shell passes its own IDs here and to the PCIe block).
+    parameter [31:0] PCI_VENDOR_ID = `VFPGA_PCI_VENDOR_ID,   // low 16 bits used
+    parameter [31:0] PCI_DEVICE_ID = `VFPGA_PCI_DEVICE_ID    // low 16 bits used
 ) (
     input  wire         clk,
     input  wire         rst_n,             // synchronous, active low
@@ -702,7 +706,7 @@ module vfpga_top #(
                 `VFPGA_REG_ID:               rd = `VFPGA_REG_ID_RESET;
                 `VFPGA_REG_RTL_VERSION:      rd = `VFPGA_REG_RTL_VERSION_RESET;
                 `VFPGA_REG_FEATURES:         rd = `VFPGA_REG_FEATURES_RESET;
-                `VFPGA_REG_PCI_ID:           rd = `VFPGA_REG_PCI_ID_RESET;
+                `VFPGA_REG_PCI_ID:           rd = {PCI_DEVICE_ID[15:0], PCI_VENDOR_ID[15:0]};
                 `VFPGA_REG_DEVMEM_PAGES:     rd = devmem_pages;
                 `VFPGA_REG_DMALOG_MAX_PAGES: rd = dmalog_max;
                 `VFPGA_REG_STATE_INFO:       rd = `VFPGA_REG_STATE_INFO_RESET;
