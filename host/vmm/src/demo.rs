@@ -81,9 +81,15 @@ impl DemoOptions {
     }
 }
 
-/// The demo's report.
+/// Version of the demo's JSON report ([`DemoReport`] serialized).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The demo's report. As JSON: milliseconds to the microsecond, names as
+/// documented on each field.
 #[derive(Debug, Clone, Serialize)]
 pub struct DemoReport {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
     /// Backend.
     pub backend: String,
     /// Where the devices ran.
@@ -98,23 +104,29 @@ pub struct DemoReport {
     pub verified_on_destination: u64,
     /// Pre-copy passes.
     pub passes: Vec<Pass>,
-    /// Why pre-copy ended.
+    /// Why pre-copy ended: `converged`, `max-passes` or `not-converging`.
     pub stop_reason: String,
     /// Device bytes after the stop.
     pub stop_copy_device_bytes: u64,
     /// Guest pages after the stop.
     pub stop_copy_guest_pages: u64,
     /// ms since migration start when the source device stopped.
+    #[serde(serialize_with = "crate::ms")]
     pub stopped_at_ms: f64,
     /// Device stopped on the source → running on the destination.
+    #[serde(serialize_with = "crate::ms")]
     pub downtime_ms: f64,
     /// Whole migration, first pass to destination running.
+    #[serde(serialize_with = "crate::ms")]
     pub migration_ms: f64,
     /// Whole demo.
+    #[serde(serialize_with = "crate::ms")]
     pub total_ms: f64,
     /// Same-run baseline for the total: the unmigrated reference run.
+    #[serde(serialize_with = "crate::ms")]
     pub reference_ms: f64,
     /// Same-run baseline for the downtime: a memcpy of the stop-and-copy bytes.
+    #[serde(serialize_with = "crate::ms")]
     pub stop_copy_memcpy_ms: f64,
     /// Interrupts wanted / received (source + destination).
     pub irqs_wanted: u64,
@@ -291,6 +303,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, LiveError> {
     std::hint::black_box(&mut to);
     let stop_copy_memcpy_ms = t_copy.elapsed().as_secs_f64() * 1000.0;
     Ok(DemoReport {
+        schema_version: SCHEMA_VERSION,
         reference_ms,
         stop_copy_memcpy_ms,
         backend: opts.kind.name().into(),
