@@ -59,15 +59,14 @@ pub fn run(
     let report = match demo::run(&opts) {
         Ok(r) => r,
         Err(e) => {
-            let chain = demo::error_chain(&e);
             eprintln!(
-                "vfpga demo: could not run: {e}{}{chain}",
-                if chain.is_empty() { "" } else { ": " }
+                "vfpga demo: could not run: {}",
+                vfpga_device::error_chain(&e)
             );
             return EXIT_USAGE;
         }
     };
-    print!("{}", report.text());
+    print!("{}", crate::report::text(&report));
     if let Some(p) = json {
         match serde_json::to_string_pretty(&report) {
             Ok(t) => {
@@ -83,7 +82,7 @@ pub fn run(
         }
     }
     if let Some(p) = plot
-        && let Err(e) = std::fs::write(p, report.svg())
+        && let Err(e) = std::fs::write(p, crate::report::svg(&report))
     {
         eprintln!("vfpga demo: cannot write {}: {e}", p.display());
         return EXIT_USAGE;

@@ -20,6 +20,7 @@ mod logging;
 mod migrate;
 mod notify;
 mod outpath;
+mod report;
 mod serve;
 mod version;
 

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use vfpga_config::{Backend, Config};
+use vfpga_device::error_chain;
 use vfpga_vmm::backend::Kind;
 use vfpga_vmm::demo::DemoOptions;
-use vfpga_vmm::demo::error_chain;
 use vfpga_vmm::live::{self, Guest, LiveError, Pass, Progress};
 use vfpga_vmm::vm::{self, Placement, VmDevice};
 use vfpga_vmm::workload::Workload;
@@ -52,11 +52,7 @@ fn kind_of(cfg: Option<&Config>, backend: Option<BackendArg>) -> Result<Kind, St
 }
 
 fn fail(msg: impl std::fmt::Display, e: &LiveError) -> u8 {
-    let chain = error_chain(e);
-    eprintln!(
-        "vfpga migrate: {msg}: {e}{}{chain}",
-        if chain.is_empty() { "" } else { ": " }
-    );
+    eprintln!("vfpga migrate: {msg}: {}", error_chain(e));
     EXIT_FAILED
 }
 
@@ -185,7 +181,7 @@ fn open_side(opts: &DemoOptions) -> Result<(Guest, Box<dyn VmDevice>), u8> {
         Ok(d) => Ok((guest, d)),
         Err(e) => {
             eprintln!(
-                "vfpga migrate: cannot start the device: {e}: {}",
+                "vfpga migrate: cannot start the device: {}",
                 error_chain(&e)
             );
             Err(EXIT_USAGE)

@@ -448,6 +448,9 @@ pub fn check_compatible(ours: &Identity, theirs: &Identity) -> Result<(), Device
 // `impl Device for Box<D>` and the forwarding macro every wrapper uses.
 mod forward;
 
+mod chain;
+pub use chain::{error_chain, error_sources};
+
 #[doc(hidden)]
 pub mod __private {
     //! Names [`forward_device!`](crate::forward_device) expands to.
