@@ -169,15 +169,6 @@ impl Signals {
 
 /// Runs the server. Returns the exit status.
 pub fn run(cfg: &Config, socket: Option<PathBuf>) -> u8 {
-    info!(
-        version = env!("CARGO_PKG_VERSION"),
-        rtl = %crate::version::rtl(),
-        regmap_sha256 = crate::version::regmap_sha256(),
-        stream_format = %crate::version::stream_format(),
-        state_layout = crate::version::state_layout(),
-        vfio_user = %crate::version::vfio_user(),
-        "vfpga serve starting"
-    );
     let setup = socket_path(cfg, socket).and_then(|p| Ok((p, build_device(cfg)?)));
     let (path, (dev, dma, irq)) = match setup {
         Ok(x) => x,
@@ -231,7 +222,19 @@ pub fn run(cfg: &Config, socket: Option<PathBuf>) -> u8 {
             }
         };
         bound = true;
-        info!(socket = %path.display(), backend = cfg.backend.value.name(), "serving");
+        // What this build speaks, once, when it starts serving (a setup
+        // error before this stays one line on stderr).
+        info!(
+            socket = %path.display(),
+            backend = cfg.backend.value.name(),
+            version = env!("CARGO_PKG_VERSION"),
+            rtl = %crate::version::rtl(),
+            regmap_sha256 = crate::version::regmap_sha256(),
+            stream_format = %crate::version::stream_format(),
+            state_layout = crate::version::state_layout(),
+            vfio_user = %crate::version::vfio_user(),
+            "serving"
+        );
         if let Err(e) = crate::notify::notify("READY=1") {
             warn!("cannot notify the service manager (NOTIFY_SOCKET): {e}");
         }
