@@ -88,7 +88,7 @@ pub struct Report {
     pub divergences: u64,
     /// Scenarios that failed without a divergence.
     pub errors: u64,
-    /// Run time in seconds (summed over shards), to 0.1 s.
+    /// Run time in seconds (summed over shards), to the millisecond.
     pub seconds: f64,
     /// The failing seeds, ascending.
     pub failing_seeds: Vec<u64>,
@@ -96,8 +96,9 @@ pub struct Report {
     pub passed: bool,
 }
 
-fn tenths(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
+/// Seconds to the millisecond.
+fn millis(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }
 
 impl Report {
@@ -119,7 +120,7 @@ impl Report {
             transplants: s.transplants,
             divergences: s.divergences,
             errors: s.errors,
-            seconds: tenths(s.seconds),
+            seconds: millis(s.seconds),
             failing_seeds: failing,
             passed: s.divergences == 0 && s.errors == 0,
         }
@@ -188,7 +189,7 @@ impl Report {
         }
         m.shards.sort_unstable();
         m.failing_seeds.sort_unstable();
-        m.seconds = tenths(m.seconds);
+        m.seconds = millis(m.seconds);
         m.complete = (1..=m.shard_count).all(|k| m.shards.contains(&k));
         m.passed = m.divergences == 0 && m.errors == 0;
         Ok(m)
