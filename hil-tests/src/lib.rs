@@ -756,13 +756,7 @@ pub fn report(name: &str, backend: &str, r: Result<bool, HilError>) {
         Ok(true) => {}
         Ok(false) => eprintln!("{backend}/{name}: skipped (backend not available here)"),
         Err(e) => {
-            let mut msg = format!("{backend}/{name}: {e}");
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            panic!("{msg}");
+            panic!("{backend}/{name}: {}", vfpga_device::error_chain(&e));
         }
     }
 }

@@ -12,9 +12,20 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+/// Version of a figure's JSON file (`schema_version`; files without one,
+/// as the `scripts/bench.d/*` scripts write them, are this version).
+pub const SCHEMA_VERSION: u32 = 1;
+
+fn schema_version() -> u32 {
+    SCHEMA_VERSION
+}
+
 /// One benchmark figure, as every `scripts/bench.d/*` writes it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Figure {
+    /// [`SCHEMA_VERSION`].
+    #[serde(default = "schema_version")]
+    pub schema_version: u32,
     /// Unique name (also the file name).
     pub name: String,
     /// Measured value.
@@ -32,9 +43,33 @@ pub struct Figure {
     pub notes: String,
 }
 
+/// `x` to four significant digits (a measurement on a shared machine has no
+/// more).
+fn significant4(x: f64) -> f64 {
+    if x == 0.0 || !x.is_finite() {
+        return x;
+    }
+    let scale = 10f64.powi(3 - x.abs().log10().floor() as i32);
+    (x * scale).round() / scale
+}
+
+impl Figure {
+    /// The figure as its JSON file holds it: `schema_version` set, values to
+    /// four significant digits, the ratio to three decimals.
+    fn normalized(&self) -> Figure {
+        Figure {
+            schema_version: SCHEMA_VERSION,
+            value: significant4(self.value),
+            baseline_value: significant4(self.baseline_value),
+            ratio: (self.ratio * 1000.0).round() / 1000.0,
+            ..self.clone()
+        }
+    }
+}
+
 fn write(dir: &Path, f: &Figure) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let text = serde_json::to_string_pretty(f).map_err(std::io::Error::other)?;
+    let text = serde_json::to_string_pretty(&f.normalized()).map_err(std::io::Error::other)?;
     std::fs::write(dir.join(format!("{}.json", f.name)), text + "\n")?;
     println!(
         "{:<40} {:>14.3} {:<8} (baseline {} = {:.3}, ratio {:.3})",
@@ -98,6 +133,7 @@ pub fn baselines(dir: &Path) -> std::io::Result<()> {
     write(
         dir,
         &Figure {
+            schema_version: SCHEMA_VERSION,
             name: "baseline_memcpy_256mib".into(),
             value: gbps,
             unit: "GB/s".into(),
@@ -113,6 +149,7 @@ pub fn baselines(dir: &Path) -> std::io::Result<()> {
         write(
             dir,
             &Figure {
+                schema_version: SCHEMA_VERSION,
                 name: format!("baseline_unix_socket_rtt_{name}"),
                 value: v,
                 unit: "us".into(),
@@ -135,7 +172,13 @@ pub fn report(dir: &Path, out: &Path) -> std::io::Result<()> {
             if p.extension().is_some_and(|x| x == "json") {
                 let text = std::fs::read_to_string(&p)?;
                 match serde_json::from_str::<Figure>(&text) {
-                    Ok(f) => figs.push(f),
+                    Ok(f) => {
+                        // Every figure file leaves here versioned and rounded.
+                        let n = f.normalized();
+                        let t = serde_json::to_string_pretty(&n).map_err(std::io::Error::other)?;
+                        std::fs::write(&p, t + "\n")?;
+                        figs.push(n);
+                    }
                     Err(err) => eprintln!("skipping {}: {err}", p.display()),
                 }
             }
@@ -175,6 +218,7 @@ mod tests {
     fn report_reads_figures() {
         let d = std::env::temp_dir().join(format!("vfpga-bench-{}", std::process::id()));
         let f = Figure {
+            schema_version: SCHEMA_VERSION,
             name: "x".into(),
             value: 2.0,
             unit: "u".into(),
@@ -191,6 +235,19 @@ mod tests {
                 .unwrap()
                 .contains("| `x` | 2.000 |")
         );
+        // A script's file (no schema_version, raw precision) is normalized.
+        std::fs::write(
+            d.join("y.json"),
+            r#"{"name":"y","value":1.23456789,"unit":"u","baseline_name":"b","baseline_value":1234567.0,"ratio":0.123456}"#,
+        )
+        .unwrap();
+        report(&d, &out).unwrap();
+        let y: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("y.json")).unwrap()).unwrap();
+        assert_eq!(y["schema_version"], 1);
+        assert_eq!(y["value"], 1.235);
+        assert_eq!(y["baseline_value"], 1235000.0);
+        assert_eq!(y["ratio"], 0.123);
         let _ = std::fs::remove_dir_all(&d);
     }
 }

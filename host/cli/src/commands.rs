@@ -1,65 +1,41 @@
 //! Subcommand bodies. Each loads and checks `--config` first, so a bad config
-//! is reported even by a subcommand that is not built yet.
+//! is reported before anything runs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use vfpga_config::Config;
 
-use crate::Common;
-
-/// Exit status: success.
-#[allow(dead_code)]
-pub const EXIT_OK: u8 = 0;
-/// Exit status: the check or migration failed.
-#[allow(dead_code)]
-pub const EXIT_FAILED: u8 = 1;
-/// Exit status: usage or setup error (including "not implemented yet").
-pub const EXIT_USAGE: u8 = 2;
+use crate::exit::USAGE;
+use crate::logging::{self, Format};
+use crate::{BackendArg, Common};
 
 /// Loads `--config` if given. On error prints one line and returns the exit status.
 fn load_config(common: &Common) -> Result<Option<Config>, u8> {
-    match &common.config {
-        None => Ok(None),
-        Some(p) => match vfpga_config::load(p) {
-            Ok(c) => Ok(Some(c)),
-            Err(e) => {
-                eprintln!("vfpga: {e}");
-                Err(EXIT_USAGE)
-            }
-        },
-    }
+    common.config.as_deref().map(load).transpose()
 }
 
-fn init_logging(cfg: Option<&Config>) {
-    let level = cfg
-        .map(|c| c.log.level.clone())
-        .unwrap_or_else(|| "info".into());
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+fn load(p: &Path) -> Result<Config, u8> {
+    vfpga_config::load(p).map_err(|e| {
+        eprintln!("vfpga: {e}");
+        USAGE
+    })
 }
 
 /// `vfpga serve`.
-pub fn serve(common: &Common, socket: Option<PathBuf>) -> u8 {
-    let cfg = match load_config(common) {
-        Ok(Some(c)) => c,
-        Ok(None) => {
-            crate::serve::usage();
-            return EXIT_USAGE;
-        }
+pub fn serve(config: &Path, socket: Option<PathBuf>, log_format: Option<Format>) -> u8 {
+    let cfg = match load(config) {
+        Ok(c) => c,
         Err(code) => return code,
     };
-    init_logging(Some(&cfg));
+    logging::init(Some(&cfg), log_format);
     crate::serve::run(&cfg, socket)
 }
 
 /// `vfpga demo`.
 pub fn demo(
     common: &Common,
-    backend: Option<String>,
+    log_format: Option<Format>,
+    backend: Option<BackendArg>,
     json: Option<PathBuf>,
     plot: Option<PathBuf>,
     in_process: bool,
@@ -68,10 +44,10 @@ pub fn demo(
         Ok(c) => c,
         Err(code) => return code,
     };
-    init_logging(cfg.as_ref());
+    logging::init(cfg.as_ref(), log_format);
     crate::demo::run(
         cfg.as_ref(),
-        backend.as_deref(),
+        backend,
         json.as_deref(),
         plot.as_deref(),
         in_process,
@@ -81,19 +57,20 @@ pub fn demo(
 /// `vfpga migrate`.
 pub fn migrate(
     common: &Common,
+    log_format: Option<Format>,
     to: Option<String>,
     incoming: Option<String>,
-    backend: Option<String>,
+    backend: Option<BackendArg>,
     in_process: bool,
 ) -> u8 {
     let cfg = match load_config(common) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    init_logging(cfg.as_ref());
+    logging::init(cfg.as_ref(), log_format);
     crate::migrate::run(
         cfg.as_ref(),
-        backend.as_deref(),
+        backend,
         to.as_deref(),
         incoming.as_deref(),
         in_process,
@@ -101,12 +78,16 @@ pub fn migrate(
 }
 
 /// `vfpga crosscheck`.
-pub fn crosscheck(common: &Common, args: &crate::crosscheck::CrosscheckArgs) -> u8 {
+pub fn crosscheck(
+    common: &Common,
+    log_format: Option<Format>,
+    args: &crate::crosscheck::CrosscheckArgs,
+) -> u8 {
     let cfg = match load_config(common) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    init_logging(cfg.as_ref());
+    logging::init(cfg.as_ref(), log_format);
     crate::crosscheck::run(cfg.as_ref(), args)
 }
 
@@ -119,8 +100,19 @@ pub fn doctor(common: &Common, json: bool) -> u8 {
     crate::doctor::doctor(cfg.as_ref(), json)
 }
 
-/// `vfpga bench`.
-pub fn bench(_names: &[String]) -> u8 {
-    eprintln!("vfpga bench: run scripts/bench [NAME...] (it drives the criterion benches)");
-    EXIT_USAGE
+/// `vfpga dist`: shell completions and man pages from the command line's
+/// definition.
+pub fn dist(out: &Path) -> u8 {
+    match crate::dist::write(out) {
+        Ok(files) => {
+            for f in files {
+                println!("{}", f.display());
+            }
+            crate::exit::OK
+        }
+        Err(e) => {
+            eprintln!("vfpga dist: {}: {e}", out.display());
+            crate::exit::FAILED
+        }
+    }
 }

@@ -11,7 +11,7 @@ use vfpga_config::{Backend, Config};
 use vfpga_crosscheck::campaign::{Plan, Replay, reproduce, run_pair};
 use vfpga_crosscheck::{Impl, Outcome, Pair, Verdict, campaign};
 
-use crate::commands::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use crate::exit::{FAILED as EXIT_FAILED, OK as EXIT_OK, USAGE as EXIT_USAGE};
 
 /// Options of `vfpga crosscheck`.
 #[derive(Debug, Clone, Args)]
@@ -41,9 +41,224 @@ pub struct CrosscheckArgs {
     /// wrong-crc-seed, dropped-irq, dirty-bit-not-set, state-word-not-saved.
     #[arg(long, value_name = "FAULT", hide = true)]
     pub inject_fault: Option<String>,
-    /// Also write the summary as JSON.
+    /// Also write the summary as JSON (see --merge).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Merge the --json summaries of shards (of one campaign: same pair,
+    /// --seeds and N) into one report; with --json, write it there too.
+    /// Exit 1 when a shard failed or one is missing.
+    #[arg(
+        long,
+        value_name = "SHARD.json",
+        num_args = 1..,
+        conflicts_with_all = ["seeds", "seed", "duration", "shard", "replay", "inject_fault"]
+    )]
+    pub merge: Vec<PathBuf>,
+}
+
+/// Version of the crosscheck JSON document.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The JSON summary of a campaign shard, or of several merged.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Report {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// The pair, e.g. `model vs sim`.
+    pub pair: String,
+    /// N of `--shard K/N` (1 without --shard).
+    pub shard_count: u64,
+    /// The shards (K, 1-based) this report covers, ascending.
+    pub shards: Vec<u64>,
+    /// The campaign's `--seeds` bound (null: run until `--duration`).
+    pub seeds: Option<u64>,
+    /// Whether every shard 1..=N is covered.
+    pub complete: bool,
+    /// Scenarios run.
+    pub scenarios: u64,
+    /// Scenario operations applied.
+    pub scenario_ops: u64,
+    /// Lockstep device operations.
+    pub operations: u64,
+    /// Operations after which the two sides were compared.
+    pub operations_compared: u64,
+    /// State transplants.
+    pub transplants: u64,
+    /// Scenarios that diverged.
+    pub divergences: u64,
+    /// Scenarios that failed without a divergence.
+    pub errors: u64,
+    /// Run time in seconds (summed over shards), to the millisecond.
+    pub seconds: f64,
+    /// The failing seeds, ascending.
+    pub failing_seeds: Vec<u64>,
+    /// No divergence and no error in the shards covered (see also `complete`).
+    pub passed: bool,
+}
+
+/// Seconds to the millisecond.
+fn millis(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+impl Report {
+    fn of(s: &campaign::Summary, plan: &Plan) -> Report {
+        let mut failing = s.failing_seeds.clone();
+        failing.sort_unstable();
+        let complete = plan.shard.1 == 1;
+        Report {
+            schema_version: SCHEMA_VERSION,
+            pair: s.pair.clone(),
+            shard_count: plan.shard.1,
+            shards: vec![plan.shard.0 + 1],
+            seeds: plan.count,
+            complete,
+            scenarios: s.scenarios,
+            scenario_ops: s.scenario_ops,
+            operations: s.operations,
+            operations_compared: s.operations_compared,
+            transplants: s.transplants,
+            divergences: s.divergences,
+            errors: s.errors,
+            seconds: millis(s.seconds),
+            failing_seeds: failing,
+            passed: s.divergences == 0 && s.errors == 0,
+        }
+    }
+
+    /// Merges shard reports of one campaign; refuses reports of different
+    /// campaigns, schema versions, or one shard twice.
+    pub fn merge(parts: &[(PathBuf, Report)]) -> Result<Report, String> {
+        let Some((p0, first)) = parts.first() else {
+            return Err("nothing to merge".into());
+        };
+        let mut m = first.clone();
+        for (p, r) in parts {
+            if r.schema_version != SCHEMA_VERSION {
+                return Err(format!(
+                    "{}: schema_version {} (this vfpga reads {SCHEMA_VERSION})",
+                    p.display(),
+                    r.schema_version
+                ));
+            }
+            if (&r.pair, r.shard_count, r.seeds) != (&first.pair, first.shard_count, first.seeds) {
+                return Err(format!(
+                    "{} ({}, {} shards, seeds {:?}) is not of the campaign of {} ({}, {} shards, seeds {:?})",
+                    p.display(),
+                    r.pair,
+                    r.shard_count,
+                    r.seeds,
+                    p0.display(),
+                    first.pair,
+                    first.shard_count,
+                    first.seeds
+                ));
+            }
+        }
+        m.shards.clear();
+        m.failing_seeds.clear();
+        m.seconds = 0.0;
+        for f in [
+            &mut m.scenarios,
+            &mut m.scenario_ops,
+            &mut m.operations,
+            &mut m.operations_compared,
+            &mut m.transplants,
+            &mut m.divergences,
+            &mut m.errors,
+        ] {
+            *f = 0;
+        }
+        for (p, r) in parts {
+            if let Some(k) = r.shards.iter().find(|k| m.shards.contains(k)) {
+                return Err(format!(
+                    "{}: shard {k} is already in another file",
+                    p.display()
+                ));
+            }
+            m.shards.extend(&r.shards);
+            m.failing_seeds.extend(&r.failing_seeds);
+            m.scenarios += r.scenarios;
+            m.scenario_ops += r.scenario_ops;
+            m.operations += r.operations;
+            m.operations_compared += r.operations_compared;
+            m.transplants += r.transplants;
+            m.divergences += r.divergences;
+            m.errors += r.errors;
+            m.seconds += r.seconds;
+        }
+        m.shards.sort_unstable();
+        m.failing_seeds.sort_unstable();
+        m.seconds = millis(m.seconds);
+        m.complete = (1..=m.shard_count).all(|k| m.shards.contains(&k));
+        m.passed = m.divergences == 0 && m.errors == 0;
+        Ok(m)
+    }
+
+    /// One line for people.
+    pub fn line(&self) -> String {
+        let shards: Vec<String> = self.shards.iter().map(u64::to_string).collect();
+        format!(
+            "crosscheck {} (shards {} of {}{}): {} scenarios, {} operations compared \
+             ({} device operations, {} state transplants), {} divergences, {} errors in {:.1} s",
+            self.pair,
+            shards.join(","),
+            self.shard_count,
+            if self.complete { "" } else { ", INCOMPLETE" },
+            self.scenarios,
+            self.operations_compared,
+            self.operations,
+            self.transplants,
+            self.divergences,
+            self.errors,
+            self.seconds
+        )
+    }
+}
+
+fn write_json(path: &Path, r: &Report) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(r).map_err(|e| e.to_string())?;
+    std::fs::write(path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `vfpga crosscheck --merge`.
+fn merge(files: &[PathBuf], out: Option<&Path>) -> u8 {
+    let mut parts = Vec::new();
+    for f in files {
+        let r = std::fs::read_to_string(f)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str::<Report>(&t).map_err(|e| e.to_string()));
+        match r {
+            Ok(r) => parts.push((f.clone(), r)),
+            Err(e) => return usage(format!("{}: {e}", f.display())),
+        }
+    }
+    let m = match Report::merge(&parts) {
+        Ok(m) => m,
+        Err(e) => return usage(e),
+    };
+    println!("{}", m.line());
+    if !m.failing_seeds.is_empty() {
+        let s: Vec<String> = m.failing_seeds.iter().map(u64::to_string).collect();
+        println!("failing seeds (rerun one with --seed S): {}", s.join(", "));
+    }
+    if !m.complete {
+        let missing: Vec<String> = (1..=m.shard_count)
+            .filter(|k| !m.shards.contains(k))
+            .map(|k| k.to_string())
+            .collect();
+        println!("missing shards: {}", missing.join(", "));
+    }
+    if let Some(p) = out
+        && let Err(e) = write_json(p, &m)
+    {
+        return usage(e);
+    }
+    if m.passed && m.complete {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    }
 }
 
 /// Default device memory of generated scenarios (pages) without a config.
@@ -134,8 +349,19 @@ fn check_sim(pair: Pair) -> Result<(), u8> {
 
 /// Runs `vfpga crosscheck`.
 pub fn run(cfg: Option<&Config>, args: &CrosscheckArgs) -> u8 {
+    if let Some(p) = &args.json
+        && let Err(e) = crate::outpath::check_file(p)
+    {
+        return usage(e);
+    }
+    if !args.merge.is_empty() {
+        return merge(&args.merge, args.json.as_deref());
+    }
     if let Some(file) = &args.replay {
         return replay(file);
+    }
+    if let Err(e) = crate::outpath::check_dir(&args.out) {
+        return usage(format!("--out: {e}"));
     }
     let (mut pair, pages) = match pair_of(cfg) {
         Ok(p) => p,
@@ -219,11 +445,11 @@ pub fn run(cfg: Option<&Config>, args: &CrosscheckArgs) -> u8 {
         summary.errors,
         summary.seconds
     );
-    if let Some(j) = &args.json {
-        let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
-        if let Err(e) = std::fs::write(j, text) {
-            eprintln!("vfpga crosscheck: {}: {e}", j.display());
-        }
+    if let Some(j) = &args.json
+        && let Err(e) = write_json(j, &Report::of(&summary, &plan))
+    {
+        eprintln!("vfpga crosscheck: {e}");
+        return EXIT_USAGE;
     }
     if failures.is_empty() {
         return EXIT_OK;

@@ -8,24 +8,26 @@ use vfpga_vmm::backend::Kind;
 use vfpga_vmm::demo::{self, DemoOptions};
 use vfpga_vmm::vm::Placement;
 
-use crate::commands::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use crate::BackendArg;
+use crate::exit::{FAILED as EXIT_FAILED, OK as EXIT_OK, USAGE as EXIT_USAGE};
 
 /// Runs the demo and prints the report; returns the exit status.
 pub fn run(
     cfg: Option<&Config>,
-    backend: Option<&str>,
+    backend: Option<BackendArg>,
     json: Option<&Path>,
     plot: Option<&Path>,
     in_process: bool,
 ) -> u8 {
+    // Output files are checked before the run, not after it.
+    for p in json.iter().chain(plot.iter()) {
+        if let Err(e) = crate::outpath::check_file(p) {
+            eprintln!("vfpga demo: {e}");
+            return EXIT_USAGE;
+        }
+    }
     let kind = match backend {
-        Some(b) => match Kind::parse(b) {
-            Some(k) => k,
-            None => {
-                eprintln!("vfpga demo: --backend must be `model` or `sim`, not `{b}`");
-                return EXIT_USAGE;
-            }
-        },
+        Some(b) => b.kind(),
         None => match cfg.map(|c| c.backend.value) {
             None | Some(Backend::Sim) => Kind::Sim,
             Some(Backend::Model) => Kind::Model,
@@ -57,15 +59,14 @@ pub fn run(
     let report = match demo::run(&opts) {
         Ok(r) => r,
         Err(e) => {
-            let chain = demo::error_chain(&e);
             eprintln!(
-                "vfpga demo: could not run: {e}{}{chain}",
-                if chain.is_empty() { "" } else { ": " }
+                "vfpga demo: could not run: {}",
+                vfpga_device::error_chain(&e)
             );
             return EXIT_USAGE;
         }
     };
-    print!("{}", report.text());
+    print!("{}", crate::report::text(&report));
     if let Some(p) = json {
         match serde_json::to_string_pretty(&report) {
             Ok(t) => {
@@ -81,7 +82,7 @@ pub fn run(
         }
     }
     if let Some(p) = plot
-        && let Err(e) = std::fs::write(p, report.svg())
+        && let Err(e) = std::fs::write(p, crate::report::svg(&report))
     {
         eprintln!("vfpga demo: cannot write {}: {e}", p.display());
         return EXIT_USAGE;

@@ -2,24 +2,36 @@
 //! nothing here knows a register.
 //!
 //! Exit status: 0 success, 1 the check or migration failed, 2 usage or setup
-//! error (including "not implemented yet").
+//! error.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod bench;
 mod commands;
 mod crosscheck;
 mod demo;
+mod dist;
 mod doctor;
+mod exit;
+mod logging;
 mod migrate;
+mod notify;
+mod outpath;
+mod report;
 mod serve;
+mod version;
 
 /// Host-side backend for a live-migratable PCIe FPGA device.
 #[derive(Debug, Parser)]
-#[command(name = "vfpga", version, about, long_about = None)]
-struct Cli {
+#[command(name = "vfpga", version = version::LONG.as_str(), about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr (overrides the config's log.format). The level
+    /// comes from RUST_LOG when set, else the config's log.level, else info.
+    #[arg(long, value_enum, value_name = "FORMAT", global = true)]
+    log_format: Option<logging::Format>,
     #[command(subcommand)]
     command: Command,
 }
@@ -32,12 +44,39 @@ pub struct Common {
     pub config: Option<PathBuf>,
 }
 
+/// A device form the demo and `migrate` can run (a board or a lockstep pair
+/// cannot run the built-in workload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// The Rust reference model.
+    Model,
+    /// The RTL under Verilator.
+    Sim,
+}
+
+impl BackendArg {
+    /// The VMM's backend kind.
+    pub fn kind(self) -> vfpga_vmm::backend::Kind {
+        match self {
+            BackendArg::Model => vfpga_vmm::backend::Kind::Model,
+            BackendArg::Sim => vfpga_vmm::backend::Kind::Sim,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the device to a VMM over vfio-user on a UNIX socket.
+    #[command(
+        after_help = "A socket file left by a server that died (nothing accepts on it) is replaced; \
+                      a socket a live server accepts on is never taken (exit 2). SIGTERM and SIGINT \
+                      remove the socket and exit 0. Under systemd (NOTIFY_SOCKET set), READY=1 is \
+                      sent once the socket accepts."
+    )]
     Serve {
-        #[command(flatten)]
-        common: Common,
+        /// Configuration file (YAML; see config/*.yaml). Loaded and checked first.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
         /// Socket path to listen on (overrides the config's server.socket).
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
@@ -46,9 +85,9 @@ enum Command {
     Demo {
         #[command(flatten)]
         common: Common,
-        /// Backend to use instead of the config's: model or sim.
-        #[arg(long, value_name = "NAME")]
-        backend: Option<String>,
+        /// Backend to use instead of the config's.
+        #[arg(long, value_enum, value_name = "NAME")]
+        backend: Option<BackendArg>,
         /// Also write the report as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
@@ -59,7 +98,17 @@ enum Command {
         #[arg(long)]
         in_process: bool,
     },
-    /// Migrate a device between hosts over TCP.
+    /// Cross-host live migration of the built-in seeded workload: run one side
+    /// on each host.
+    #[command(long_about = "Cross-host live migration of the built-in workload.\n\n\
+                      Each side starts a fresh device (its own `vfpga serve` child, or in this \
+                      process with --in-process) and guest memory. The source (--to) runs vfpga's \
+                      seeded DMA workload on it, live-migrates device, guest memory and workload \
+                      part-way to the destination over TCP, and the destination (--incoming) \
+                      resumes and finishes the workload, verifying every completion and the final \
+                      memory.\n\n\
+                      It does not migrate a device that some other VMM is using: to migrate a VM, \
+                      migrate the VMM (see docs/attach-to-qemu.md).")]
     Migrate {
         #[command(flatten)]
         common: Common,
@@ -69,14 +118,15 @@ enum Command {
         /// Destination side: listen on tcp:ADDR:PORT.
         #[arg(long, value_name = "tcp:ADDR:PORT")]
         incoming: Option<String>,
-        /// Backend to use instead of the config's: model or sim.
-        #[arg(long, value_name = "NAME")]
-        backend: Option<String>,
+        /// Backend to use instead of the config's.
+        #[arg(long, value_enum, value_name = "NAME")]
+        backend: Option<BackendArg>,
         /// Run the device in this process instead of a `vfpga serve` child.
         #[arg(long)]
         in_process: bool,
     },
-    /// Cross-check the reference model against the RTL in lockstep.
+    /// Cross-check the reference model against the RTL in lockstep, or merge
+    /// the JSON summaries of shards.
     Crosscheck {
         #[command(flatten)]
         common: Common,
@@ -95,34 +145,42 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run benchmarks (same as scripts/bench).
-    Bench {
-        /// Benchmark names (all when empty).
-        names: Vec<String>,
+    /// Run the benchmarks: scripts/bench of the source tree this binary was
+    /// built in (needs that tree and cargo); regenerates BENCHMARKS.md.
+    Bench(bench::BenchArgs),
+    /// Write shell completions and the man pages, generated from this
+    /// command line's definition.
+    #[command(hide = true)]
+    Dist {
+        /// Output directory (completions/ and man/ go under it).
+        #[arg(long, value_name = "DIR", default_value = "target/dist")]
+        out: PathBuf,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let log_format = cli.log_format;
     let code = match cli.command {
-        Command::Serve { common, socket } => commands::serve(&common, socket),
+        Command::Serve { config, socket } => commands::serve(&config, socket, log_format),
         Command::Demo {
             common,
             backend,
             json,
             plot,
             in_process,
-        } => commands::demo(&common, backend, json, plot, in_process),
+        } => commands::demo(&common, log_format, backend, json, plot, in_process),
         Command::Migrate {
             common,
             to,
             incoming,
             backend,
             in_process,
-        } => commands::migrate(&common, to, incoming, backend, in_process),
-        Command::Crosscheck { common, args } => commands::crosscheck(&common, &args),
+        } => commands::migrate(&common, log_format, to, incoming, backend, in_process),
+        Command::Crosscheck { common, args } => commands::crosscheck(&common, log_format, &args),
         Command::Doctor { common, json } => commands::doctor(&common, json),
-        Command::Bench { names } => commands::bench(&names),
+        Command::Bench(args) => bench::run(&args),
+        Command::Dist { out } => commands::dist(&out),
     };
     ExitCode::from(code)
 }

@@ -1,4 +1,5 @@
-//! `vfpga migrate`: one side of a live migration between two hosts over TCP.
+//! `vfpga migrate`: one side of a cross-host live migration of the built-in
+//! seeded workload over TCP (not of a device some other VMM uses).
 //!
 //! The source (`--to tcp:HOST:PORT`) runs the seeded workload on its device,
 //! live-migrates it part-way, and prints the passes; the destination
@@ -18,13 +19,15 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use vfpga_config::{Backend, Config};
+use vfpga_device::error_chain;
 use vfpga_vmm::backend::Kind;
-use vfpga_vmm::demo::{DemoOptions, error_chain};
+use vfpga_vmm::demo::DemoOptions;
 use vfpga_vmm::live::{self, Guest, LiveError, Pass, Progress};
 use vfpga_vmm::vm::{self, Placement, VmDevice};
 use vfpga_vmm::workload::Workload;
 
-use crate::commands::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use crate::BackendArg;
+use crate::exit::{FAILED as EXIT_FAILED, OK as EXIT_OK, USAGE as EXIT_USAGE};
 
 fn parse_tcp(s: &str) -> Option<String> {
     let rest = s.strip_prefix("tcp:")?;
@@ -34,10 +37,9 @@ fn parse_tcp(s: &str) -> Option<String> {
     .then(|| rest.to_string())
 }
 
-fn kind_of(cfg: Option<&Config>, backend: Option<&str>) -> Result<Kind, String> {
+fn kind_of(cfg: Option<&Config>, backend: Option<BackendArg>) -> Result<Kind, String> {
     if let Some(b) = backend {
-        return Kind::parse(b)
-            .ok_or_else(|| format!("--backend must be `model` or `sim`, not `{b}`"));
+        return Ok(b.kind());
     }
     match cfg.map(|c| c.backend.value) {
         None | Some(Backend::Sim) => Ok(Kind::Sim),
@@ -50,18 +52,14 @@ fn kind_of(cfg: Option<&Config>, backend: Option<&str>) -> Result<Kind, String> 
 }
 
 fn fail(msg: impl std::fmt::Display, e: &LiveError) -> u8 {
-    let chain = error_chain(e);
-    eprintln!(
-        "vfpga migrate: {msg}: {e}{}{chain}",
-        if chain.is_empty() { "" } else { ": " }
-    );
+    eprintln!("vfpga migrate: {msg}: {}", error_chain(e));
     EXIT_FAILED
 }
 
 /// Runs `vfpga migrate`; returns the exit status.
 pub fn run(
     cfg: Option<&Config>,
-    backend: Option<&str>,
+    backend: Option<BackendArg>,
     to: Option<&str>,
     incoming: Option<&str>,
     in_process: bool,
@@ -183,7 +181,7 @@ fn open_side(opts: &DemoOptions) -> Result<(Guest, Box<dyn VmDevice>), u8> {
         Ok(d) => Ok((guest, d)),
         Err(e) => {
             eprintln!(
-                "vfpga migrate: cannot start the device: {e}: {}",
+                "vfpga migrate: cannot start the device: {}",
                 error_chain(&e)
             );
             Err(EXIT_USAGE)

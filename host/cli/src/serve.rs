@@ -1,23 +1,38 @@
 //! `vfpga serve`: build the configured backend and serve it over vfio-user
 //! on a UNIX socket until SIGINT/SIGTERM.
+//!
+//! Before binding, a socket file left by a server that died (a connect is
+//! refused) is removed; a socket some live process accepts on is never taken.
+//! On SIGTERM or SIGINT the socket file is removed and the exit status is 0.
+//! Under systemd (`Type=notify`), `READY=1` is sent once the socket accepts.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tracing::info;
+use tracing::{info, warn};
 use vfpga_config::{Backend, Clock, Config};
 use vfpga_device::{Device, DmaPort};
 use vfpga_vfio_user::{IrqHub, Server};
 
-use crate::commands::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use crate::exit::{FAILED as EXIT_FAILED, OK as EXIT_OK, USAGE as EXIT_USAGE};
 
 /// Why serving could not start.
 #[derive(Debug, thiserror::Error)]
 enum ServeError {
     #[error("no socket path: give --socket PATH or set server.socket in the config")]
     NoSocket,
-    #[error("socket path {0} already exists (another server, or a stale socket: remove it)")]
-    SocketExists(PathBuf),
+    #[error("socket {0} is in use: a live server accepts on it (stop it, or use another --socket)")]
+    SocketInUse(PathBuf),
+    #[error("{0} exists and is not a socket: refusing to replace it")]
+    NotASocket(PathBuf),
+    #[error("cannot replace the stale socket {path}: {source}")]
+    Stale {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install the SIGTERM/SIGINT handlers: {0}")]
+    Signals(#[source] std::io::Error),
     #[error("backend {0} is not built into `vfpga serve` (use model or sim)")]
     NotBuilt(&'static str),
     #[error("cannot create the {backend} device: {source}")]
@@ -95,41 +110,60 @@ fn build_device(cfg: &Config) -> Result<Built, ServeError> {
 }
 
 fn socket_path(cfg: &Config, socket: Option<PathBuf>) -> Result<PathBuf, ServeError> {
-    let p = socket
+    socket
         .or_else(|| cfg.server.socket.clone())
-        .ok_or(ServeError::NoSocket)?;
-    if Path::new(&p).exists() {
-        return Err(ServeError::SocketExists(p));
-    }
-    Ok(p)
+        .ok_or(ServeError::NoSocket)
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
+/// Makes `path` free to bind: nothing there, or a socket nobody accepts on
+/// (removed). A socket a live process accepts on, or a file that is not a
+/// socket, is left alone and reported.
+fn claim_socket(path: &Path) -> Result<(), ServeError> {
+    use std::os::unix::fs::FileTypeExt;
+    let stale = |source| ServeError::Stale {
+        path: path.to_path_buf(),
+        source,
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(stale(e)),
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(ServeError::NotASocket(path.to_path_buf()));
+        }
+        Ok(_) => {}
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(ServeError::SocketInUse(path.to_path_buf())),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            std::fs::remove_file(path).map_err(stale)?;
+            warn!(socket = %path.display(), "removed a stale socket left by a server that is gone");
+            Ok(())
+        }
+        Err(e) => Err(stale(e)),
     }
 }
 
-/// Prints the subcommand's help (for `vfpga serve` without `--config`).
-pub fn usage() {
-    use clap::CommandFactory;
-    let mut cmd = crate::Cli::command().bin_name("vfpga");
-    cmd.build();
-    match cmd.find_subcommand_mut("serve") {
-        Some(s) => {
-            let help = s.render_help();
-            eprintln!("vfpga serve: --config FILE is required\n\n{help}");
+/// SIGTERM and SIGINT, installed before the socket exists so that neither
+/// can kill the process between bind and the handler (leaving the file).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
         }
-        None => eprintln!("vfpga serve: --config FILE is required"),
     }
 }
 
@@ -161,7 +195,19 @@ pub fn run(cfg: &Config, socket: Option<PathBuf>) -> u8 {
             return EXIT_FAILED;
         }
     };
+    let mut bound = false;
     let code = rt.block_on(async {
+        let mut signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("vfpga serve: {}", ServeError::Signals(e));
+                return EXIT_FAILED;
+            }
+        };
+        if let Err(e) = claim_socket(&path) {
+            eprintln!("vfpga serve: {e}");
+            return EXIT_USAGE;
+        }
         let listener = match tokio::net::UnixListener::bind(&path) {
             Ok(l) => l,
             Err(source) => {
@@ -175,7 +221,23 @@ pub fn run(cfg: &Config, socket: Option<PathBuf>) -> u8 {
                 return EXIT_USAGE;
             }
         };
-        info!(socket = %path.display(), backend = cfg.backend.value.name(), "serving");
+        bound = true;
+        // What this build speaks, once, when it starts serving (a setup
+        // error before this stays one line on stderr).
+        info!(
+            socket = %path.display(),
+            backend = cfg.backend.value.name(),
+            version = env!("CARGO_PKG_VERSION"),
+            rtl = %crate::version::rtl(),
+            regmap_sha256 = crate::version::regmap_sha256(),
+            stream_format = %crate::version::stream_format(),
+            state_layout = crate::version::state_layout(),
+            vfio_user = %crate::version::vfio_user(),
+            "serving"
+        );
+        if let Err(e) = crate::notify::notify("READY=1") {
+            warn!("cannot notify the service manager (NOTIFY_SOCKET): {e}");
+        }
         tokio::select! {
             r = server.serve(listener) => {
                 if let Err(e) = r {
@@ -184,12 +246,16 @@ pub fn run(cfg: &Config, socket: Option<PathBuf>) -> u8 {
                 }
                 EXIT_OK
             }
-            _ = wait_for_signal() => {
-                info!("signal received, shutting down");
+            sig = signals.recv() => {
+                info!(signal = sig, "shutting down");
+                let _ = crate::notify::notify("STOPPING=1");
                 EXIT_OK
             }
         }
     });
-    let _ = std::fs::remove_file(&path);
+    // Only a socket this process bound is removed (never one it refused to take).
+    if bound && let Err(e) = std::fs::remove_file(&path) {
+        warn!(socket = %path.display(), "cannot remove the socket: {e}");
+    }
     code
 }

@@ -20,7 +20,7 @@ fn demo_through_server_processes(kind: Kind, descriptors: u64) {
     o.placement = Placement::Server(vfpga());
     o.descriptors = descriptors;
     let r = demo::run(&o).unwrap();
-    assert!(r.pass, "{}", r.text());
+    assert!(r.pass, "{r:?}");
     assert!(
         r.devices.contains("source `vfpga serve` process")
             && r.devices.contains("destination `vfpga serve` process"),
@@ -29,14 +29,13 @@ fn demo_through_server_processes(kind: Kind, descriptors: u64) {
     );
     assert!(
         r.verified_on_source > 0 && r.verified_on_destination > 0,
-        "the migration happened mid-workload:\n{}",
-        r.text()
+        "the migration happened mid-workload:\n{r:?}"
     );
     assert_eq!(
         r.verified_on_source + r.verified_on_destination,
         descriptors
     );
-    assert!(r.stop_copy_device_bytes > 0, "{}", r.text());
+    assert!(r.stop_copy_device_bytes > 0, "{r:?}");
 }
 
 #[test]

@@ -14,7 +14,8 @@
 //! server:
 //!   socket: /tmp/vfpga.sock
 //! log:
-//!   level: info
+//!   level: info           # trace | debug | info | warn | error | off
+//!   format: text          # text | json
 //! ```
 
 #![forbid(unsafe_code)]
@@ -203,25 +204,61 @@ pub struct ServerConfig {
     pub socket: Option<PathBuf>,
 }
 
-/// Logging options.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogConfig {
-    /// `tracing` filter (`error`, `warn`, `info`, `debug`, `trace`, or a directive list).
-    #[serde(default = "default_level")]
-    pub level: String,
+/// A log level (the `tracing` levels, and `off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Everything.
+    Trace,
+    /// Debugging detail.
+    Debug,
+    /// Normal operation (the default).
+    #[default]
+    Info,
+    /// Something worth a look.
+    Warn,
+    /// Failures only.
+    Error,
+    /// No logs.
+    Off,
 }
 
-fn default_level() -> String {
-    "info".into()
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            level: default_level(),
+impl LogLevel {
+    /// Name as written in config files (and understood by `RUST_LOG`).
+    pub fn name(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+            LogLevel::Off => "off",
         }
     }
+}
+
+/// How log lines are written on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging options. `RUST_LOG` (a `tracing` filter, e.g.
+/// `vfpga_vfio_user=debug,info`) overrides `level` when set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Level: `trace`, `debug`, `info`, `warn`, `error` or `off`.
+    #[serde(default)]
+    pub level: LogLevel,
+    /// Format: `text` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
 }
 
 /// A whole configuration file.
@@ -335,22 +372,48 @@ fn strip_location_prefix(msg: &str) -> String {
         .to_string()
 }
 
+/// Messages of the parser that name its internals rather than the file,
+/// and what a person reads instead.
+const PLAIN_WORDS: &[(&str, &str)] = &[
+    ("unknown variant", "unknown value"),
+    (
+        "externally tagged enum expected scalar or mapping",
+        "expected one name here (like `sim` or `info`), not a list",
+    ),
+    (
+        "did not find expected key",
+        "did not find the expected key (check the indentation of this line and the one above)",
+    ),
+];
+
+fn parse_error(e: serde_saphyr::Error, path: &Path, syntax: bool) -> ConfigError {
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((0, 0));
+    let mut message = strip_location_prefix(&e.without_snippet().to_string());
+    for (from, to) in PLAIN_WORDS {
+        message = message.replace(from, to);
+    }
+    if syntax {
+        message = format!("YAML syntax error: {message}");
+    }
+    ConfigError::Parse {
+        path: path.to_path_buf(),
+        line,
+        column,
+        message,
+        source: Box::new(e),
+    }
+}
+
 /// Parses and validates config text; `path` is used in error messages.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-    let cfg: Config = serde_saphyr::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((0, 0));
-        let message = strip_location_prefix(&e.without_snippet().to_string());
-        ConfigError::Parse {
-            path: path.to_path_buf(),
-            line,
-            column,
-            message,
-            source: Box::new(e),
-        }
-    })?;
+    // Syntax first, on its own: a typed parse reports a broken line as
+    // whatever the type expected at that point.
+    serde_saphyr::from_str::<serde::de::IgnoredAny>(text)
+        .map_err(|e| parse_error(e, path, true))?;
+    let cfg: Config = serde_saphyr::from_str(text).map_err(|e| parse_error(e, path, false))?;
     validate(&cfg, path)?;
     Ok(cfg)
 }
@@ -500,6 +563,45 @@ mod tests {
             e.to_string()
                 .starts_with("test.yaml:3:16: board.pci_address"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_say_so_with_line_and_column() {
+        let e = p("backend: [sim\n").unwrap_err().to_string();
+        assert!(e.starts_with("test.yaml:"), "{e}");
+        assert!(e.contains("YAML syntax error"), "{e}");
+        assert!(!e.contains("externally tagged"), "{e}");
+        let e = p("backend: sim\ndevice:\n  devmem_size: 1MiB\n log:\n  level: info\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("test.yaml:4:2: YAML syntax error"), "{e}");
+        assert!(e.contains("indentation"), "{e}");
+        let e = p("backend:\n  - sim\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with("test.yaml:2:3: expected one name here"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn log_level_and_format_take_only_their_names() {
+        let e = p("backend: sim\nlog:\n  level: loud\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("test.yaml:3:10: unknown value `loud`"), "{e}");
+        assert!(e.contains("trace, debug, info, warn, error, off"), "{e}");
+        let c = p("backend: sim\nlog:\n  level: off\n  format: json\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (c.log.level, c.log.format),
+            (LogLevel::Off, LogFormat::Json)
+        );
+        assert!(p("backend: sim\nlog:\n  format: xml\n").is_err());
+        let c = p("backend: sim\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (c.log.level, c.log.format),
+            (LogLevel::Info, LogFormat::Text)
         );
     }
 

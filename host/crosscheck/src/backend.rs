@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::{Deserialize, Serialize};
-use vfpga_device::{Bar, Device, DeviceError, DeviceInfo, DeviceState, DmaPort, IrqSink, Progress};
+use vfpga_device::{Device, DeviceError, DmaPort, IrqSink};
 use vfpga_model::{Model, ModelConfig};
 use vfpga_sim::{Clocking, SimDevice, SimOptions};
 
@@ -109,8 +109,8 @@ impl std::fmt::Display for Pair {
     }
 }
 
-/// Either implementation, behind one type (every provided method that a
-/// backend speeds up is forwarded).
+/// Either implementation, behind one type (every method forwarded, provided
+/// ones included, by [`vfpga_device::forward_device!`]).
 pub enum AnyDevice {
     /// The model.
     Model(Box<Model>),
@@ -118,44 +118,23 @@ pub enum AnyDevice {
     Sim(SimDevice),
 }
 
-macro_rules! fwd {
-    ($self:ident, $d:ident => $e:expr) => {
-        match $self {
-            AnyDevice::Model($d) => $e,
-            AnyDevice::Sim($d) => $e,
+impl AnyDevice {
+    fn dev(&self) -> &dyn Device {
+        match self {
+            AnyDevice::Model(d) => d.as_ref(),
+            AnyDevice::Sim(d) => d,
         }
-    };
+    }
+
+    fn dev_mut(&mut self) -> &mut dyn Device {
+        match self {
+            AnyDevice::Model(d) => d.as_mut(),
+            AnyDevice::Sim(d) => d,
+        }
+    }
 }
 
-impl Device for AnyDevice {
-    fn info(&self) -> DeviceInfo {
-        fwd!(self, d => d.info())
-    }
-    fn mmio_read(&mut self, bar: Bar, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
-        fwd!(self, d => d.mmio_read(bar, offset, data))
-    }
-    fn mmio_write(&mut self, bar: Bar, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
-        fwd!(self, d => d.mmio_write(bar, offset, data))
-    }
-    fn advance(&mut self, budget: u64) -> Result<Progress, DeviceError> {
-        fwd!(self, d => d.advance(budget))
-    }
-    fn run_until_idle(&mut self, max_units: u64) -> Result<u64, DeviceError> {
-        fwd!(self, d => d.run_until_idle(max_units))
-    }
-    fn save_state(&mut self) -> Result<DeviceState, DeviceError> {
-        fwd!(self, d => d.save_state())
-    }
-    fn restore_state(&mut self, state: &DeviceState) -> Result<(), DeviceError> {
-        fwd!(self, d => d.restore_state(state))
-    }
-    fn devmem_read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
-        fwd!(self, d => d.devmem_read(offset, buf))
-    }
-    fn devmem_write(&mut self, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
-        fwd!(self, d => d.devmem_write(offset, data))
-    }
-}
+vfpga_device::forward_device! { impl Device for AnyDevice { |s| s.dev(), |s| s.dev_mut() } }
 
 /// A factory for `which` with `devmem_pages` pages. For the RTL, `vcd`
 /// names the waveform of the first instance; later instances (state

@@ -94,17 +94,18 @@ pub fn run_pair(sc: &Scenario, pair: Pair, vcd: Option<PathBuf>) -> Outcome {
     )
 }
 
+/// The error and its sources (vfpga_device's formatter), leaving out the
+/// divergence a lockstep error carries as its source (its message is the
+/// error's own, and a verdict is compared by this text).
 fn error_chain(e: &DeviceError) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(x) = src {
-        if x.downcast_ref::<DivergenceError>().is_none() {
-            s.push_str(": ");
-            s.push_str(&x.to_string());
-        }
-        src = x.source();
-    }
-    s
+    std::iter::once(e.to_string())
+        .chain(
+            vfpga_device::error_sources(e)
+                .filter(|x| x.downcast_ref::<DivergenceError>().is_none())
+                .map(ToString::to_string),
+        )
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// Whether two verdicts fail the same way (shrinking keeps that).

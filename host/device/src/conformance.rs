@@ -587,13 +587,10 @@ where
 /// [`conformance_tests!`](crate::conformance_tests) generates.
 pub fn run_check(name: &str, r: Result<(), ConformanceError>) {
     if let Err(e) = r {
-        let mut msg = format!("conformance check {name} failed: {e}");
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            msg.push_str(&format!(": {s}"));
-            src = s.source();
-        }
-        panic!("{msg}");
+        panic!(
+            "conformance check {name} failed: {}",
+            crate::error_chain(&e)
+        );
     }
 }
 

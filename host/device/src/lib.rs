@@ -446,38 +446,14 @@ pub fn check_compatible(ours: &Identity, theirs: &Identity) -> Result<(), Device
     Ok(())
 }
 
-impl<D: Device + ?Sized> Device for Box<D> {
-    fn info(&self) -> DeviceInfo {
-        (**self).info()
-    }
-    fn mmio_read(&mut self, bar: Bar, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
-        (**self).mmio_read(bar, offset, data)
-    }
-    fn mmio_write(&mut self, bar: Bar, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
-        (**self).mmio_write(bar, offset, data)
-    }
-    fn advance(&mut self, budget: u64) -> Result<Progress, DeviceError> {
-        (**self).advance(budget)
-    }
-    fn devmem_read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
-        (**self).devmem_read(offset, buf)
-    }
-    fn devmem_write(&mut self, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
-        (**self).devmem_write(offset, data)
-    }
-    fn save_state(&mut self) -> Result<DeviceState, DeviceError> {
-        (**self).save_state()
-    }
-    fn restore_state(&mut self, state: &DeviceState) -> Result<(), DeviceError> {
-        (**self).restore_state(state)
-    }
-    fn quiesce(&mut self) -> Result<(), DeviceError> {
-        (**self).quiesce()
-    }
-    fn resume(&mut self) -> Result<(), DeviceError> {
-        (**self).resume()
-    }
-    fn take_dirty_pages(&mut self) -> Result<Vec<u64>, DeviceError> {
-        (**self).take_dirty_pages()
-    }
+// `impl Device for Box<D>` and the forwarding macro every wrapper uses.
+mod forward;
+
+mod chain;
+pub use chain::{error_chain, error_sources};
+
+#[doc(hidden)]
+pub mod __private {
+    //! Names [`forward_device!`](crate::forward_device) expands to.
+    pub use vfpga_regs::Status;
 }

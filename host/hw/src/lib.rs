@@ -26,7 +26,7 @@
 use std::sync::Arc;
 
 use vfpga_config::BoardConfig;
-use vfpga_device::{Bar, Device, DeviceError, DeviceInfo, DmaPort, IrqSink, Progress};
+use vfpga_device::{Device, DeviceError, DmaPort, IrqSink};
 
 mod board;
 pub mod doctor;
@@ -115,23 +115,6 @@ impl BoardDevice {
     }
 }
 
-impl Device for BoardDevice {
-    fn info(&self) -> DeviceInfo {
-        self.inner.info()
-    }
-    fn mmio_read(&mut self, bar: Bar, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
-        self.inner.mmio_read(bar, offset, data)
-    }
-    fn mmio_write(&mut self, bar: Bar, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
-        self.inner.mmio_write(bar, offset, data)
-    }
-    fn advance(&mut self, budget: u64) -> Result<Progress, DeviceError> {
-        self.inner.advance(budget)
-    }
-    fn devmem_read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
-        self.inner.devmem_read(offset, buf)
-    }
-    fn devmem_write(&mut self, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
-        self.inner.devmem_write(offset, data)
-    }
-}
+// Every method, provided ones included (the board's faster ones survive
+// behind `Box<dyn Device>`).
+vfpga_device::forward_device! { impl Device for BoardDevice { |s| &s.inner, |s| &mut s.inner } }

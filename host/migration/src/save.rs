@@ -133,6 +133,17 @@ pub enum StopReason {
     NotConverging,
 }
 
+impl StopReason {
+    /// The name reports use: `converged`, `max-passes` or `not-converging`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StopReason::Converged => "converged",
+            StopReason::MaxPasses => "max-passes",
+            StopReason::NotConverging => "not-converging",
+        }
+    }
+}
+
 /// When to stop iterating pre-copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvergencePolicy {

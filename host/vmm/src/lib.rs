@@ -19,3 +19,9 @@ pub mod live;
 pub mod server;
 pub mod vm;
 pub mod workload;
+
+/// Serializes milliseconds rounded to the microsecond (three decimals), as
+/// a reader of a JSON report expects them.
+pub(crate) fn ms<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((v * 1000.0).round() / 1000.0)
+}

@@ -66,6 +66,7 @@ pub struct Pass {
     /// Descriptors the guest completed during the pass.
     pub descriptors_during: u64,
     /// Milliseconds since the migration started, at the end of the pass.
+    #[serde(serialize_with = "crate::ms")]
     pub at_ms: f64,
     /// Device bytes stop-and-copy would still send after this pass
     /// (MIG_DATA_SIZE).
@@ -97,11 +98,12 @@ pub struct SourceReport {
     pub stop_copy_device_bytes: u64,
     /// Guest pages sent after the device stopped.
     pub stop_copy_guest_pages: u64,
-    /// Why pre-copy ended.
+    /// Why pre-copy ended: `converged`, `max-passes` or `not-converging`.
     pub stop_reason: String,
     /// Source device stopped (µs since the epoch).
     pub stopped_at_us: u64,
     /// Milliseconds since the migration started when the device stopped.
+    #[serde(serialize_with = "crate::ms")]
     pub stopped_at_ms: f64,
 }
 
@@ -361,7 +363,7 @@ fn migrate_out_inner<S: Read + Write>(
             )));
         }
         if let Some(r) = conv.decide(pass, left, &opts.policy) {
-            stop_reason = format!("{r:?}");
+            stop_reason = r.name().to_string();
             break;
         }
         pass += 1;

@@ -245,7 +245,7 @@ fn in_thread(kind: Kind, devmem: u64, socket: &Path) -> Result<Running, ServerEr
     let dma = vfpga_device::DmaPort::new();
     let irq = Arc::new(IrqHub::new());
     let dev = backend::open_free_running(kind, (devmem / 4096) as u32, dma.clone(), irq.clone())
-        .map_err(|e| ServerError::Start(format!("{e}: {}", crate::demo::error_chain(&e))))?;
+        .map_err(|e| ServerError::Start(vfpga_device::error_chain(&e)))?;
     let server = Arc::new(
         Server::new(dev, dma, irq)
             .map_err(|e| ServerError::Start(format!("cannot start the server: {e}")))?,

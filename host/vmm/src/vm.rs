@@ -170,7 +170,7 @@ impl Local {
     pub fn open(kind: Kind, devmem: u64, guest: &Guest) -> Result<Self, LiveError> {
         let irq = Arc::new(IrqLog::new());
         let dev = backend::open(kind, (devmem / 4096) as u32, guest.dma.clone(), irq.clone())
-            .map_err(|e| LiveError::Protocol(format!("{e}: {}", crate::demo::error_chain(&e))))?;
+            .map_err(|e| LiveError::Protocol(vfpga_device::error_chain(&e)))?;
         Ok(Local {
             dev,
             eng: MigrationEngine::new(EngineConfig {

@@ -1,7 +1,7 @@
-//! Live-migration failure cases (issue 8 item 5) and repeated migration
-//! (item 6), on the model: a connection cut at any phase or a corrupted
-//! stream leaves the source running and its workload completing correctly;
-//! a second attempt then succeeds; a destination never runs a bad stream.
+//! Live-migration failure cases and repeated migration, on the model: a
+//! connection cut at any phase or a corrupted stream leaves the source
+//! running and its workload completing correctly; a second attempt then
+//! succeeds; a destination never runs a bad stream.
 //!
 //! Each case runs on the demo's path (every device behind its own vfio-user
 //! server, guest memory mapped with DMA_MAP; the servers run on threads of
