@@ -141,18 +141,7 @@ pub fn guest_port() -> Result<DmaPort, HilError> {
     Ok(dma)
 }
 
-/// Deterministic test bytes.
-pub fn pattern(seed: u32, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
+pub use vfpga_device::testkit::pattern;
 
 /// Byte `i` of a FILL with `pat` (datasheet §5.2: byte `i mod 4`, little-endian).
 fn fill_bytes(pat: u32, len: usize) -> Vec<u8> {

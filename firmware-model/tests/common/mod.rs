@@ -64,14 +64,7 @@ impl Rig {
     }
 }
 
+/// The shared test pattern, in this suite's argument order.
 pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
+    vfpga_device::testkit::pattern(seed, len)
 }

@@ -28,13 +28,19 @@
 
 #![deny(unsafe_code)]
 
+// Test-only modules: compiled for this crate's tests and for crates that ask
+// for them with the `test-support` feature (test suites), never otherwise.
+#[cfg(any(test, feature = "test-support"))]
 pub mod conformance;
 pub mod dma;
+#[cfg(any(test, feature = "test-support"))]
 pub mod fake;
 pub mod irq;
 pub mod ring;
 pub mod shared_mem;
 pub mod state;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testkit;
 
 use std::time::{Duration, Instant};
 

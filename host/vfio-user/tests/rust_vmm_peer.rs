@@ -180,7 +180,7 @@ fn wait_eventfd(e: &EventFd, what: &str) -> u64 {
 }
 
 fn pattern(n: u32) -> Vec<u8> {
-    (0..n as usize).map(|i| (i * 7 + (i >> 8)) as u8).collect()
+    vfpga_device::testkit::pattern(7, n as usize)
 }
 
 /// Connects with `Client::new` (version negotiation, device info, every

@@ -70,15 +70,5 @@ impl Rig {
     }
 }
 
-/// Deterministic pseudo-random bytes.
-pub fn pattern_bytes(seed: u32, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
+#[allow(unused_imports)] // not every test binary uses it
+pub use vfpga_device::testkit::pattern as pattern_bytes;
