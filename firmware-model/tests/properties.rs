@@ -223,15 +223,8 @@ fn rig(batch: bool, init: &[u8]) -> Rig {
 }
 
 fn init_memory(seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..GUEST_LEN)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    let mut r = vfpga_device::testkit::Rng(seed | 1);
+    (0..GUEST_LEN).map(|_| r.next() as u8).collect()
 }
 
 fn cfg(cases: u32) -> ProptestConfig {

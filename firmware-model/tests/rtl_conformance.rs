@@ -32,18 +32,7 @@ mod differential {
     const LEN: usize = 64 * 1024;
     const PAGES: u32 = 16;
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use vfpga_device::testkit::Rng;
 
     fn stream(rng: &mut Rng) -> Vec<Desc> {
         (0..1 + rng.below(10))

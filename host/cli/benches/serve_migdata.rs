@@ -12,7 +12,6 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vfpga_migration::fsm::MigState;
@@ -22,54 +21,31 @@ use vfpga_vfio_user::session::region;
 const DEVMEM: usize = 256 << 20;
 const CHUNK: u32 = 1 << 20;
 
-struct Served(Child, PathBuf, PathBuf);
+mod common;
+
+/// The server and its config file (removed on drop).
+struct Served(common::Served, PathBuf);
 
 impl Drop for Served {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
         let _ = std::fs::remove_file(&self.1);
-        let _ = std::fs::remove_file(&self.2);
     }
 }
 
 fn serve() -> Served {
-    let tmp = std::env::temp_dir();
-    let id = std::process::id();
-    let path = tmp.join(format!("vfpga-bench-mig-{id}.sock"));
-    let cfg = tmp.join(format!("vfpga-bench-mig-{id}.yaml"));
+    let cfg = std::env::temp_dir().join(format!("vfpga-bench-mig-{}.yaml", std::process::id()));
     std::fs::write(
         &cfg,
         "backend: model\ndevice:\n  devmem_size: 256MiB\n  dmalog_max_pages: 65536\nlog:\n  level: error\n",
     )
     .unwrap();
-    let _ = std::fs::remove_file(&path);
-    let child = Command::new(env!("CARGO_BIN_EXE_vfpga"))
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .arg("--socket")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn vfpga serve");
-    let s = Served(child, path, cfg);
-    let t0 = Instant::now();
-    while UnixStream::connect(&s.1).is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "serve never listened"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    s
+    Served(common::serve(&cfg, "mig"), cfg)
 }
 
 fn client(s: &Served) -> Client {
     let t0 = Instant::now();
     loop {
-        let mut c = Client::connect(&s.1).unwrap();
+        let mut c = Client::connect(&s.0.socket).unwrap();
         c.set_timeout(Duration::from_secs(120));
         if c.negotiate_default().is_ok() {
             return c;

@@ -11,8 +11,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use vfpga_regs::offsets;
@@ -22,42 +21,11 @@ use vfpga_vfio_user::wire::{self, HEADER_LEN, Header, cmd};
 const ROUNDS: usize = 5;
 const PER_ROUND: usize = 4000;
 
-struct Served(Child, PathBuf);
+mod common;
 
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_file(&self.1);
-    }
-}
-
-fn serve(config: &str) -> Served {
-    let path =
-        std::env::temp_dir().join(format!("vfpga-bench-{}-{config}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&path);
+fn serve(config: &str) -> common::Served {
     let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../config/{config}.yaml"));
-    let child = Command::new(env!("CARGO_BIN_EXE_vfpga"))
-        .args(["serve", "--config"])
-        .arg(cfg)
-        .arg("--socket")
-        .arg(&path)
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn vfpga serve");
-    let s = Served(child, path);
-    let t0 = Instant::now();
-    while UnixStream::connect(&s.1).is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "serve never listened"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    s
+    common::serve(&cfg, config)
 }
 
 fn frame(id: u16, command: u16, payload: &[u8]) -> Vec<u8> {
@@ -79,14 +47,7 @@ fn connect(path: &Path) -> UnixStream {
     let t0 = Instant::now();
     loop {
         let mut s = UnixStream::connect(path).unwrap();
-        let v = wire::Version {
-            major: wire::VERSION_MAJOR,
-            minor: 0,
-            caps: wire::Caps::default(),
-            has_json: true,
-        }
-        .encode();
-        let ok = s.write_all(&frame(1, cmd::VERSION, &v)).is_ok() && {
+        let ok = s.write_all(&wire::Version::command(1)).is_ok() && {
             let mut h = [0u8; HEADER_LEN];
             s.read_exact(&mut h).is_ok() && {
                 let h = Header::parse(&h);
@@ -152,7 +113,7 @@ fn write_json(name: &str, value: f64, bname: &str, bvalue: f64, notes: &str) {
 
 fn run(config: &str) {
     let srv = serve(config);
-    let mut s = connect(&srv.1);
+    let mut s = connect(&srv.socket);
     let scratch = u64::from(offsets::SCRATCH);
     let rd = frame(
         2,

@@ -27,18 +27,7 @@ use vfpga_vfio_user::session::region;
 use vfpga_vfio_user::wire::{self, HEADER_LEN, Header, cmd, flags};
 use vfpga_vfio_user::{Client, WireDevice};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+use vfpga_device::testkit::Rng;
 
 struct Served {
     child: Child,
@@ -178,14 +167,7 @@ fn attack(s: &Served, r: &mut Rng) {
     };
     c.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let v = wire::Version {
-        major: wire::VERSION_MAJOR,
-        minor: 0,
-        caps: wire::Caps::default(),
-        has_json: true,
-    }
-    .encode();
-    let _ = c.write_all(&msg(cmd::VERSION, 0, &v));
+    let _ = c.write_all(&wire::Version::command(7));
     let (pr, pw) = nix::unistd::pipe().unwrap();
     match r.below(8) {
         0 => {

@@ -458,6 +458,29 @@ fn json_u64(v: &serde_json::Value, what: &'static str) -> WireResult<u64> {
 }
 
 impl Version {
+    /// A whole VERSION command message (header included) proposing this
+    /// library's version with the default capabilities.
+    pub fn command(msg_id: u16) -> Vec<u8> {
+        let p = Version {
+            major: VERSION_MAJOR,
+            minor: VERSION_MINOR,
+            caps: Caps::default(),
+            has_json: true,
+        }
+        .encode();
+        let mut m = Header {
+            msg_id,
+            command: cmd::VERSION,
+            msg_size: (HEADER_LEN + p.len()) as u32,
+            flags: flags::TYPE_COMMAND,
+            error: 0,
+        }
+        .encode()
+        .to_vec();
+        m.extend_from_slice(&p);
+        m
+    }
+
     /// Decodes and validates a VERSION payload.
     pub fn decode(p: &[u8]) -> WireResult<Version> {
         let r = Reader::new(p, "VERSION");

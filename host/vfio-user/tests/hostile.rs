@@ -96,18 +96,7 @@ fn raw(h: &Harness) -> UnixStream {
     // negotiating on a fresh one instead.
     drop(c);
     let mut s = connect_when_free(h);
-    let v = wire::Version {
-        major: wire::VERSION_MAJOR,
-        minor: 0,
-        caps: wire::Caps::default(),
-        has_json: true,
-    }
-    .encode();
-    let mut m = header(cmd::VERSION, (HEADER_LEN + v.len()) as u32, 0)
-        .encode()
-        .to_vec();
-    m.extend_from_slice(&v);
-    s.write_all(&m).unwrap();
+    s.write_all(&wire::Version::command(1)).unwrap();
     let r = read_reply(&mut s);
     assert_eq!(r.flags & flags::ERROR, 0, "VERSION refused");
     s

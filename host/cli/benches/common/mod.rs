@@ -1,0 +1,51 @@
+//! What the `vfpga serve` benchmarks share: a server child process.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `vfpga serve` child listening on `socket`; killed (and the socket
+/// removed) on drop.
+pub struct Served {
+    child: Child,
+    /// The socket it listens on.
+    pub socket: PathBuf,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Starts `vfpga serve --config CONFIG` on a fresh socket named after `tag`
+/// and waits until it listens.
+pub fn serve(config: &Path, tag: &str) -> Served {
+    let socket =
+        std::env::temp_dir().join(format!("vfpga-bench-{}-{tag}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&socket);
+    let child = Command::new(env!("CARGO_BIN_EXE_vfpga"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .arg("--socket")
+        .arg(&socket)
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn vfpga serve");
+    let s = Served { child, socket };
+    let t0 = Instant::now();
+    while UnixStream::connect(&s.socket).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "serve never listened"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    s
+}
