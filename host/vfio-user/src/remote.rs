@@ -171,6 +171,12 @@ impl DmaLink {
         Ok(())
     }
 
+    /// Whether the outstanding access has all its answers and the device
+    /// has not taken them yet.
+    pub fn answer_waiting(&self) -> bool {
+        lock(&self.state).slot.as_ref().is_some_and(Slot::answered)
+    }
+
     /// Waits up to `timeout` until the outstanding access (if any) has all
     /// its answers.
     pub fn wait(&self, timeout: Duration) {

@@ -72,6 +72,9 @@ pub enum ServerError {
 
 /// Units per [`Device::advance`] call of the runner.
 const RUN_BUDGET: u64 = 256;
+/// Most `advance` calls a command waits for the device to take a DMA answer
+/// that arrived before the command (a bound, never reached in practice).
+const ANSWER_STEPS: usize = 64;
 /// How long the runner sleeps while the device is idle (it is woken early
 /// by any access that may give it work).
 const IDLE_WAIT: Duration = Duration::from_millis(20);
@@ -412,6 +415,7 @@ impl Server {
             wlock: &wlock,
             resample: &resample,
             session: &session,
+            link: &link,
         };
 
         let r = std::thread::scope(|sc| {
@@ -530,6 +534,7 @@ struct Ctx<'a> {
     wlock: &'a Arc<Mutex<()>>,
     resample: &'a Arc<Mutex<Option<Resample>>>,
     session: &'a Arc<Mutex<Session>>,
+    link: &'a Arc<DmaLink>,
 }
 
 impl Ctx<'_> {
@@ -553,6 +558,18 @@ impl Ctx<'_> {
         let o = {
             let mut s = lock(self.session);
             let mut core = lock(&self.server.core);
+            // The client answered the device's DMA before it sent this
+            // command: the device takes that answer (and finishes what it
+            // was waiting for) before the command sees it, as on a bus where
+            // the device's write lands before the CPU reads a register.
+            for _ in 0..ANSWER_STEPS {
+                if !self.link.answer_waiting() {
+                    break;
+                }
+                if core.dev.advance(RUN_BUDGET).is_err() {
+                    break;
+                }
+            }
             s.handle(&mut core, &m.hdr, &m.payload, m.fds)
         };
         self.finish(o)
