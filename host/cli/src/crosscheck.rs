@@ -219,6 +219,14 @@ pub fn run(cfg: Option<&Config>, args: &CrosscheckArgs) -> u8 {
         summary.errors,
         summary.seconds
     );
+    println!(
+        "  slow memory: {} scenarios, {} DMA waits entered on both sides, {} MMIO accesses during them",
+        summary.slow_scenarios, summary.dma_waits, summary.wait_accesses
+    );
+    println!(
+        "  hardware reset: {} scenarios, {} resets ({} inside a step waiting for DMA)",
+        summary.reset_scenarios, summary.hw_resets, summary.hw_resets_in_step
+    );
     if let Some(j) = &args.json {
         let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
         if let Err(e) = std::fs::write(j, text) {

@@ -157,11 +157,46 @@ impl Device for AnyDevice {
     }
 }
 
+/// A device whose hardware reset input can be asserted (not a register:
+/// the core's `rst_n`, or the model's power-on state).
+pub trait HardwareReset {
+    /// Resets the device to its power-on state wherever it is, even inside a
+    /// step (an outstanding DMA access is abandoned). Device memory keeps
+    /// its contents; both bitmaps and the DMA-log registers are cleared.
+    fn hardware_reset(&mut self) -> Result<(), DeviceError>;
+}
+
+impl HardwareReset for Model {
+    fn hardware_reset(&mut self) -> Result<(), DeviceError> {
+        self.power_on_reset();
+        Ok(())
+    }
+}
+
+impl HardwareReset for SimDevice {
+    fn hardware_reset(&mut self) -> Result<(), DeviceError> {
+        self.hw_reset(2)
+    }
+}
+
+impl HardwareReset for AnyDevice {
+    fn hardware_reset(&mut self) -> Result<(), DeviceError> {
+        fwd!(self, d => d.hardware_reset())
+    }
+}
+
 /// A factory for `which` with `devmem_pages` pages. For the RTL, `vcd`
 /// names the waveform of the first instance; later instances (state
-/// transplants) write `<stem>.2.vcd`, `<stem>.3.vcd`, ...
-pub fn factory(which: Impl, devmem_pages: u32, vcd: Option<PathBuf>) -> Factory<AnyDevice> {
-    faulty_factory(which, devmem_pages, vcd, None)
+/// transplants) write `<stem>.2.vcd`, `<stem>.3.vcd`, ...; `x_seed` seeds
+/// the random contents of every RTL register before its first reset
+/// (each later instance gets the next seed; 0: zeros).
+pub fn factory(
+    which: Impl,
+    devmem_pages: u32,
+    vcd: Option<PathBuf>,
+    x_seed: u32,
+) -> Factory<AnyDevice> {
+    faulty_factory(which, devmem_pages, vcd, None, x_seed)
 }
 
 /// Like [`factory`], with a deliberate bug in the model.
@@ -170,6 +205,7 @@ pub fn faulty_factory(
     devmem_pages: u32,
     vcd: Option<PathBuf>,
     fault: Option<ModelFault>,
+    x_seed: u32,
 ) -> Factory<AnyDevice> {
     let n = Arc::new(AtomicU32::new(0));
     Box::new(move |dma: DmaPort, irq: Arc<dyn IrqSink>| match which {
@@ -200,6 +236,11 @@ pub fn faulty_factory(
                 dmalog_max_pages: DMALOG_MAX_PAGES,
                 clocking: Clocking::Explicit,
                 vcd,
+                x_seed: if x_seed == 0 {
+                    0
+                } else {
+                    x_seed.wrapping_add(k).max(1)
+                },
             };
             Ok(AnyDevice::Sim(SimDevice::new(o, dma, irq)?))
         }

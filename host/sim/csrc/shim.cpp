@@ -90,10 +90,20 @@ inline void serve_devmem(Vvfpga_top* t, bool write, uint32_t addr, uint32_t len,
 extern "C" {
 
 // Creates and resets a model. `vcd_path` may be null (no waveform).
-Sim* sim_new(uint32_t devmem_pages, uint32_t dmalog_max_pages, const char* vcd_path) {
+// `x_seed` != 0: the model is built (--x-initial unique) with every
+// register and memory bit random before reset, from this seed, so that state
+// the reset forgets shows; 0: all zeros.
+Sim* sim_new(uint32_t devmem_pages, uint32_t dmalog_max_pages, const char* vcd_path,
+             uint32_t x_seed) {
     Sim* s = new Sim;
     s->ctx.reset(new VerilatedContext);
     s->ctx->threads(1);
+    if (x_seed) {
+        s->ctx->randReset(2);
+        s->ctx->randSeed(int(x_seed & 0x7fffffffu));
+    } else {
+        s->ctx->randReset(0);
+    }
     if (vcd_path) s->ctx->traceEverOn(true);
     s->top.reset(new Vvfpga_top(s->ctx.get(), "vfpga"));
     if (vcd_path) {
@@ -122,6 +132,27 @@ Sim* sim_new(uint32_t devmem_pages, uint32_t dmalog_max_pages, const char* vcd_p
     t->rst_n = 1;
     t->eval();
     return s;
+}
+
+// Hardware reset in the middle of work: rst_n low for `cycles` cycles (at
+// least 1), with every harness input idle (an outstanding DMA request is
+// abandoned: its response is never given), then high again. The bitmap
+// sweep that follows runs in later sim_run() calls.
+void sim_hw_reset(Sim* s, uint32_t cycles) {
+    Vvfpga_top* t = s->top.get();
+    t->rst_n = 0;
+    t->mmio_req_valid = 0;
+    t->dma_rsp_valid = 0;
+    t->dma_rsp_ok = 0;
+    t->dm_rsp_valid = 0;
+    if (cycles == 0) cycles = 1;
+    for (uint32_t i = 0; i < cycles; i++) {
+        half_cycle(s, 1);
+        half_cycle(s, 0);
+    }
+    s->cycles += cycles;
+    t->rst_n = 1;
+    t->eval();
 }
 
 void sim_free(Sim* s) {

@@ -71,6 +71,10 @@ pub struct SimOptions {
     pub clocking: Clocking,
     /// Write a VCD waveform of the whole run to this file.
     pub vcd: Option<PathBuf>,
+    /// Seed of the random values every register and memory bit of the RTL
+    /// holds before its first reset (0: all zeros). A register the reset
+    /// forgets then differs between seeds instead of reading 0.
+    pub x_seed: u32,
 }
 
 impl Default for SimOptions {
@@ -80,6 +84,7 @@ impl Default for SimOptions {
             dmalog_max_pages: consts::MAX_DMALOG_PAGES,
             clocking: Clocking::Explicit,
             vcd: None,
+            x_seed: 0,
         }
     }
 }
@@ -189,6 +194,7 @@ enum Cmd {
         cycles: u64,
         bare: Option<(u64, Vec<u8>)>,
     },
+    HwReset(u32),
 }
 
 /// One BAR0 register access of a batch.
@@ -356,6 +362,18 @@ impl SimDevice {
         }
         match self.call(Cmd::RunSteps { steps, max_cycles })? {
             Reply::Steps(k, c) => Ok((k, c)),
+            _ => Err(protocol_error()),
+        }
+    }
+
+    /// Hardware reset: holds the core's `rst_n` low for `cycles` cycles
+    /// (at least 1) wherever it is, even inside a step. A DMA request the
+    /// core is waiting for is abandoned (no response is given; a pending
+    /// answer is dropped). Then lets the bitmap sweep finish. Device memory
+    /// (the harness buffer, outside the core) keeps its contents.
+    pub fn hw_reset(&mut self, cycles: u32) -> Result<(), DeviceError> {
+        match self.call(Cmd::HwReset(cycles))? {
+            Reply::Done => Ok(()),
             _ => Err(protocol_error()),
         }
     }
@@ -820,6 +838,7 @@ fn sim_thread(
         opts.devmem_pages,
         opts.dmalog_max_pages,
         opts.vcd.as_deref(),
+        opts.x_seed,
     ) else {
         let _ = tx.send(Reply::Err(
             "the Verilated model could not be created".into(),
@@ -957,6 +976,14 @@ fn handle(h: &mut Harness, cmd: Cmd, free: bool, waiter: &mut Option<u64>) -> Op
             Ok(()) => Reply::Done,
             Err(e) => Reply::Err(e),
         },
+        Cmd::HwReset(cycles) => {
+            h.dma_wait = None;
+            h.mmio_rsp = None;
+            h.model.hw_reset(cycles);
+            h.cycles += u64::from(cycles.max(1));
+            h.run_until_idle(1 << 20);
+            Reply::Done
+        }
         Cmd::Stats => Reply::Stats(SimStats {
             cycles: h.cycles,
             steps: h.model.steps(),
