@@ -227,6 +227,10 @@ pub fn run(cfg: Option<&Config>, args: &CrosscheckArgs) -> u8 {
         "  hardware reset: {} scenarios, {} resets ({} inside a step waiting for DMA)",
         summary.reset_scenarios, summary.hw_resets, summary.hw_resets_in_step
     );
+    println!(
+        "  back-to-back MMIO: {} scenarios, {} sequences, {} accesses",
+        summary.back_to_back_scenarios, summary.back_to_back, summary.back_to_back_accesses
+    );
     if let Some(j) = &args.json {
         let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
         if let Err(e) = std::fs::write(j, text) {

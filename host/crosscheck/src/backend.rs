@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use serde::{Deserialize, Serialize};
 use vfpga_device::{Bar, Device, DeviceError, DeviceInfo, DeviceState, DmaPort, IrqSink, Progress};
 use vfpga_model::{Model, ModelConfig};
-use vfpga_sim::{Clocking, SimDevice, SimOptions};
+use vfpga_sim::{Clocking, PipeReq, SimDevice, SimOptions};
+
+use crate::lockstep::WaitAccess;
 
 use crate::lockstep::Factory;
 
@@ -157,31 +159,108 @@ impl Device for AnyDevice {
     }
 }
 
-/// A device whose hardware reset input can be asserted (not a register:
-/// the core's `rst_n`, or the model's power-on state).
-pub trait HardwareReset {
+/// What a lockstep side offers beyond the [`Device`] seam: its hardware
+/// reset input and back-to-back MMIO.
+pub trait SideDevice: Device {
     /// Resets the device to its power-on state wherever it is, even inside a
     /// step (an outstanding DMA access is abandoned). Device memory keeps
     /// its contents; both bitmaps and the DMA-log registers are cleared.
     fn hardware_reset(&mut self) -> Result<(), DeviceError>;
+
+    /// Issues `accesses` back to back: each `(access, gap)` is presented
+    /// `gap` cycles after the previous one was accepted, without waiting for
+    /// its response where the device has a port (the RTL). Returns the bytes
+    /// read by each (empty for writes). The default issues them one by one.
+    fn mmio_back_to_back(
+        &mut self,
+        accesses: &[(WaitAccess, u32)],
+    ) -> Result<Vec<Vec<u8>>, DeviceError> {
+        let mut out = Vec::with_capacity(accesses.len());
+        for (a, _) in accesses {
+            let bar = if a.bar2 { Bar::DevMem } else { Bar::Regs };
+            match a.write {
+                Some(v) => {
+                    self.mmio_write(bar, a.offset, &v.to_le_bytes()[..usize::from(a.len)])?;
+                    out.push(Vec::new());
+                }
+                None => {
+                    let mut d = vec![0u8; usize::from(a.len)];
+                    self.mmio_read(bar, a.offset, &mut d)?;
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
-impl HardwareReset for Model {
+impl SideDevice for Model {
     fn hardware_reset(&mut self) -> Result<(), DeviceError> {
         self.power_on_reset();
         Ok(())
     }
 }
 
-impl HardwareReset for SimDevice {
+impl SideDevice for SimDevice {
     fn hardware_reset(&mut self) -> Result<(), DeviceError> {
         self.hw_reset(2)
     }
+
+    /// On the RTL's MMIO port, pipelined ([`SimDevice::mmio_pipelined`]).
+    /// Accesses must be one 64-bit word each (BAR0: 4 bytes aligned or 8
+    /// bytes 8-aligned; BAR2: within one word).
+    fn mmio_back_to_back(
+        &mut self,
+        accesses: &[(WaitAccess, u32)],
+    ) -> Result<Vec<Vec<u8>>, DeviceError> {
+        let mut reqs = Vec::with_capacity(accesses.len());
+        for (a, gap) in accesses {
+            let len = usize::from(a.len);
+            let lane = (a.offset % 8) as usize;
+            if len == 0 || lane + len > 8 {
+                return Err(DeviceError::BadAccess {
+                    bar: if a.bar2 { Bar::DevMem } else { Bar::Regs },
+                    offset: a.offset,
+                    len,
+                });
+            }
+            let be = (((1u16 << len) - 1) << lane) as u8;
+            let wdata = a.write.map_or(0, |v| v << (8 * lane));
+            reqs.push(PipeReq {
+                bar2: a.bar2,
+                write: a.write.is_some(),
+                addr: (a.offset & !7) as u32,
+                be,
+                wdata,
+                gap: *gap,
+            });
+        }
+        let r = self.mmio_pipelined(&reqs)?;
+        Ok(accesses
+            .iter()
+            .zip(r)
+            .map(|((a, _), v)| {
+                if a.write.is_some() {
+                    Vec::new()
+                } else {
+                    let lane = (a.offset % 8) as usize;
+                    v.to_le_bytes()[lane..lane + usize::from(a.len)].to_vec()
+                }
+            })
+            .collect())
+    }
 }
 
-impl HardwareReset for AnyDevice {
+impl SideDevice for AnyDevice {
     fn hardware_reset(&mut self) -> Result<(), DeviceError> {
         fwd!(self, d => d.hardware_reset())
+    }
+
+    fn mmio_back_to_back(
+        &mut self,
+        accesses: &[(WaitAccess, u32)],
+    ) -> Result<Vec<Vec<u8>>, DeviceError> {
+        fwd!(self, d => d.mmio_back_to_back(accesses))
     }
 }
 

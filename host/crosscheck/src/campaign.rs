@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use vfpga_device::{Device, DeviceError};
 
-use crate::backend::{AnyDevice, HardwareReset, Pair, factory, faulty_factory};
+use crate::backend::{AnyDevice, Pair, SideDevice, factory, faulty_factory};
 use crate::lockstep::{Divergence, DivergenceError, Factory, Lockstep, LockstepOptions};
 use crate::scenario::{Op, RunStats, Scenario, apply, generate};
 
@@ -47,7 +47,7 @@ pub struct Outcome {
 }
 
 /// Runs `sc` on a lockstep of the two factories.
-pub fn run_with<A: Device + HardwareReset, B: Device + HardwareReset>(
+pub fn run_with<A: Device + SideDevice, B: Device + SideDevice>(
     sc: &Scenario,
     reference: Factory<A>,
     checked: Factory<B>,
@@ -293,6 +293,15 @@ pub struct Summary {
     /// Scenarios with at least one hardware reset.
     #[serde(default)]
     pub reset_scenarios: u64,
+    /// Back-to-back MMIO sequences.
+    #[serde(default)]
+    pub back_to_back: u64,
+    /// Accesses in them.
+    #[serde(default)]
+    pub back_to_back_accesses: u64,
+    /// Scenarios with at least one back-to-back sequence.
+    #[serde(default)]
+    pub back_to_back_scenarios: u64,
     /// Scenarios that diverged.
     pub divergences: u64,
     /// Scenarios that failed without a divergence.
@@ -332,6 +341,9 @@ pub fn campaign(
         s.hw_resets += o.stats.hw_resets;
         s.hw_resets_in_step += o.stats.hw_resets_in_step;
         s.reset_scenarios += u64::from(o.stats.hw_resets > 0);
+        s.back_to_back += o.stats.back_to_back;
+        s.back_to_back_accesses += o.stats.back_to_back_accesses;
+        s.back_to_back_scenarios += u64::from(o.stats.back_to_back > 0);
         match &o.verdict {
             Verdict::Pass => {}
             Verdict::Diverged { .. } => {

@@ -57,7 +57,7 @@ use vfpga_device::{
 };
 use vfpga_regs::{Access, STATE_LAYOUT, Status, consts, cpl, offsets, state as sw};
 
-use crate::backend::HardwareReset;
+use crate::backend::SideDevice;
 use crate::slow::{Gate, SlowMemory, SlowSpec};
 
 /// Builds a fresh device of one side (used by the state transplant).
@@ -1174,7 +1174,7 @@ impl<A: Device, B: Device> Lockstep<A, B> {
     }
 }
 
-impl<A: Device + HardwareReset, B: Device + HardwareReset> Lockstep<A, B> {
+impl<A: Device + SideDevice, B: Device + SideDevice> Lockstep<A, B> {
     /// Hardware reset of both sides (the core's reset input; the model's
     /// power-on state) at the point where they are. Settles both first
     /// unless they are already at the same point (settled or quiesced and
@@ -1198,6 +1198,58 @@ impl<A: Device + HardwareReset, B: Device + HardwareReset> Lockstep<A, B> {
         }
         self.reset_both()?;
         Ok(true)
+    }
+
+    /// Back-to-back MMIO: both sides settle (so the engine is idle and
+    /// only the accesses' own ordering matters), then the reference takes
+    /// `accesses` one by one and the checked side back to back on its port
+    /// (each presented `gap` cycles after the previous one was accepted,
+    /// before its response where the port allows). Every read is compared.
+    /// Typical: a BAR2 write followed at once by the `DIRTY_BITS` read of
+    /// its page's group.
+    pub fn back_to_back(&mut self, accesses: &[(WaitAccess, u32)]) -> Result<(), DeviceError> {
+        self.begin(|| format!("back-to-back, {} accesses", accesses.len()))?;
+        if !self.aligned && !self.both_quiesced()? {
+            self.settle_inner()?;
+        }
+        for (a, gap) in accesses {
+            self.push_history(format!("   then after {gap} cycles: {a}"));
+        }
+        let ra = self.a.dev.mmio_back_to_back(accesses);
+        let rb = self.b.dev.mmio_back_to_back(accesses);
+        let (va, vb) = self.pair("back-to-back MMIO", ra, rb)?;
+        self.compared += 1;
+        for (((a, _), x), y) in accesses.iter().zip(&va).zip(&vb) {
+            if x != y {
+                let word = |d: &[u8]| {
+                    let mut b = [0u8; 4];
+                    let n = d.len().min(4);
+                    b[..n].copy_from_slice(&d[..n]);
+                    u32::from_le_bytes(b)
+                };
+                let e = if a.bar2 {
+                    Effect::DevMemRead {
+                        offset: a.offset,
+                        expected: x.clone(),
+                        actual: y.clone(),
+                    }
+                } else {
+                    Effect::Register {
+                        name: vfpga_regs::register_at(a.offset as u32)
+                            .map_or("?", |r| r.name)
+                            .into(),
+                        offset: a.offset as u32,
+                        expected: word(x),
+                        actual: word(y),
+                    }
+                };
+                return Err(self.diverge(e));
+            }
+        }
+        if !self.both_quiesced()? {
+            self.aligned = false;
+        }
+        Ok(())
     }
 
     fn reset_both(&mut self) -> Result<(), DeviceError> {

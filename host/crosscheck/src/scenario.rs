@@ -7,7 +7,7 @@ use vfpga_device::ring::{Completion, Desc};
 use vfpga_device::{Device, DeviceError};
 use vfpga_regs::{Ctrl, consts, cpl, desc, offsets};
 
-use crate::backend::HardwareReset;
+use crate::backend::SideDevice;
 use crate::lockstep::{GuestLayout, Lockstep, Transplant, WaitAccess, fill};
 use crate::slow::SlowSpec;
 
@@ -139,6 +139,13 @@ pub enum Op {
         /// MMIO issued during the wait.
         accesses: Vec<WaitAccess>,
     },
+    /// Back-to-back MMIO after both sides settled ([`Lockstep::back_to_back`]):
+    /// each access with the idle cycles before it (after the previous one
+    /// was accepted; 0 = presented while the previous is being served).
+    BackToBack {
+        /// `(access, gap)` pairs.
+        accesses: Vec<(WaitAccess, u32)>,
+    },
     /// Hardware reset (the core's reset input) of both sides at `at`.
     HwReset {
         /// Where.
@@ -223,6 +230,12 @@ pub struct RunStats {
     /// Of those, inside a step waiting for DMA.
     #[serde(default)]
     pub hw_resets_in_step: u64,
+    /// Back-to-back MMIO sequences.
+    #[serde(default)]
+    pub back_to_back: u64,
+    /// Accesses in them.
+    #[serde(default)]
+    pub back_to_back_accesses: u64,
 }
 
 fn reg_offset(name: &str) -> Result<u32, DeviceError> {
@@ -236,7 +249,7 @@ fn reg_offset(name: &str) -> Result<u32, DeviceError> {
 /// Applies `sc` to `ls`, then a final settle and comparison of the bitmaps,
 /// the DMA log and the quiesced state. Stops at the first error; a
 /// divergence is then in [`Lockstep::divergence`].
-pub fn apply<A: Device + HardwareReset, B: Device + HardwareReset>(
+pub fn apply<A: Device + SideDevice, B: Device + SideDevice>(
     ls: &mut Lockstep<A, B>,
     sc: &Scenario,
     stats: &mut RunStats,
@@ -267,7 +280,7 @@ pub fn op_summary(op: &Op) -> String {
     }
 }
 
-fn apply_op<A: Device + HardwareReset, B: Device + HardwareReset>(
+fn apply_op<A: Device + SideDevice, B: Device + SideDevice>(
     ls: &mut Lockstep<A, B>,
     drv: &mut Driver,
     op: &Op,
@@ -477,6 +490,11 @@ fn apply_op<A: Device + HardwareReset, B: Device + HardwareReset>(
             let r = ls.dma_wait(*nth, accesses)?;
             stats.dma_waits += u64::from(r.reached);
             stats.wait_accesses += u64::from(r.accesses);
+        }
+        Op::BackToBack { accesses } => {
+            ls.back_to_back(accesses)?;
+            stats.back_to_back += 1;
+            stats.back_to_back_accesses += accesses.len() as u64;
         }
         Op::HwReset { at } => {
             match at {
@@ -805,7 +823,66 @@ impl Gen {
         v
     }
 
+    /// A back-to-back sequence: select a dirty group, write BAR2 in it, read
+    /// `DIRTY_BITS` and the written word at once, and a few more.
+    fn back_to_back(&mut self) -> Op {
+        let pages = self.devmem / u64::from(consts::PAGE_SIZE);
+        let mut v = Vec::new();
+        let gap = |r: &mut Rng| r.pick(&[0u32, 0, 0, 0, 1, 2, 3, 7]);
+        for _ in 0..1 + self.r.below(3) {
+            let page = self.r.below(pages);
+            let word = page * u64::from(consts::PAGE_SIZE) + 8 * self.r.below(512);
+            let len = self.r.pick(&[1u8, 2, 4, 8]);
+            let lane = self.r.below(u64::from(9 - len)) & !(u64::from(len) - 1);
+            let g = gap(&mut self.r);
+            v.push((reg_access("DIRTY_SEL", 4, Some(page / 32)), g));
+            let g = gap(&mut self.r);
+            let mask = if len == 8 {
+                u64::MAX
+            } else {
+                (1u64 << (8 * u64::from(len))) - 1
+            };
+            v.push((
+                WaitAccess {
+                    bar2: true,
+                    offset: word + lane,
+                    len,
+                    write: Some(self.r.next_u64() & mask),
+                },
+                g,
+            ));
+            let g = gap(&mut self.r);
+            v.push((reg_access("DIRTY_BITS", 4, None), g));
+            if self.r.pct(60) {
+                let g = gap(&mut self.r);
+                v.push((
+                    WaitAccess {
+                        bar2: true,
+                        offset: word,
+                        len: 8,
+                        write: None,
+                    },
+                    g,
+                ));
+            }
+            if self.r.pct(30) {
+                v.push((reg_access("DIRTY_BITS", 4, None), 0));
+            }
+            if self.r.pct(30) {
+                let x = self.r.next_u64() & 0xffff_ffff;
+                v.push((reg_access("SCRATCH", 4, Some(x)), gap(&mut self.r)));
+                v.push((reg_access("SCRATCH", 4, None), 0));
+            }
+        }
+        Op::BackToBack { accesses: v }
+    }
+
     fn one(&mut self, ops: &mut Vec<Op>) {
+        if self.r.pct(6) {
+            let op = self.back_to_back();
+            ops.push(op);
+            return;
+        }
         if self.r.pct(5) {
             // Hardware reset in the middle of work.
             let at = match self.r.below(4) {

@@ -63,6 +63,15 @@ unsafe extern "C" {
     ) -> *mut RawSim;
     fn sim_free(s: *mut RawSim);
     fn sim_hw_reset(s: *mut RawSim, cycles: u32);
+    fn sim_mmio_queue(
+        s: *mut RawSim,
+        bar2: u32,
+        write: u32,
+        addr: u32,
+        be: u32,
+        wdata: u64,
+        gap: u32,
+    );
     fn sim_run(s: *mut RawSim, max_cycles: u64, mem: *mut u8, mem_len: u64, ev: *mut SimEvent);
     fn sim_dma_respond(s: *mut RawSim, ok: u32, data: *const u8, len: u32);
     fn sim_mmio(s: *mut RawSim, bar2: u32, write: u32, addr: u32, be: u32, wdata: u64);
@@ -91,6 +100,7 @@ mod absent {
     }
     pub unsafe fn sim_free(_: *mut RawSim) {}
     pub unsafe fn sim_hw_reset(_: *mut RawSim, _: u32) {}
+    pub unsafe fn sim_mmio_queue(_: *mut RawSim, _: u32, _: u32, _: u32, _: u32, _: u64, _: u32) {}
     pub unsafe fn sim_run(_: *mut RawSim, _: u64, _: *mut u8, _: u64, _: *mut SimEvent) {}
     pub unsafe fn sim_dma_respond(_: *mut RawSim, _: u32, _: *const u8, _: u32) {}
     pub unsafe fn sim_mmio(_: *mut RawSim, _: u32, _: u32, _: u32, _: u32, _: u64) {}
@@ -189,6 +199,22 @@ impl Model {
     pub(crate) fn hw_reset(&mut self, cycles: u32) {
         // SAFETY: live model on its thread; plain values.
         unsafe { sim_hw_reset(self.raw, cycles) }
+    }
+
+    /// Queues one request of a pipelined MMIO sequence (see `shim.cpp`).
+    pub(crate) fn mmio_queue(&mut self, r: &crate::PipeReq) {
+        // SAFETY: live model on its thread; plain values.
+        unsafe {
+            sim_mmio_queue(
+                self.raw,
+                u32::from(r.bar2),
+                u32::from(r.write),
+                r.addr,
+                u32::from(r.be),
+                r.wdata,
+                r.gap,
+            )
+        }
     }
 
     /// Nothing to do until an MMIO access.

@@ -195,6 +195,26 @@ enum Cmd {
         bare: Option<(u64, Vec<u8>)>,
     },
     HwReset(u32),
+    Pipelined(Vec<PipeReq>),
+}
+
+/// One raw request of a pipelined MMIO sequence ([`SimDevice::mmio_pipelined`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PipeReq {
+    /// BAR2 instead of BAR0.
+    pub bar2: bool,
+    /// Write instead of read.
+    pub write: bool,
+    /// Address of the 64-bit word (bits 2:0 ignored).
+    pub addr: u32,
+    /// Byte enables.
+    pub be: u8,
+    /// Write data on its lanes.
+    pub wdata: u64,
+    /// Idle cycles between the acceptance of the previous request and the
+    /// presentation of this one (0: the very next cycle, while the previous
+    /// access is still being served).
+    pub gap: u32,
 }
 
 /// One BAR0 register access of a batch.
@@ -215,6 +235,7 @@ enum Reply {
     Stats(SimStats),
     Bench(BenchTime),
     Steps(Vec<StepKind>, u64),
+    Values64(Vec<u64>),
     Err(String),
 }
 
@@ -374,6 +395,18 @@ impl SimDevice {
     pub fn hw_reset(&mut self, cycles: u32) -> Result<(), DeviceError> {
         match self.call(Cmd::HwReset(cycles))? {
             Reply::Done => Ok(()),
+            _ => Err(protocol_error()),
+        }
+    }
+
+    /// Presents `reqs` back to back on the RTL's MMIO port: each request is
+    /// presented `gap` cycles after the previous one was accepted (gap 0:
+    /// while the previous one is still being served), without waiting for
+    /// its response. Returns the response data of each, in order. Raw port
+    /// requests: BAR0 accesses are not split (`be` as given).
+    pub fn mmio_pipelined(&mut self, reqs: &[PipeReq]) -> Result<Vec<u64>, DeviceError> {
+        match self.call(Cmd::Pipelined(reqs.to_vec()))? {
+            Reply::Values64(v) => Ok(v),
             _ => Err(protocol_error()),
         }
     }
@@ -976,6 +1009,28 @@ fn handle(h: &mut Harness, cmd: Cmd, free: bool, waiter: &mut Option<u64>) -> Op
             Ok(()) => Reply::Done,
             Err(e) => Reply::Err(e),
         },
+        Cmd::Pipelined(reqs) => {
+            h.mmio_rsp = None;
+            for r in &reqs {
+                h.model.mmio_queue(r);
+            }
+            let mut out = Vec::with_capacity(reqs.len());
+            let mut spent = 0;
+            while out.len() < reqs.len() {
+                if spent >= MMIO_CYCLE_LIMIT {
+                    return Some(Reply::Err(format!(
+                        "pipelined MMIO: {} of {} responses in {MMIO_CYCLE_LIMIT} cycles",
+                        out.len(),
+                        reqs.len()
+                    )));
+                }
+                spent += h.run(4096, true);
+                if let Some(v) = h.mmio_rsp.take() {
+                    out.push(v);
+                }
+            }
+            Reply::Values64(out)
+        }
         Cmd::HwReset(cycles) => {
             h.dma_wait = None;
             h.mmio_rsp = None;
