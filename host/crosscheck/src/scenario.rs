@@ -873,6 +873,21 @@ impl Gen {
                 v.push((reg_access("SCRATCH", 4, Some(x)), gap(&mut self.r)));
                 v.push((reg_access("SCRATCH", 4, None), 0));
             }
+            if self.r.pct(40) {
+                // A 64-bit BAR0 access as one port request (byte enables
+                // 0xff: both registers, low one first).
+                let a = match self.r.below(4) {
+                    0 => reg_access("SQ_BASE_LO", 8, None),
+                    1 => reg_access("CNT_BYTES_LO", 8, None),
+                    2 => reg_access("IRQ_STATUS", 8, None),
+                    _ => reg_access(
+                        "IRQ_STATUS",
+                        8,
+                        Some(self.r.below(4) | (self.r.below(4) << 32)),
+                    ),
+                };
+                v.push((a, gap(&mut self.r)));
+            }
         }
         Op::BackToBack { accesses: v }
     }
