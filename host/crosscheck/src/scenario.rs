@@ -636,10 +636,23 @@ fn reg_access(name: &str, len: u8, write: Option<u64>) -> WaitAccess {
 
 impl Gen {
     fn setup_rings(&mut self) -> Op {
-        let sq_size = self.r.pick(&[2u32, 4, 4, 8, 8, 16, 32]);
-        let cq_size = self.r.pick(&[2u32, 4, 4, 8, 16]);
-        let sq_slots = (4096 / desc::SIZE as u64) - u64::from(sq_size);
-        let cq_slots = (4096 / cpl::SIZE as u64) - u64::from(cq_size);
+        let mut sq_size = self.r.pick(&[2u32, 4, 4, 8, 8, 16, 32]);
+        let mut cq_size = self.r.pick(&[2u32, 4, 4, 8, 16]);
+        // Sometimes a size the device must refuse (not a power of two, above
+        // MAX_RING_ENTRIES) or 0 (ring off): the write is ignored or turns
+        // the ring off, and the driver then has no rings.
+        if self.r.pct(6) {
+            let bad = self
+                .r
+                .pick(&[0u32, 1, 3, 6, 24, 2 * consts::MAX_RING_ENTRIES]);
+            if self.r.pct(50) {
+                sq_size = bad;
+            } else {
+                cq_size = bad;
+            }
+        }
+        let sq_slots = (4096 / desc::SIZE as u64).saturating_sub(u64::from(sq_size));
+        let cq_slots = (4096 / cpl::SIZE as u64).saturating_sub(u64::from(cq_size));
         let mut sq_base = GUEST_BASE + SQ_AREA + self.r.below(sq_slots + 1) * desc::SIZE as u64;
         let mut cq_base = GUEST_BASE + CQ_AREA + self.r.below(cq_slots + 1) * cpl::SIZE as u64;
         if self.r.pct(10) {
