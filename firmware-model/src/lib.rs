@@ -44,10 +44,15 @@
 //! - **Time**: [`Device::advance`](vfpga_device::Device::advance) counts in
 //!   steps; the timer advances by one per step (or idle tick) while not
 //!   quiesced. Steps are atomic, so `CTRL.QUIESCE` takes effect at once and
-//!   `STATUS.QUIESCING` is never seen, except while a step waits for the
-//!   answer to its DMA (guest memory reached by messages, where the port
-//!   answers [`DmaFault::Pending`](vfpga_device::DmaFault::Pending)): the
-//!   step is then repeated until it completes, and quiesce waits for it.
+//!   `STATUS.QUIESCING` is never seen. A step may wait for the answer to its
+//!   DMA (guest memory reached by messages, where the port answers
+//!   [`DmaFault::Pending`](vfpga_device::DmaFault::Pending)): it is then
+//!   repeated until it completes. During such a wait the model serves the
+//!   MMIO accesses the datasheet (§5.3) serves, before the step commits; any
+//!   other access (a `DIRTY_BITS`, `DMALOG_BITS` or `STATE_DATA` read, a
+//!   write of any register but `SQ_TAIL`, `CQ_HEAD`, `IRQ_STATUS`,
+//!   `IRQ_MASK` and `SCRATCH`, BAR2) first repeats the waiting step until it
+//!   ends, as the RTL makes it wait.
 //! - **Speed**: device memory is a `Vec<u8>` (up to 256 MiB) served directly
 //!   by `devmem_read`/`devmem_write`; with [`ModelConfig::batch_bursts`],
 //!   `advance` runs consecutive bursts of one descriptor as one copy when

@@ -290,6 +290,10 @@ pub(crate) const CUR_STATUS_SHIFT: u32 = 16;
 /// `FLAGS` bit 0: `STATUS.HALTED`.
 pub(crate) const FLAG_HALTED: u32 = 1;
 
+/// How long an MMIO access waits for a step that waits for DMA
+/// ([`Model::finish_waiting_step`]).
+const FINISH_STEP_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Largest batch [`Device::advance`] moves as one copy.
 const BATCH_BYTES: u32 = 1 << 20;
 
@@ -455,6 +459,23 @@ impl Model {
         }
         self.deliver_irqs();
         s
+    }
+
+    /// Datasheet §5.3: an MMIO access that is not served while a step waits
+    /// for DMA waits for the step to end. Repeats the waiting step (waiting
+    /// for the DMA answer between attempts) until it ends; gives up after
+    /// [`FINISH_STEP_LIMIT`] so that a peer that never answers cannot hang
+    /// the caller (the access then goes ahead, with a warning).
+    pub(crate) fn finish_waiting_step(&mut self) {
+        let start = std::time::Instant::now();
+        while self.dma_waiting && !self.quiesced {
+            self.dma.wait_pending(std::time::Duration::from_millis(1));
+            self.step();
+            if self.dma_waiting && start.elapsed() > FINISH_STEP_LIMIT {
+                tracing::warn!("MMIO access went ahead of a step still waiting for DMA");
+                break;
+            }
+        }
     }
 
     // ---- helpers over the state words ----
@@ -978,6 +999,16 @@ impl Model {
         }
     }
 
+    /// Hardware reset (the power-on state, datasheet §8 "Hardware reset"):
+    /// wherever the device is, even inside a step that waits for DMA (the
+    /// access is abandoned), every state word returns to its reset value,
+    /// both bitmaps and the DMA-log registers are cleared and the device is
+    /// running, idle and disabled. Device memory keeps its contents.
+    pub fn power_on_reset(&mut self) {
+        debug!("hardware reset");
+        self.soft_reset();
+    }
+
     pub(crate) fn soft_reset(&mut self) {
         debug!("soft reset");
         self.arch = ArchState::RESET;
@@ -1058,6 +1089,8 @@ impl Device for Model {
         match bar {
             Bar::Regs => self.bar0_read(offset, data),
             Bar::DevMem => {
+                // BAR2 is not served during a DMA wait (§5.3).
+                self.finish_waiting_step();
                 let r = self.devmem_check(offset, data.len())?;
                 data.copy_from_slice(&self.mem[r]);
                 Ok(())
@@ -1068,7 +1101,10 @@ impl Device for Model {
     fn mmio_write(&mut self, bar: Bar, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
         match bar {
             Bar::Regs => self.bar0_write(offset, data),
-            Bar::DevMem => self.devmem_write(offset, data),
+            Bar::DevMem => {
+                self.finish_waiting_step();
+                self.devmem_write(offset, data)
+            }
         }
     }
 

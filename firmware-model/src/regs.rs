@@ -60,6 +60,9 @@ impl Model {
 
     /// A 32-bit register read at `off` (aligned), with its side effects.
     pub(crate) fn reg_read(&mut self, off: u64) -> u32 {
+        if self.dma_waiting && !served_during_wait(off, false) {
+            self.finish_waiting_step();
+        }
         if off >= REG_PAGE_END {
             return 0;
         }
@@ -159,6 +162,9 @@ impl Model {
 
     /// A 32-bit register write at `off` (aligned), with its side effects.
     pub(crate) fn reg_write(&mut self, off: u64, v: u32) {
+        if self.dma_waiting && !served_during_wait(off, true) {
+            self.finish_waiting_step();
+        }
         if off >= REG_PAGE_END {
             return;
         }
@@ -278,10 +284,11 @@ impl Model {
             self.arch.ctrl = v & Ctrl::ENABLE.bits();
             if c.contains(Ctrl::QUIESCE) {
                 // Steps are atomic in the model: the device is between steps
-                // whenever a register is written, so QUIESCED is immediate,
-                // unless a step waits for the answer to its DMA (memory
-                // reached by messages): then it is QUIESCING until the step
-                // completes.
+                // whenever a register is written (a CTRL write first lets a
+                // step that waits for DMA end, §5.3), so QUIESCED is
+                // immediate, unless that step is still waiting after
+                // `finish_waiting_step` gave up: then it is QUIESCING until
+                // the step completes.
                 if self.dma_waiting {
                     tracing::debug!("quiescing: a step waits for DMA");
                     self.quiesce_req = true;
@@ -306,6 +313,33 @@ impl Model {
             self.dmalog.overflow = false;
         }
         self.dmalog.enable = enable;
+    }
+}
+
+/// Whether a 32-bit access to `off` is served while a step waits for DMA
+/// (datasheet §5.3): reads of every register but `DIRTY_BITS`,
+/// `DMALOG_BITS` and `STATE_DATA`; writes of `SQ_TAIL`, `CQ_HEAD`,
+/// `IRQ_STATUS`, `IRQ_MASK` and `SCRATCH`. Any other access waits for the
+/// step to end.
+pub(crate) fn served_during_wait(off: u64, write: bool) -> bool {
+    if off >= REG_PAGE_END {
+        return false;
+    }
+    let off = off as u32;
+    if write {
+        matches!(
+            off,
+            offsets::SQ_TAIL
+                | offsets::CQ_HEAD
+                | offsets::IRQ_STATUS
+                | offsets::IRQ_MASK
+                | offsets::SCRATCH
+        )
+    } else {
+        !matches!(
+            off,
+            offsets::DIRTY_BITS | offsets::DMALOG_BITS | offsets::STATE_DATA
+        )
     }
 }
 

@@ -15,8 +15,12 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(vfpga_sim_unavailable)");
     println!("cargo::rerun-if-env-changed=VERILATOR");
     println!("cargo::rerun-if-env-changed=VFPGA_SIM_DISABLE");
+    // VFPGA_RTL_DIR: verilate another copy of rtl/ (scripts/mutate builds
+    // each mutant this way).
+    println!("cargo::rerun-if-env-changed=VFPGA_RTL_DIR");
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    let rtl = manifest.join("../../rtl");
+    let rtl =
+        std::env::var_os("VFPGA_RTL_DIR").map_or_else(|| manifest.join("../../rtl"), PathBuf::from);
     for f in RTL_FILES {
         println!("cargo::rerun-if-changed={}", rtl.join(f).display());
     }
@@ -60,8 +64,11 @@ fn main() {
         "-O3",
         "--x-assign",
         "fast",
+        // Initial values come from the runtime's random reset (the shim
+        // seeds it per instance), so a register the reset forgets is not
+        // hidden behind zeros.
         "--x-initial",
-        "fast",
+        "unique",
         "--noassert",
     ])
     .args(["--trace"])

@@ -445,6 +445,18 @@ pub fn run(cfg: Option<&Config>, args: &CrosscheckArgs) -> u8 {
         summary.errors,
         summary.seconds
     );
+    println!(
+        "  slow memory: {} scenarios, {} DMA waits entered on both sides, {} MMIO accesses during them",
+        summary.slow_scenarios, summary.dma_waits, summary.wait_accesses
+    );
+    println!(
+        "  hardware reset: {} scenarios, {} resets ({} inside a step waiting for DMA)",
+        summary.reset_scenarios, summary.hw_resets, summary.hw_resets_in_step
+    );
+    println!(
+        "  back-to-back MMIO: {} scenarios, {} sequences, {} accesses",
+        summary.back_to_back_scenarios, summary.back_to_back, summary.back_to_back_accesses
+    );
     if let Some(j) = &args.json
         && let Err(e) = write_json(j, &Report::of(&summary, &plan))
     {

@@ -81,6 +81,7 @@ fn build_device(cfg: &Config) -> Result<Built, ServeError> {
                     Clock::Explicit => vfpga_sim::Clocking::Explicit,
                 },
                 vcd: cfg.sim.vcd.clone(),
+                x_seed: 0,
             };
             let s = vfpga_sim::SimDevice::new(opts, dma.clone(), irq.clone()).map_err(|e| {
                 ServeError::Device {

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::{Deserialize, Serialize};
-use vfpga_device::{Device, DeviceError, DmaPort, IrqSink};
+use vfpga_device::{Bar, Device, DeviceError, DmaPort, IrqSink};
 use vfpga_model::{Model, ModelConfig};
-use vfpga_sim::{Clocking, SimDevice, SimOptions};
+use vfpga_sim::{Clocking, PipeReq, SimDevice, SimOptions};
+
+use crate::lockstep::WaitAccess;
 
 use crate::lockstep::Factory;
 
@@ -136,11 +138,129 @@ impl AnyDevice {
 
 vfpga_device::forward_device! { impl Device for AnyDevice { |s| s.dev(), |s| s.dev_mut() } }
 
+/// What a lockstep side offers beyond the [`Device`] seam: its hardware
+/// reset input and back-to-back MMIO.
+pub trait SideDevice: Device {
+    /// Resets the device to its power-on state wherever it is, even inside a
+    /// step (an outstanding DMA access is abandoned). Device memory keeps
+    /// its contents; both bitmaps and the DMA-log registers are cleared.
+    fn hardware_reset(&mut self) -> Result<(), DeviceError>;
+
+    /// Issues `accesses` back to back: each `(access, gap)` is presented
+    /// `gap` cycles after the previous one was accepted, without waiting for
+    /// its response where the device has a port (the RTL). Returns the bytes
+    /// read by each (empty for writes). The default issues them one by one.
+    fn mmio_back_to_back(
+        &mut self,
+        accesses: &[(WaitAccess, u32)],
+    ) -> Result<Vec<Vec<u8>>, DeviceError> {
+        let mut out = Vec::with_capacity(accesses.len());
+        for (a, _) in accesses {
+            let bar = if a.bar2 { Bar::DevMem } else { Bar::Regs };
+            match a.write {
+                Some(v) => {
+                    self.mmio_write(bar, a.offset, &v.to_le_bytes()[..usize::from(a.len)])?;
+                    out.push(Vec::new());
+                }
+                None => {
+                    let mut d = vec![0u8; usize::from(a.len)];
+                    self.mmio_read(bar, a.offset, &mut d)?;
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl SideDevice for Model {
+    fn hardware_reset(&mut self) -> Result<(), DeviceError> {
+        self.power_on_reset();
+        Ok(())
+    }
+}
+
+impl SideDevice for SimDevice {
+    fn hardware_reset(&mut self) -> Result<(), DeviceError> {
+        self.hw_reset(2)
+    }
+
+    /// On the RTL's MMIO port, pipelined ([`SimDevice::mmio_pipelined`]).
+    /// Accesses must be one 64-bit word each (BAR0: 4 bytes aligned or 8
+    /// bytes 8-aligned; BAR2: within one word).
+    fn mmio_back_to_back(
+        &mut self,
+        accesses: &[(WaitAccess, u32)],
+    ) -> Result<Vec<Vec<u8>>, DeviceError> {
+        let mut reqs = Vec::with_capacity(accesses.len());
+        for (a, gap) in accesses {
+            let len = usize::from(a.len);
+            let lane = (a.offset % 8) as usize;
+            if len == 0 || lane + len > 8 {
+                return Err(DeviceError::BadAccess {
+                    bar: if a.bar2 { Bar::DevMem } else { Bar::Regs },
+                    offset: a.offset,
+                    len,
+                });
+            }
+            let be = (((1u16 << len) - 1) << lane) as u8;
+            let wdata = a.write.map_or(0, |v| v << (8 * lane));
+            reqs.push(PipeReq {
+                bar2: a.bar2,
+                write: a.write.is_some(),
+                addr: (a.offset & !7) as u32,
+                be,
+                wdata,
+                gap: *gap,
+            });
+        }
+        let r = self.mmio_pipelined(&reqs)?;
+        Ok(accesses
+            .iter()
+            .zip(r)
+            .map(|((a, _), v)| {
+                if a.write.is_some() {
+                    Vec::new()
+                } else {
+                    let lane = (a.offset % 8) as usize;
+                    v.to_le_bytes()[lane..lane + usize::from(a.len)].to_vec()
+                }
+            })
+            .collect())
+    }
+}
+
+impl SideDevice for AnyDevice {
+    fn hardware_reset(&mut self) -> Result<(), DeviceError> {
+        match self {
+            AnyDevice::Model(d) => d.hardware_reset(),
+            AnyDevice::Sim(d) => d.hardware_reset(),
+        }
+    }
+
+    fn mmio_back_to_back(
+        &mut self,
+        accesses: &[(WaitAccess, u32)],
+    ) -> Result<Vec<Vec<u8>>, DeviceError> {
+        match self {
+            AnyDevice::Model(d) => d.mmio_back_to_back(accesses),
+            AnyDevice::Sim(d) => d.mmio_back_to_back(accesses),
+        }
+    }
+}
+
 /// A factory for `which` with `devmem_pages` pages. For the RTL, `vcd`
 /// names the waveform of the first instance; later instances (state
-/// transplants) write `<stem>.2.vcd`, `<stem>.3.vcd`, ...
-pub fn factory(which: Impl, devmem_pages: u32, vcd: Option<PathBuf>) -> Factory<AnyDevice> {
-    faulty_factory(which, devmem_pages, vcd, None)
+/// transplants) write `<stem>.2.vcd`, `<stem>.3.vcd`, ...; `x_seed` seeds
+/// the random contents of every RTL register before its first reset
+/// (each later instance gets the next seed; 0: zeros).
+pub fn factory(
+    which: Impl,
+    devmem_pages: u32,
+    vcd: Option<PathBuf>,
+    x_seed: u32,
+) -> Factory<AnyDevice> {
+    faulty_factory(which, devmem_pages, vcd, None, x_seed)
 }
 
 /// Like [`factory`], with a deliberate bug in the model.
@@ -149,6 +269,7 @@ pub fn faulty_factory(
     devmem_pages: u32,
     vcd: Option<PathBuf>,
     fault: Option<ModelFault>,
+    x_seed: u32,
 ) -> Factory<AnyDevice> {
     let n = Arc::new(AtomicU32::new(0));
     Box::new(move |dma: DmaPort, irq: Arc<dyn IrqSink>| match which {
@@ -179,6 +300,11 @@ pub fn faulty_factory(
                 dmalog_max_pages: DMALOG_MAX_PAGES,
                 clocking: Clocking::Explicit,
                 vcd,
+                x_seed: if x_seed == 0 {
+                    0
+                } else {
+                    x_seed.wrapping_add(k).max(1)
+                },
             };
             Ok(AnyDevice::Sim(SimDevice::new(o, dma, irq)?))
         }

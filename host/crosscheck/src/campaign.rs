@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use vfpga_device::{Device, DeviceError};
 
-use crate::backend::{AnyDevice, Pair, factory, faulty_factory};
+use crate::backend::{AnyDevice, Pair, SideDevice, factory, faulty_factory};
 use crate::lockstep::{Divergence, DivergenceError, Factory, Lockstep, LockstepOptions};
 use crate::scenario::{Op, RunStats, Scenario, apply, generate};
 
@@ -47,7 +47,7 @@ pub struct Outcome {
 }
 
 /// Runs `sc` on a lockstep of the two factories.
-pub fn run_with<A: Device, B: Device>(
+pub fn run_with<A: Device + SideDevice, B: Device + SideDevice>(
     sc: &Scenario,
     reference: Factory<A>,
     checked: Factory<B>,
@@ -80,6 +80,11 @@ pub fn run_with<A: Device, B: Device>(
     Outcome { verdict, stats }
 }
 
+/// The seed of the random pre-reset contents of the RTL in scenario `sc`.
+pub fn x_seed(sc: &Scenario) -> u32 {
+    ((sc.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32).max(1)
+}
+
 /// Runs `sc` on `pair`; `vcd` names the RTL waveform when the pair has one.
 pub fn run_pair(sc: &Scenario, pair: Pair, vcd: Option<PathBuf>) -> Outcome {
     run_with(
@@ -89,8 +94,9 @@ pub fn run_pair(sc: &Scenario, pair: Pair, vcd: Option<PathBuf>) -> Outcome {
             sc.devmem_pages,
             vcd.clone(),
             pair.model_fault,
+            x_seed(sc),
         ),
-        factory(pair.checked, sc.devmem_pages, vcd),
+        factory(pair.checked, sc.devmem_pages, vcd, x_seed(sc)),
     )
 }
 
@@ -270,6 +276,33 @@ pub struct Summary {
     pub operations_compared: u64,
     /// State transplants.
     pub transplants: u64,
+    /// Scenarios whose guest memory answers later (slow memory).
+    #[serde(default)]
+    pub slow_scenarios: u64,
+    /// DMA waits both sides were brought into (slow memory).
+    #[serde(default)]
+    pub dma_waits: u64,
+    /// MMIO accesses issued during those waits.
+    #[serde(default)]
+    pub wait_accesses: u64,
+    /// Hardware resets (the core's reset input) applied.
+    #[serde(default)]
+    pub hw_resets: u64,
+    /// Of those, inside a step waiting for DMA.
+    #[serde(default)]
+    pub hw_resets_in_step: u64,
+    /// Scenarios with at least one hardware reset.
+    #[serde(default)]
+    pub reset_scenarios: u64,
+    /// Back-to-back MMIO sequences.
+    #[serde(default)]
+    pub back_to_back: u64,
+    /// Accesses in them.
+    #[serde(default)]
+    pub back_to_back_accesses: u64,
+    /// Scenarios with at least one back-to-back sequence.
+    #[serde(default)]
+    pub back_to_back_scenarios: u64,
     /// Scenarios that diverged.
     pub divergences: u64,
     /// Scenarios that failed without a divergence.
@@ -303,6 +336,15 @@ pub fn campaign(
         s.operations += o.stats.operations;
         s.operations_compared += o.stats.compared;
         s.transplants += o.stats.transplants;
+        s.slow_scenarios += u64::from(o.stats.slow_memory);
+        s.dma_waits += o.stats.dma_waits;
+        s.wait_accesses += o.stats.wait_accesses;
+        s.hw_resets += o.stats.hw_resets;
+        s.hw_resets_in_step += o.stats.hw_resets_in_step;
+        s.reset_scenarios += u64::from(o.stats.hw_resets > 0);
+        s.back_to_back += o.stats.back_to_back;
+        s.back_to_back_accesses += o.stats.back_to_back_accesses;
+        s.back_to_back_scenarios += u64::from(o.stats.back_to_back > 0);
         match &o.verdict {
             Verdict::Pass => {}
             Verdict::Diverged { .. } => {
@@ -357,7 +399,7 @@ pub fn lockstep(pair: Pair, sc: &Scenario) -> Result<Lockstep<AnyDevice, AnyDevi
     Lockstep::new(
         sc.guest,
         LockstepOptions::default(),
-        factory(pair.reference, sc.devmem_pages, None),
-        factory(pair.checked, sc.devmem_pages, None),
+        factory(pair.reference, sc.devmem_pages, None, x_seed(sc)),
+        factory(pair.checked, sc.devmem_pages, None, x_seed(sc)),
     )
 }

@@ -29,8 +29,9 @@ pub mod backend;
 pub mod campaign;
 pub mod lockstep;
 pub mod scenario;
+pub mod slow;
 
-pub use backend::{AnyDevice, Impl, ModelFault, Pair};
+pub use backend::{AnyDevice, Impl, ModelFault, Pair, SideDevice};
 pub use campaign::{Outcome, Plan, Replay, Summary, Verdict, campaign, run_pair, run_with};
 pub use lockstep::{Divergence, Effect, Lockstep, LockstepOptions, Transplant};
 pub use scenario::{Op, Scenario, generate};

@@ -54,9 +54,11 @@ use tracing::debug;
 use vfpga_device::ring::Completion;
 use vfpga_device::{
     Bar, Device, DeviceError, DeviceInfo, DeviceState, DmaPort, IrqLog, IrqSink, Perm, Progress,
-    VecMemory,
 };
 use vfpga_regs::{Access, STATE_LAYOUT, Status, consts, cpl, offsets, state as sw};
+
+use crate::backend::SideDevice;
+use crate::slow::{Gate, SlowMemory, SlowSpec};
 
 /// Builds a fresh device of one side (used by the state transplant).
 pub type Factory<D> =
@@ -80,6 +82,90 @@ pub enum Transplant {
     ReferenceToChecked,
     /// Save the checked side, restore into a fresh instance of the reference kind.
     CheckedToReference,
+}
+
+/// One MMIO access issued while a step waits for DMA (datasheet §5.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitAccess {
+    /// BAR2 (device memory) instead of BAR0.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bar2: bool,
+    /// Offset in the BAR.
+    pub offset: u64,
+    /// Bytes (4 or 8 for BAR0).
+    pub len: u8,
+    /// The value written; `None`: a read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write: Option<u64>,
+}
+
+impl WaitAccess {
+    /// Whether the datasheet (§5.3) has the device serve this access while
+    /// a step has waited 16 cycles or more for DMA: 32-bit BAR0 reads of any
+    /// register but `DIRTY_BITS`, `DMALOG_BITS` and `STATE_DATA`, and writes
+    /// of `SQ_TAIL`, `CQ_HEAD`, `IRQ_STATUS`, `IRQ_MASK` and `SCRATCH`; a
+    /// 64-bit access is two 32-bit ones (both must qualify).
+    pub fn served_during_wait(&self) -> bool {
+        if self.bar2 || !(self.len == 4 || self.len == 8) || !self.offset.is_multiple_of(4) {
+            return false;
+        }
+        let halves = if self.len == 8 { 2 } else { 1 };
+        (0..halves).all(|h| {
+            let o = self.offset + 4 * h;
+            if o >= u64::from(consts::MSIX_TABLE_OFFSET) {
+                return false;
+            }
+            let o = o as u32;
+            match self.write {
+                None => ![
+                    offsets::DIRTY_BITS,
+                    offsets::DMALOG_BITS,
+                    offsets::STATE_DATA,
+                ]
+                .contains(&o),
+                Some(_) => [
+                    offsets::SQ_TAIL,
+                    offsets::CQ_HEAD,
+                    offsets::IRQ_STATUS,
+                    offsets::IRQ_MASK,
+                    offsets::SCRATCH,
+                ]
+                .contains(&o),
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for WaitAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bar = if self.bar2 { "BAR2" } else { "BAR0" };
+        let name = if self.bar2 {
+            "device memory"
+        } else {
+            vfpga_regs::register_at(self.offset as u32).map_or("?", |r| r.name)
+        };
+        match self.write {
+            None => write!(
+                f,
+                "{}-byte read of {bar} {:#x} ({name})",
+                self.len, self.offset
+            ),
+            Some(v) => write!(
+                f,
+                "{}-byte write of {v:#x} to {bar} {:#x} ({name})",
+                self.len, self.offset
+            ),
+        }
+    }
+}
+
+/// What [`Lockstep::dma_wait`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WaitReport {
+    /// Both sides reached the held DMA access.
+    pub reached: bool,
+    /// Accesses issued during the wait.
+    pub accesses: u32,
 }
 
 /// One state word that differs.
@@ -210,6 +296,19 @@ pub enum Effect {
         /// Checked result.
         actual: String,
     },
+    /// An MMIO access issued while both sides waited for the same DMA
+    /// answer was served during the wait on one side and only after the
+    /// step on the other, or against the datasheet's rule (§5.3).
+    DmaWaitRule {
+        /// The access.
+        access: String,
+        /// What §5.3 says: "served during the wait" or "waits for the step".
+        rule: String,
+        /// What the reference did.
+        reference: String,
+        /// What the checked side did.
+        checked: String,
+    },
     /// One side did not reach idle within the limit.
     Liveness {
         /// The side that kept running.
@@ -236,6 +335,7 @@ impl Effect {
             Effect::QuiescePoint { .. } => "quiesce-point",
             Effect::TransplantRefused { .. } => "transplant-refused",
             Effect::Outcome { .. } => "outcome",
+            Effect::DmaWaitRule { .. } => "dma-wait-rule",
             Effect::Liveness { .. } => "liveness",
         }
     }
@@ -313,6 +413,10 @@ pub struct GuestLayout {
     pub len: u64,
     /// Seed of the initial contents.
     pub fill_seed: u64,
+    /// Memory that answers later ([`SlowMemory`]); `None`: every access
+    /// completes at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow: Option<SlowSpec>,
 }
 
 /// Limits of a lockstep.
@@ -346,7 +450,9 @@ pub struct Side<D> {
     /// Its DMA port (dirty logging on).
     pub dma: DmaPort,
     /// Its guest memory.
-    pub mem: Arc<VecMemory>,
+    pub mem: Arc<SlowMemory>,
+    /// The control side of its guest memory.
+    pub gate: Gate,
     /// Its interrupt messages.
     pub irq: Arc<IrqLog>,
     factory: Factory<D>,
@@ -355,10 +461,11 @@ pub struct Side<D> {
 impl<D: Device> Side<D> {
     fn new(layout: &GuestLayout, mut factory: Factory<D>) -> Result<Self, DeviceError> {
         let dma = DmaPort::new();
-        let mem = Arc::new(VecMemory::new(layout.len as usize));
+        let mem = Arc::new(SlowMemory::new(layout.len as usize, layout.slow));
+        let gate = mem.gate();
         dma.map(layout.base, mem.clone(), Perm::RW)
             .map_err(|e| backend("guest memory mapping", e))?;
-        dma.host_write(layout.base, &fill(layout.fill_seed, layout.len as usize))
+        gate.as_host(|| dma.host_write(layout.base, &fill(layout.fill_seed, layout.len as usize)))
             .map_err(|e| backend("guest memory fill", e))?;
         dma.dirty_log_start();
         let irq = Arc::new(IrqLog::new());
@@ -367,6 +474,7 @@ impl<D: Device> Side<D> {
             dev,
             dma,
             mem,
+            gate,
             irq,
             factory,
         })
@@ -563,15 +671,14 @@ impl<A: Device, B: Device> Lockstep<A, B> {
     /// Racing device reads of the same bytes is the caller's business.
     pub fn host_write(&mut self, iova: u64, data: &[u8]) -> Result<(), DeviceError> {
         self.begin(|| format!("host_write {iova:#x} +{}", data.len()))?;
-        let ra = self
-            .a
-            .dma
-            .host_write(iova, data)
+        let (a, b) = (&self.a, &self.b);
+        let ra = a
+            .gate
+            .as_host(|| a.dma.host_write(iova, data))
             .map_err(|e| backend("host write", e));
-        let rb = self
-            .b
-            .dma
-            .host_write(iova, data)
+        let rb = b
+            .gate
+            .as_host(|| b.dma.host_write(iova, data))
             .map_err(|e| backend("host write", e));
         self.pair("host_write", ra, rb).map(|_| ())
     }
@@ -579,9 +686,9 @@ impl<A: Device, B: Device> Lockstep<A, B> {
     /// Reads guest memory of the reference (both are compared at every
     /// comparison point).
     pub fn host_read(&self, iova: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
-        self.a
-            .dma
-            .host_read(iova, buf)
+        let a = &self.a;
+        a.gate
+            .as_host(|| a.dma.host_read(iova, buf))
             .map_err(|e| backend("host read", e))
     }
 
@@ -631,6 +738,195 @@ impl<A: Device, B: Device> Lockstep<A, B> {
             }));
         }
         Ok(qa)
+    }
+
+    /// Brings both sides into the same DMA wait and issues `accesses` there
+    /// (datasheet §5.3, "MMIO while a step waits for DMA"). Needs slow guest
+    /// memory ([`GuestLayout::slow`]); does nothing when quiesced.
+    ///
+    /// The `nth` distinct DMA access from now (counted on the side that is
+    /// furthest, the checked one) is held on both sides; each side runs until
+    /// it waits for that access. If neither reaches it (no work), nothing
+    /// happens; if only one does, that is a divergence. Then each access goes
+    /// to both sides. An access §5.3 serves during the wait must be answered
+    /// while the DMA stays held; any other must wait for the step, so the
+    /// held access runs out of attempts ([`crate::slow::HOLD_LIMIT`]) and the
+    /// step commits first. Which of the two happened is compared with the
+    /// rule on both sides, and read values are compared. The first access
+    /// that waits for the step ends the wait (the rest are not issued).
+    pub fn dma_wait(
+        &mut self,
+        nth: u64,
+        accesses: &[WaitAccess],
+    ) -> Result<WaitReport, DeviceError> {
+        self.begin(|| format!("dma_wait #{nth}, {} accesses", accesses.len()))?;
+        let mut rep = WaitReport::default();
+        if self.layout.slow.is_none() || self.both_quiesced()? || !self.enter_wait(nth)? {
+            return Ok(rep);
+        }
+        rep.reached = true;
+        let r = self.wait_accesses(accesses, &mut rep);
+        self.a.gate.release();
+        self.b.gate.release();
+        r.map(|_| rep)
+    }
+
+    /// Holds the `nth` distinct DMA access from now on both sides and runs
+    /// each into that wait: `true` when both wait for it, `false` (holds
+    /// released) when neither reaches it; one reaching it is a divergence.
+    fn enter_wait(&mut self, nth: u64) -> Result<bool, DeviceError> {
+        let at = self.a.gate.accesses().max(self.b.gate.accesses()) + nth.max(1);
+        self.a.gate.hold_at(at);
+        self.b.gate.hold_at(at);
+        let ha = self.run_to_hold(SideId::Reference)?;
+        let hb = self.run_to_hold(SideId::Checked)?;
+        if ha != hb {
+            self.a.gate.release();
+            self.b.gate.release();
+            return Err(self.diverge(Effect::Outcome {
+                what: format!("DMA access #{at} reached (held)"),
+                expected: ha.to_string(),
+                actual: hb.to_string(),
+            }));
+        }
+        if !ha {
+            self.a.gate.release();
+            self.b.gate.release();
+            return Ok(false);
+        }
+        self.aligned = false;
+        Ok(true)
+    }
+
+    fn wait_accesses(
+        &mut self,
+        accesses: &[WaitAccess],
+        rep: &mut WaitReport,
+    ) -> Result<(), DeviceError> {
+        for acc in accesses {
+            self.push_history(format!("   during the wait: {acc}"));
+            rep.accesses += 1;
+            let bar = if acc.bar2 { Bar::DevMem } else { Bar::Regs };
+            let len = usize::from(acc.len);
+            let mut da = vec![0u8; len];
+            let mut db = vec![0u8; len];
+            let (ra, rb) = match acc.write {
+                Some(v) => {
+                    let b = &v.to_le_bytes()[..len];
+                    (
+                        self.a.dev.mmio_write(bar, acc.offset, b),
+                        self.b.dev.mmio_write(bar, acc.offset, b),
+                    )
+                }
+                None => (
+                    self.a.dev.mmio_read(bar, acc.offset, &mut da),
+                    self.b.dev.mmio_read(bar, acc.offset, &mut db),
+                ),
+            };
+            self.pair("mmio during a DMA wait", ra, rb)?;
+            self.compared += 1;
+            let served = acc.served_during_wait();
+            let how = |waited: bool| {
+                if waited {
+                    "waited for the step"
+                } else {
+                    "served during the wait"
+                }
+            };
+            // A message is sent a few cycles after the cause or the unmask
+            // on the RTL, at once on the model: IRQ_PENDING is timing here,
+            // so it is compared as messages owed (sent + pending).
+            let ip = u64::from(offsets::IRQ_PENDING);
+            if acc.write.is_none()
+                && !acc.bar2
+                && (acc.offset..acc.offset + u64::from(acc.len)).contains(&ip)
+            {
+                let at = (ip - acc.offset) as usize;
+                da[at..at + 4].fill(0);
+                db[at..at + 4].fill(0);
+                let oa = self.owed(SideId::Reference)?;
+                let ob = self.owed(SideId::Checked)?;
+                self.compare_owed(oa, ob, false)?;
+            }
+            let (wa, wb) = (self.a.gate.timed_out(), self.b.gate.timed_out());
+            if wa != wb || wa == served {
+                return Err(self.diverge(Effect::DmaWaitRule {
+                    access: acc.to_string(),
+                    rule: how(!served).into(),
+                    reference: how(wa).into(),
+                    checked: how(wb).into(),
+                }));
+            }
+            if da != db {
+                let word = |d: &[u8]| {
+                    let mut b = [0u8; 4];
+                    let n = d.len().min(4);
+                    b[..n].copy_from_slice(&d[..n]);
+                    u32::from_le_bytes(b)
+                };
+                let e = if acc.bar2 {
+                    Effect::DevMemRead {
+                        offset: acc.offset,
+                        expected: da,
+                        actual: db,
+                    }
+                } else {
+                    let (o, x, y) = if da[..4] != db[..4] {
+                        (acc.offset, word(&da), word(&db))
+                    } else {
+                        (acc.offset + 4, word(&da[4..]), word(&db[4..]))
+                    };
+                    Effect::Register {
+                        name: vfpga_regs::register_at(o as u32)
+                            .map_or("?", |r| r.name)
+                            .into(),
+                        offset: o as u32,
+                        expected: x,
+                        actual: y,
+                    }
+                };
+                return Err(self.diverge(e));
+            }
+            if !served {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one side until it waits for its held DMA access (`true`) or has
+    /// nothing left to do (`false`).
+    fn run_to_hold(&mut self, side: SideId) -> Result<bool, DeviceError> {
+        let (limit, chunk) = match side {
+            SideId::Reference => (self.opts.settle_units_reference, 1),
+            SideId::Checked => (self.opts.settle_units_checked, 64),
+        };
+        let held = |ls: &Self| match side {
+            SideId::Reference => ls.a.gate.is_held(),
+            SideId::Checked => ls.b.gate.is_held(),
+        };
+        let mut units = 0u64;
+        let mut calls = 0u64;
+        loop {
+            if held(self) {
+                return Ok(true);
+            }
+            let p = match side {
+                SideId::Reference => self.a.dev.advance(chunk)?,
+                SideId::Checked => self.b.dev.advance(chunk)?,
+            };
+            units += p.used;
+            calls += 1;
+            if held(self) {
+                return Ok(true);
+            }
+            if p.idle {
+                return Ok(false);
+            }
+            if units > limit || calls > limit {
+                return Err(self.diverge(Effect::Liveness { side, units }));
+            }
+        }
     }
 
     /// Advances only the checked side by `units` (cycles for the RTL): the
@@ -890,6 +1186,95 @@ impl<A: Device, B: Device> Lockstep<A, B> {
         resync_machinery(&mut self.b.dev, window, log_on)?;
         self.aligned = true;
         self.check_point(true)
+    }
+}
+
+impl<A: Device + SideDevice, B: Device + SideDevice> Lockstep<A, B> {
+    /// Hardware reset of both sides (the core's reset input; the model's
+    /// power-on state) at the point where they are. Settles both first
+    /// unless they are already at the same point (settled or quiesced and
+    /// aligned), then resets and compares everything.
+    pub fn hardware_reset(&mut self) -> Result<(), DeviceError> {
+        self.begin(|| "hardware reset".into())?;
+        if !self.aligned {
+            self.settle_inner()?;
+        }
+        self.reset_both()
+    }
+
+    /// Hardware reset in the middle of a step: both sides are brought into
+    /// the same DMA wait (as [`Lockstep::dma_wait`]) and reset there, the
+    /// held access abandoned. Returns whether the wait was reached (when
+    /// not, nothing happens).
+    pub fn reset_in_dma_wait(&mut self, nth: u64) -> Result<bool, DeviceError> {
+        self.begin(|| format!("hardware reset in DMA wait #{nth}"))?;
+        if self.layout.slow.is_none() || self.both_quiesced()? || !self.enter_wait(nth)? {
+            return Ok(false);
+        }
+        self.reset_both()?;
+        Ok(true)
+    }
+
+    /// Back-to-back MMIO: both sides settle (so the engine is idle and
+    /// only the accesses' own ordering matters), then the reference takes
+    /// `accesses` one by one and the checked side back to back on its port
+    /// (each presented `gap` cycles after the previous one was accepted,
+    /// before its response where the port allows). Every read is compared.
+    /// Typical: a BAR2 write followed at once by the `DIRTY_BITS` read of
+    /// its page's group.
+    pub fn back_to_back(&mut self, accesses: &[(WaitAccess, u32)]) -> Result<(), DeviceError> {
+        self.begin(|| format!("back-to-back, {} accesses", accesses.len()))?;
+        if !self.aligned && !self.both_quiesced()? {
+            self.settle_inner()?;
+        }
+        for (a, gap) in accesses {
+            self.push_history(format!("   then after {gap} cycles: {a}"));
+        }
+        let ra = self.a.dev.mmio_back_to_back(accesses);
+        let rb = self.b.dev.mmio_back_to_back(accesses);
+        let (va, vb) = self.pair("back-to-back MMIO", ra, rb)?;
+        self.compared += 1;
+        for (((a, _), x), y) in accesses.iter().zip(&va).zip(&vb) {
+            if x != y {
+                let word = |d: &[u8]| {
+                    let mut b = [0u8; 4];
+                    let n = d.len().min(4);
+                    b[..n].copy_from_slice(&d[..n]);
+                    u32::from_le_bytes(b)
+                };
+                let e = if a.bar2 {
+                    Effect::DevMemRead {
+                        offset: a.offset,
+                        expected: x.clone(),
+                        actual: y.clone(),
+                    }
+                } else {
+                    Effect::Register {
+                        name: vfpga_regs::register_at(a.offset as u32)
+                            .map_or("?", |r| r.name)
+                            .into(),
+                        offset: a.offset as u32,
+                        expected: word(x),
+                        actual: word(y),
+                    }
+                };
+                return Err(self.diverge(e));
+            }
+        }
+        if !self.both_quiesced()? {
+            self.aligned = false;
+        }
+        Ok(())
+    }
+
+    fn reset_both(&mut self) -> Result<(), DeviceError> {
+        let ra = self.a.dev.hardware_reset();
+        let rb = self.b.dev.hardware_reset();
+        self.a.gate.abandon();
+        self.b.gate.abandon();
+        self.pair("hardware reset", ra, rb)?;
+        self.aligned = true;
+        self.check_point(false)
     }
 }
 

@@ -7,7 +7,9 @@ use vfpga_device::ring::{Completion, Desc};
 use vfpga_device::{Device, DeviceError};
 use vfpga_regs::{Ctrl, consts, cpl, desc, offsets};
 
-use crate::lockstep::{GuestLayout, Lockstep, Transplant, fill};
+use crate::backend::SideDevice;
+use crate::lockstep::{GuestLayout, Lockstep, Transplant, WaitAccess, fill};
+use crate::slow::SlowSpec;
 
 /// Version of the scenario format.
 pub const SCENARIO_VERSION: u32 = 1;
@@ -128,6 +130,44 @@ pub enum Op {
     DmaLogTake,
     /// Stop the DMA write log.
     DmaLogStop,
+    /// Hold the `nth` next distinct DMA access on both sides (slow memory
+    /// only), run both into that wait, and issue `accesses` during it
+    /// ([`Lockstep::dma_wait`]).
+    DmaWait {
+        /// Which access (1 = the next new one).
+        nth: u64,
+        /// MMIO issued during the wait.
+        accesses: Vec<WaitAccess>,
+    },
+    /// Back-to-back MMIO after both sides settled ([`Lockstep::back_to_back`]):
+    /// each access with the idle cycles before it (after the previous one
+    /// was accepted; 0 = presented while the previous is being served).
+    BackToBack {
+        /// `(access, gap)` pairs.
+        accesses: Vec<(WaitAccess, u32)>,
+    },
+    /// Hardware reset (the core's reset input) of both sides at `at`.
+    HwReset {
+        /// Where.
+        at: ResetPoint,
+    },
+}
+
+/// Where a hardware reset lands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "point", rename_all = "kebab-case")]
+pub enum ResetPoint {
+    /// Both sides settled (idle).
+    Settled,
+    /// Wherever the previous operations left both aligned (after a quiesce,
+    /// the step boundary the checked side stopped at); settled otherwise.
+    Here,
+    /// Inside the step that waits for the `nth` next distinct DMA access
+    /// (slow memory only; nothing happens when no side reaches it).
+    DmaWait {
+        /// Which access (1 = the next new one).
+        nth: u64,
+    },
 }
 
 /// A replayable scenario.
@@ -175,6 +215,27 @@ pub struct RunStats {
     pub transplants: u64,
     /// Completions consumed by the driver.
     pub completions: u64,
+    /// The scenario's guest memory is slow (DMA answers pend).
+    #[serde(default)]
+    pub slow_memory: bool,
+    /// DMA waits both sides were brought into.
+    #[serde(default)]
+    pub dma_waits: u64,
+    /// MMIO accesses issued during those waits.
+    #[serde(default)]
+    pub wait_accesses: u64,
+    /// Hardware resets applied.
+    #[serde(default)]
+    pub hw_resets: u64,
+    /// Of those, inside a step waiting for DMA.
+    #[serde(default)]
+    pub hw_resets_in_step: u64,
+    /// Back-to-back MMIO sequences.
+    #[serde(default)]
+    pub back_to_back: u64,
+    /// Accesses in them.
+    #[serde(default)]
+    pub back_to_back_accesses: u64,
 }
 
 fn reg_offset(name: &str) -> Result<u32, DeviceError> {
@@ -188,12 +249,13 @@ fn reg_offset(name: &str) -> Result<u32, DeviceError> {
 /// Applies `sc` to `ls`, then a final settle and comparison of the bitmaps,
 /// the DMA log and the quiesced state. Stops at the first error; a
 /// divergence is then in [`Lockstep::divergence`].
-pub fn apply<A: Device, B: Device>(
+pub fn apply<A: Device + SideDevice, B: Device + SideDevice>(
     ls: &mut Lockstep<A, B>,
     sc: &Scenario,
     stats: &mut RunStats,
 ) -> Result<(), DeviceError> {
     let mut drv = Driver::default();
+    stats.slow_memory = sc.guest.slow.is_some();
     let finale = [
         Op::Run,
         Op::Consume,
@@ -218,7 +280,7 @@ pub fn op_summary(op: &Op) -> String {
     }
 }
 
-fn apply_op<A: Device, B: Device>(
+fn apply_op<A: Device + SideDevice, B: Device + SideDevice>(
     ls: &mut Lockstep<A, B>,
     drv: &mut Driver,
     op: &Op,
@@ -424,6 +486,40 @@ fn apply_op<A: Device, B: Device>(
             ls.dma_log_take()?;
         }
         Op::DmaLogStop => ls.dma_log_stop()?,
+        Op::DmaWait { nth, accesses } => {
+            let r = ls.dma_wait(*nth, accesses)?;
+            stats.dma_waits += u64::from(r.reached);
+            stats.wait_accesses += u64::from(r.accesses);
+        }
+        Op::BackToBack { accesses } => {
+            ls.back_to_back(accesses)?;
+            stats.back_to_back += 1;
+            stats.back_to_back_accesses += accesses.len() as u64;
+        }
+        Op::HwReset { at } => {
+            match at {
+                ResetPoint::Settled => {
+                    if !ls.is_quiesced()? {
+                        ls.settle()?;
+                    }
+                    ls.hardware_reset()?;
+                    stats.hw_resets += 1;
+                }
+                ResetPoint::Here => {
+                    ls.hardware_reset()?;
+                    stats.hw_resets += 1;
+                }
+                ResetPoint::DmaWait { nth } => {
+                    if ls.reset_in_dma_wait(*nth)? {
+                        stats.hw_resets += 1;
+                        stats.hw_resets_in_step += 1;
+                    } else {
+                        return Ok(());
+                    }
+                }
+            }
+            drv.rings = None;
+        }
     }
     Ok(())
 }
@@ -435,6 +531,7 @@ fn ls_guest<A: Device, B: Device>(ls: &mut Lockstep<A, B>) -> GuestLayout {
         base,
         len,
         fill_seed: 0,
+        slow: None,
     }
 }
 
@@ -483,7 +580,16 @@ pub fn generate(seed: u64, devmem_pages: u32) -> Scenario {
         r: Rng::new(seed),
         devmem: u64::from(devmem_pages) * u64::from(consts::PAGE_SIZE),
         tag: 0,
+        slow: None,
     };
+    // Half the scenarios get memory that answers later (DMA by message).
+    if g.r.pct(50) {
+        g.slow = Some(SlowSpec {
+            seed: g.r.next_u64(),
+            pct: g.r.pick(&[10u8, 30, 60, 100]),
+            max_pends: g.r.pick(&[1u32, 3, 8]),
+        });
+    }
     let mut ops = Vec::new();
     ops.push(g.setup_rings());
     ops.push(Op::WriteReg {
@@ -505,6 +611,7 @@ pub fn generate(seed: u64, devmem_pages: u32) -> Scenario {
             base: GUEST_BASE,
             len: GUEST_LEN,
             fill_seed: seed,
+            slow: g.slow,
         },
         ops,
     }
@@ -514,14 +621,38 @@ struct Gen {
     r: Rng,
     devmem: u64,
     tag: u32,
+    slow: Option<SlowSpec>,
+}
+
+/// A BAR0 access by register name (offsets come from the generated map).
+fn reg_access(name: &str, len: u8, write: Option<u64>) -> WaitAccess {
+    WaitAccess {
+        bar2: false,
+        offset: reg_offset(name).map_or(0, u64::from),
+        len,
+        write,
+    }
 }
 
 impl Gen {
     fn setup_rings(&mut self) -> Op {
-        let sq_size = self.r.pick(&[2u32, 4, 4, 8, 8, 16, 32]);
-        let cq_size = self.r.pick(&[2u32, 4, 4, 8, 16]);
-        let sq_slots = (4096 / desc::SIZE as u64) - u64::from(sq_size);
-        let cq_slots = (4096 / cpl::SIZE as u64) - u64::from(cq_size);
+        let mut sq_size = self.r.pick(&[2u32, 4, 4, 8, 8, 16, 32]);
+        let mut cq_size = self.r.pick(&[2u32, 4, 4, 8, 16]);
+        // Sometimes a size the device must refuse (not a power of two, above
+        // MAX_RING_ENTRIES) or 0 (ring off): the write is ignored or turns
+        // the ring off, and the driver then has no rings.
+        if self.r.pct(6) {
+            let bad = self
+                .r
+                .pick(&[0u32, 1, 3, 6, 24, 2 * consts::MAX_RING_ENTRIES]);
+            if self.r.pct(50) {
+                sq_size = bad;
+            } else {
+                cq_size = bad;
+            }
+        }
+        let sq_slots = (4096 / desc::SIZE as u64).saturating_sub(u64::from(sq_size));
+        let cq_slots = (4096 / cpl::SIZE as u64).saturating_sub(u64::from(cq_size));
         let mut sq_base = GUEST_BASE + SQ_AREA + self.r.below(sq_slots + 1) * desc::SIZE as u64;
         let mut cq_base = GUEST_BASE + CQ_AREA + self.r.below(cq_slots + 1) * cpl::SIZE as u64;
         if self.r.pct(10) {
@@ -628,7 +759,200 @@ impl Gen {
         }
     }
 
+    /// MMIO during a DMA wait: accesses §5.3 serves during the wait, and
+    /// sometimes one that must wait for the step (last: it ends the wait).
+    fn wait_accesses(&mut self) -> Vec<WaitAccess> {
+        let mut v = Vec::new();
+        for _ in 0..self.r.below(5) {
+            v.push(match self.r.below(10) {
+                0..=4 => {
+                    let reg = self.r.pick(&[
+                        "STATUS",
+                        "SQ_HEAD",
+                        "SQ_TAIL",
+                        "CQ_TAIL",
+                        "CQ_HEAD",
+                        "CNT_DESC",
+                        "CNT_ERR",
+                        "CNT_BYTES_LO",
+                        "ERR_CODE",
+                        "ERR_ADDR_LO",
+                        "IRQ_STATUS",
+                        "IRQ_PENDING",
+                        "IRQ_MASK",
+                        "CTRL",
+                        "SCRATCH",
+                        "DIRTY_SEL",
+                        "DMALOG_CTRL",
+                        "STATE_IDX",
+                    ]);
+                    reg_access(reg, 4, None)
+                }
+                5..=6 => {
+                    let reg = self.r.pick(&[
+                        "ERR_ADDR_LO",
+                        "SQ_BASE_LO",
+                        "CNT_BYTES_LO",
+                        "SQ_TAIL",
+                        "IRQ_STATUS",
+                    ]);
+                    reg_access(reg, 8, None)
+                }
+                7 => reg_access("SCRATCH", 4, Some(self.r.next_u64() & 0xffff_ffff)),
+                8 => reg_access("IRQ_MASK", 4, Some(self.r.below(4))),
+                _ => {
+                    if self.r.pct(50) {
+                        reg_access("IRQ_STATUS", 4, Some(self.r.below(4)))
+                    } else {
+                        // IRQ_STATUS and IRQ_MASK as one 64-bit write.
+                        reg_access(
+                            "IRQ_STATUS",
+                            8,
+                            Some(self.r.below(4) | (self.r.below(4) << 32)),
+                        )
+                    }
+                }
+            });
+        }
+        if self.r.pct(45) {
+            v.push(match self.r.below(11) {
+                0 | 1 => reg_access("DIRTY_BITS", 4, None),
+                2 => reg_access("DMALOG_BITS", 4, None),
+                3 => reg_access("STATE_DATA", 4, None),
+                4 => reg_access("DIRTY_SEL", 8, None), // DIRTY_BITS in the high half
+                5 => reg_access("ERR_CODE", 4, Some(0)),
+                6 => reg_access("CTRL", 4, Some(self.r.pick(&[0u64, 1]))),
+                7 => reg_access("DIRTY_SEL", 4, Some(self.r.below(4))),
+                8 => reg_access("DMALOG_CTRL", 4, Some(self.r.below(2))),
+                9 => reg_access("STATE_CTRL", 4, Some(1)),
+                _ => WaitAccess {
+                    bar2: true,
+                    offset: self.r.below(self.devmem / 8) * 8,
+                    len: 8,
+                    write: None,
+                },
+            });
+        }
+        v
+    }
+
+    /// A back-to-back sequence: select a dirty group, write BAR2 in it, read
+    /// `DIRTY_BITS` and the written word at once, and a few more.
+    fn back_to_back(&mut self) -> Op {
+        let pages = self.devmem / u64::from(consts::PAGE_SIZE);
+        let mut v = Vec::new();
+        let gap = |r: &mut Rng| r.pick(&[0u32, 0, 0, 0, 1, 2, 3, 7]);
+        for _ in 0..1 + self.r.below(3) {
+            let page = self.r.below(pages);
+            let word = page * u64::from(consts::PAGE_SIZE) + 8 * self.r.below(512);
+            let len = self.r.pick(&[1u8, 2, 4, 8]);
+            let lane = self.r.below(u64::from(9 - len)) & !(u64::from(len) - 1);
+            let g = gap(&mut self.r);
+            v.push((reg_access("DIRTY_SEL", 4, Some(page / 32)), g));
+            let g = gap(&mut self.r);
+            let mask = if len == 8 {
+                u64::MAX
+            } else {
+                (1u64 << (8 * u64::from(len))) - 1
+            };
+            v.push((
+                WaitAccess {
+                    bar2: true,
+                    offset: word + lane,
+                    len,
+                    write: Some(self.r.next_u64() & mask),
+                },
+                g,
+            ));
+            let g = gap(&mut self.r);
+            v.push((reg_access("DIRTY_BITS", 4, None), g));
+            if self.r.pct(60) {
+                let g = gap(&mut self.r);
+                v.push((
+                    WaitAccess {
+                        bar2: true,
+                        offset: word,
+                        len: 8,
+                        write: None,
+                    },
+                    g,
+                ));
+            }
+            if self.r.pct(30) {
+                v.push((reg_access("DIRTY_BITS", 4, None), 0));
+            }
+            if self.r.pct(30) {
+                let x = self.r.next_u64() & 0xffff_ffff;
+                v.push((reg_access("SCRATCH", 4, Some(x)), gap(&mut self.r)));
+                v.push((reg_access("SCRATCH", 4, None), 0));
+            }
+            if self.r.pct(40) {
+                // A 64-bit BAR0 access as one port request (byte enables
+                // 0xff: both registers, low one first).
+                let a = match self.r.below(4) {
+                    0 => reg_access("SQ_BASE_LO", 8, None),
+                    1 => reg_access("CNT_BYTES_LO", 8, None),
+                    2 => reg_access("IRQ_STATUS", 8, None),
+                    _ => reg_access(
+                        "IRQ_STATUS",
+                        8,
+                        Some(self.r.below(4) | (self.r.below(4) << 32)),
+                    ),
+                };
+                v.push((a, gap(&mut self.r)));
+            }
+        }
+        Op::BackToBack { accesses: v }
+    }
+
     fn one(&mut self, ops: &mut Vec<Op>) {
+        if self.r.pct(6) {
+            let op = self.back_to_back();
+            ops.push(op);
+            return;
+        }
+        if self.r.pct(5) {
+            // Hardware reset in the middle of work.
+            let at = match self.r.below(4) {
+                0 => ResetPoint::Settled,
+                1 | 2 if self.slow.is_some() => {
+                    let k = 1 + self.r.below(4);
+                    let descs = (0..k).map(|_| self.desc()).collect();
+                    ops.push(Op::Submit { descs });
+                    ResetPoint::DmaWait {
+                        nth: 1 + self.r.below(4),
+                    }
+                }
+                _ => {
+                    let k = 1 + self.r.below(4);
+                    let descs = (0..k).map(|_| self.desc()).collect();
+                    ops.push(Op::Submit { descs });
+                    ops.push(Op::RunChecked {
+                        units: self.r.below(400),
+                    });
+                    ops.push(Op::Quiesce);
+                    ResetPoint::Here
+                }
+            };
+            ops.push(Op::HwReset { at });
+            ops.push(self.setup_rings());
+            ops.push(Op::WriteReg {
+                reg: "IRQ_MASK".into(),
+                value: 0,
+            });
+            return;
+        }
+        if self.slow.is_some() && self.r.pct(15) {
+            if self.r.pct(50) {
+                let k = 1 + self.r.below(4);
+                let descs = (0..k).map(|_| self.desc()).collect();
+                ops.push(Op::Submit { descs });
+            }
+            let nth = 1 + self.r.below(6);
+            let accesses = self.wait_accesses();
+            ops.push(Op::DmaWait { nth, accesses });
+            return;
+        }
         match self.r.below(100) {
             0..=27 => {
                 let k = 1 + self.r.below(6);

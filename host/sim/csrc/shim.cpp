@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <memory>
 
 #include "Vvfpga_top.h"
@@ -40,7 +41,16 @@ struct SimEvent {
     uint8_t dma_data[64];
 };
 
+// One MMIO request of a pipelined sequence (sim_mmio_queue).
+struct QueuedMmio {
+    uint32_t bar2, write, addr, be;
+    uint64_t wdata;
+    uint32_t gap;  // idle cycles after the previous request was accepted
+};
+
 struct Sim {
+    std::deque<QueuedMmio> mmio_q;
+    uint32_t gap_left = 0;
     std::unique_ptr<VerilatedContext> ctx;
     std::unique_ptr<Vvfpga_top> top;
     std::unique_ptr<VerilatedVcdC> vcd;
@@ -90,10 +100,20 @@ inline void serve_devmem(Vvfpga_top* t, bool write, uint32_t addr, uint32_t len,
 extern "C" {
 
 // Creates and resets a model. `vcd_path` may be null (no waveform).
-Sim* sim_new(uint32_t devmem_pages, uint32_t dmalog_max_pages, const char* vcd_path) {
+// `x_seed` != 0: the model is built (--x-initial unique) with every
+// register and memory bit random before reset, from this seed, so that state
+// the reset forgets shows; 0: all zeros.
+Sim* sim_new(uint32_t devmem_pages, uint32_t dmalog_max_pages, const char* vcd_path,
+             uint32_t x_seed) {
     Sim* s = new Sim;
     s->ctx.reset(new VerilatedContext);
     s->ctx->threads(1);
+    if (x_seed) {
+        s->ctx->randReset(2);
+        s->ctx->randSeed(int(x_seed & 0x7fffffffu));
+    } else {
+        s->ctx->randReset(0);
+    }
     if (vcd_path) s->ctx->traceEverOn(true);
     s->top.reset(new Vvfpga_top(s->ctx.get(), "vfpga"));
     if (vcd_path) {
@@ -124,6 +144,28 @@ Sim* sim_new(uint32_t devmem_pages, uint32_t dmalog_max_pages, const char* vcd_p
     return s;
 }
 
+// Hardware reset in the middle of work: rst_n low for `cycles` cycles (at
+// least 1), with every harness input idle (an outstanding DMA request is
+// abandoned: its response is never given), then high again. The bitmap
+// sweep that follows runs in later sim_run() calls.
+void sim_hw_reset(Sim* s, uint32_t cycles) {
+    Vvfpga_top* t = s->top.get();
+    t->rst_n = 0;
+    t->mmio_req_valid = 0;
+    s->mmio_q.clear();
+    t->dma_rsp_valid = 0;
+    t->dma_rsp_ok = 0;
+    t->dm_rsp_valid = 0;
+    if (cycles == 0) cycles = 1;
+    for (uint32_t i = 0; i < cycles; i++) {
+        half_cycle(s, 1);
+        half_cycle(s, 0);
+    }
+    s->cycles += cycles;
+    t->rst_n = 1;
+    t->eval();
+}
+
 void sim_free(Sim* s) {
     if (!s) return;
     if (s->vcd) s->vcd->close();
@@ -138,6 +180,24 @@ void sim_run(Sim* s, uint64_t max_cycles, uint8_t* mem, uint64_t mem_len, SimEve
     ev->flags = 0;
     uint64_t n = 0;
     while (n < max_cycles) {
+        // A queued request is presented once the previous one was taken and
+        // its gap has passed (gap 0: the cycle right after acceptance, while
+        // the previous access is still being served).
+        if (!t->mmio_req_valid && !s->mmio_q.empty()) {
+            if (s->gap_left == 0) {
+                const QueuedMmio& q = s->mmio_q.front();
+                t->mmio_req_valid = 1;
+                t->mmio_req_bar2 = q.bar2 ? 1 : 0;
+                t->mmio_req_write = q.write ? 1 : 0;
+                t->mmio_req_addr = q.addr;
+                t->mmio_req_be = q.be & 0xff;
+                t->mmio_req_wdata = q.wdata;
+                s->mmio_q.pop_front();
+                t->eval();
+            } else {
+                s->gap_left--;
+            }
+        }
         // Handshakes that happen at this rising edge.
         bool dma_fire = t->dma_req_valid;   // dma_req_ready is always 1
         bool dm_fire = t->dm_req_valid;     // dm_req_ready is always 1
@@ -172,7 +232,10 @@ void sim_run(Sim* s, uint64_t max_cycles, uint8_t* mem, uint64_t mem_len, SimEve
         // Inputs for the next rising edge.
         t->dma_rsp_valid = 0;
         t->dm_rsp_valid = 0;
-        if (mreq_fire) t->mmio_req_valid = 0;
+        if (mreq_fire) {
+            t->mmio_req_valid = 0;
+            if (!s->mmio_q.empty()) s->gap_left = s->mmio_q.front().gap;
+        }
         if (dm_fire) serve_devmem(t, dm_write, dm_addr, dm_len, mem, mem_len);
         half_cycle(s, 0);
         if (t->step_done) {
@@ -221,10 +284,20 @@ void sim_mmio(Sim* s, uint32_t bar2, uint32_t write, uint32_t addr, uint32_t be,
     t->eval();
 }
 
+// Queues an MMIO request of a pipelined sequence: presented by sim_run()
+// `gap` cycles after the previous one was accepted (the first one at once),
+// so that a request may wait on the port while the previous is served. Each
+// response ends a sim_run() with EV_MMIO, in order.
+void sim_mmio_queue(Sim* s, uint32_t bar2, uint32_t write, uint32_t addr, uint32_t be,
+                    uint64_t wdata, uint32_t gap) {
+    if (s->mmio_q.empty() && !s->top->mmio_req_valid) s->gap_left = 0;
+    s->mmio_q.push_back(QueuedMmio{bar2, write, addr, be, wdata, gap});
+}
+
 // Nothing to do until an MMIO access (no step, no message, no request).
 uint32_t sim_idle(Sim* s) {
     Vvfpga_top* t = s->top.get();
-    return t->idle && !t->mmio_req_valid && !t->dma_rsp_valid && !t->dm_rsp_valid
+    return t->idle && !t->mmio_req_valid && s->mmio_q.empty() && !t->dma_rsp_valid && !t->dm_rsp_valid
            && !t->dma_req_valid && !t->dm_req_valid;
 }
 

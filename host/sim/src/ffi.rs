@@ -55,8 +55,23 @@ struct RawSim {
 
 #[cfg(not(vfpga_sim_unavailable))]
 unsafe extern "C" {
-    fn sim_new(devmem_pages: u32, dmalog_max_pages: u32, vcd_path: *const c_char) -> *mut RawSim;
+    fn sim_new(
+        devmem_pages: u32,
+        dmalog_max_pages: u32,
+        vcd_path: *const c_char,
+        x_seed: u32,
+    ) -> *mut RawSim;
     fn sim_free(s: *mut RawSim);
+    fn sim_hw_reset(s: *mut RawSim, cycles: u32);
+    fn sim_mmio_queue(
+        s: *mut RawSim,
+        bar2: u32,
+        write: u32,
+        addr: u32,
+        be: u32,
+        wdata: u64,
+        gap: u32,
+    );
     fn sim_run(s: *mut RawSim, max_cycles: u64, mem: *mut u8, mem_len: u64, ev: *mut SimEvent);
     fn sim_dma_respond(s: *mut RawSim, ok: u32, data: *const u8, len: u32);
     fn sim_mmio(s: *mut RawSim, bar2: u32, write: u32, addr: u32, be: u32, wdata: u64);
@@ -80,10 +95,12 @@ unsafe extern "C" {
 #[cfg(vfpga_sim_unavailable)]
 mod absent {
     use super::{RawSim, SimEvent, c_char};
-    pub unsafe fn sim_new(_: u32, _: u32, _: *const c_char) -> *mut RawSim {
+    pub unsafe fn sim_new(_: u32, _: u32, _: *const c_char, _: u32) -> *mut RawSim {
         std::ptr::null_mut()
     }
     pub unsafe fn sim_free(_: *mut RawSim) {}
+    pub unsafe fn sim_hw_reset(_: *mut RawSim, _: u32) {}
+    pub unsafe fn sim_mmio_queue(_: *mut RawSim, _: u32, _: u32, _: u32, _: u32, _: u64, _: u32) {}
     pub unsafe fn sim_run(_: *mut RawSim, _: u64, _: *mut u8, _: u64, _: *mut SimEvent) {}
     pub unsafe fn sim_dma_respond(_: *mut RawSim, _: u32, _: *const u8, _: u32) {}
     pub unsafe fn sim_mmio(_: *mut RawSim, _: u32, _: u32, _: u32, _: u32, _: u64) {}
@@ -121,11 +138,13 @@ pub(crate) struct Model {
 }
 
 impl Model {
-    /// Creates and resets a model; `vcd` names a waveform file to write.
+    /// Creates and resets a model; `vcd` names a waveform file to write;
+    /// `x_seed` != 0 randomizes every bit before reset from that seed.
     pub(crate) fn new(
         devmem_pages: u32,
         dmalog_max_pages: u32,
         vcd: Option<&Path>,
+        x_seed: u32,
     ) -> Option<Self> {
         if !AVAILABLE {
             return None;
@@ -137,7 +156,7 @@ impl Model {
         let ptr = path.as_ref().map_or(std::ptr::null(), |p| p.as_ptr());
         // SAFETY: `ptr` is null or a NUL-terminated string that outlives the
         // call; sim_new copies what it needs and returns an owned model.
-        let raw = unsafe { sim_new(devmem_pages, dmalog_max_pages, ptr) };
+        let raw = unsafe { sim_new(devmem_pages, dmalog_max_pages, ptr, x_seed) };
         (!raw.is_null()).then_some(Model {
             raw,
             _not_send: PhantomData,
@@ -172,6 +191,28 @@ impl Model {
                 addr,
                 u32::from(be),
                 wdata,
+            )
+        }
+    }
+
+    /// Holds the core's reset input low for `cycles` cycles.
+    pub(crate) fn hw_reset(&mut self, cycles: u32) {
+        // SAFETY: live model on its thread; plain values.
+        unsafe { sim_hw_reset(self.raw, cycles) }
+    }
+
+    /// Queues one request of a pipelined MMIO sequence (see `shim.cpp`).
+    pub(crate) fn mmio_queue(&mut self, r: &crate::PipeReq) {
+        // SAFETY: live model on its thread; plain values.
+        unsafe {
+            sim_mmio_queue(
+                self.raw,
+                u32::from(r.bar2),
+                u32::from(r.write),
+                r.addr,
+                u32::from(r.be),
+                r.wdata,
+                r.gap,
             )
         }
     }

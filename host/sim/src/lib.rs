@@ -71,6 +71,10 @@ pub struct SimOptions {
     pub clocking: Clocking,
     /// Write a VCD waveform of the whole run to this file.
     pub vcd: Option<PathBuf>,
+    /// Seed of the random values every register and memory bit of the RTL
+    /// holds before its first reset (0: all zeros). A register the reset
+    /// forgets then differs between seeds instead of reading 0.
+    pub x_seed: u32,
 }
 
 impl Default for SimOptions {
@@ -80,6 +84,7 @@ impl Default for SimOptions {
             dmalog_max_pages: consts::MAX_DMALOG_PAGES,
             clocking: Clocking::Explicit,
             vcd: None,
+            x_seed: 0,
         }
     }
 }
@@ -189,6 +194,27 @@ enum Cmd {
         cycles: u64,
         bare: Option<(u64, Vec<u8>)>,
     },
+    HwReset(u32),
+    Pipelined(Vec<PipeReq>),
+}
+
+/// One raw request of a pipelined MMIO sequence ([`SimDevice::mmio_pipelined`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PipeReq {
+    /// BAR2 instead of BAR0.
+    pub bar2: bool,
+    /// Write instead of read.
+    pub write: bool,
+    /// Address of the 64-bit word (bits 2:0 ignored).
+    pub addr: u32,
+    /// Byte enables.
+    pub be: u8,
+    /// Write data on its lanes.
+    pub wdata: u64,
+    /// Idle cycles between the acceptance of the previous request and the
+    /// presentation of this one (0: the very next cycle, while the previous
+    /// access is still being served).
+    pub gap: u32,
 }
 
 /// One BAR0 register access of a batch.
@@ -209,6 +235,7 @@ enum Reply {
     Stats(SimStats),
     Bench(BenchTime),
     Steps(Vec<StepKind>, u64),
+    Values64(Vec<u64>),
     Err(String),
 }
 
@@ -356,6 +383,30 @@ impl SimDevice {
         }
         match self.call(Cmd::RunSteps { steps, max_cycles })? {
             Reply::Steps(k, c) => Ok((k, c)),
+            _ => Err(protocol_error()),
+        }
+    }
+
+    /// Hardware reset: holds the core's `rst_n` low for `cycles` cycles
+    /// (at least 1) wherever it is, even inside a step. A DMA request the
+    /// core is waiting for is abandoned (no response is given; a pending
+    /// answer is dropped). Then lets the bitmap sweep finish. Device memory
+    /// (the harness buffer, outside the core) keeps its contents.
+    pub fn hw_reset(&mut self, cycles: u32) -> Result<(), DeviceError> {
+        match self.call(Cmd::HwReset(cycles))? {
+            Reply::Done => Ok(()),
+            _ => Err(protocol_error()),
+        }
+    }
+
+    /// Presents `reqs` back to back on the RTL's MMIO port: each request is
+    /// presented `gap` cycles after the previous one was accepted (gap 0:
+    /// while the previous one is still being served), without waiting for
+    /// its response. Returns the response data of each, in order. Raw port
+    /// requests: BAR0 accesses are not split (`be` as given).
+    pub fn mmio_pipelined(&mut self, reqs: &[PipeReq]) -> Result<Vec<u64>, DeviceError> {
+        match self.call(Cmd::Pipelined(reqs.to_vec()))? {
+            Reply::Values64(v) => Ok(v),
             _ => Err(protocol_error()),
         }
     }
@@ -820,6 +871,7 @@ fn sim_thread(
         opts.devmem_pages,
         opts.dmalog_max_pages,
         opts.vcd.as_deref(),
+        opts.x_seed,
     ) else {
         let _ = tx.send(Reply::Err(
             "the Verilated model could not be created".into(),
@@ -957,6 +1009,36 @@ fn handle(h: &mut Harness, cmd: Cmd, free: bool, waiter: &mut Option<u64>) -> Op
             Ok(()) => Reply::Done,
             Err(e) => Reply::Err(e),
         },
+        Cmd::Pipelined(reqs) => {
+            h.mmio_rsp = None;
+            for r in &reqs {
+                h.model.mmio_queue(r);
+            }
+            let mut out = Vec::with_capacity(reqs.len());
+            let mut spent = 0;
+            while out.len() < reqs.len() {
+                if spent >= MMIO_CYCLE_LIMIT {
+                    return Some(Reply::Err(format!(
+                        "pipelined MMIO: {} of {} responses in {MMIO_CYCLE_LIMIT} cycles",
+                        out.len(),
+                        reqs.len()
+                    )));
+                }
+                spent += h.run(4096, true);
+                if let Some(v) = h.mmio_rsp.take() {
+                    out.push(v);
+                }
+            }
+            Reply::Values64(out)
+        }
+        Cmd::HwReset(cycles) => {
+            h.dma_wait = None;
+            h.mmio_rsp = None;
+            h.model.hw_reset(cycles);
+            h.cycles += u64::from(cycles.max(1));
+            h.run_until_idle(1 << 20);
+            Reply::Done
+        }
         Cmd::Stats => Reply::Stats(SimStats {
             cycles: h.cycles,
             steps: h.model.steps(),
