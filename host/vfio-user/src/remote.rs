@@ -299,18 +299,12 @@ fn finish(s: Slot) -> Result<Vec<u8>, DmaFault> {
         };
         if s.key.write {
             // An echo, when there is one, must name the request's range.
+            let r = wire::Reader::new(&reply, "DMA_WRITE reply");
+            // `deliver` admitted 0, 12 or 16 bytes only.
             let echo = match reply.len() {
                 0 => None,
-                12 => Some((
-                    u64::from_le_bytes(reply[0..8].try_into().unwrap_or_default()),
-                    u64::from(u32::from_le_bytes(
-                        reply[8..12].try_into().unwrap_or_default(),
-                    )),
-                )),
-                _ => Some((
-                    u64::from_le_bytes(reply[0..8].try_into().unwrap_or_default()),
-                    u64::from_le_bytes(reply[8..16].try_into().unwrap_or_default()),
-                )),
+                12 => r.u64(0).ok().zip(r.u32(8).ok().map(u64::from)),
+                _ => r.u64(0).ok().zip(r.u64(8).ok()),
             };
             if echo.is_some_and(|(a, c)| a != p.addr || c != p.len as u64) {
                 return Err(fault("DMA_WRITE reply for another range".into()));

@@ -40,7 +40,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -509,14 +509,13 @@ impl Server {
                     let fast = queued.load(Ordering::Acquire) == 0
                         && !session::may_block(m.hdr.command, &m.payload)
                         && !self.shared.dma.any_may_pend();
-                    let m = if fast {
-                        match ctx.try_run(m)? {
-                            None => continue,
-                            Some(m) => m,
-                        }
-                    } else {
-                        m
-                    };
+                    if fast {
+                        // Here, without a hand-off: nothing it needs can
+                        // wait for this thread, and the runner holds the
+                        // device for one bounded `advance` at most.
+                        ctx.run(m)?;
+                        continue;
+                    }
                     queued.fetch_add(1, Ordering::AcqRel);
                     if cmd_tx.send(m).is_err() {
                         return Ok(());
@@ -538,21 +537,6 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Runs a step-free command here. Called only while no guest memory is
-    /// reached by messages, so the runner holds the device for one bounded
-    /// `advance` at most: waiting for it here is cheaper than a hand-off.
-    fn try_run(&self, m: Message) -> Result<Option<Message>, ServerError> {
-        let mut core = match self.server.core.try_lock() {
-            Ok(g) => g,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => lock(&self.server.core),
-        };
-        let o = lock(self.session).handle(&mut core, &m.hdr, &m.payload, m.fds);
-        drop(core);
-        self.finish(o)?;
-        Ok(None)
-    }
-
     /// Runs `m`, waiting for the device.
     fn run(&self, m: Message) -> Result<(), ServerError> {
         let o = {

@@ -8,19 +8,7 @@ use vfpga_migration::{MigState, MigrationEngine};
 use vfpga_regs::offsets;
 
 /// A deterministic pseudo-random generator (xorshift), so failures replay.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+pub use vfpga_device::testkit::Rng;
 
 /// One step of the workload a guest driver would run on the fake device:
 /// writes to device memory (which dirty pages) and to `SCRATCH`.
