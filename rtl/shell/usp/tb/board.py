@@ -117,8 +117,10 @@ def serve(a):
     env = {
         "SIMBOARD_PARAMS": json.dumps(p),
         "VFPGA_SIMBOARD_SOCKET": str(pathlib.Path(a.socket).resolve()),
-        "PYTHONPATH": str(HERE),
     }
+    # The runner lays os.environ over extra_env and sets PYTHONPATH from
+    # sys.path (which holds HERE): put ours in os.environ too.
+    os.environ.update(env)
     xml = bdir / "results.xml"
     try:
         runner.test(
