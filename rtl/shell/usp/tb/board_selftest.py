@@ -194,6 +194,8 @@ def run(c, devmem_pages, dmalog_pages):
     c.ok(bp.DMA_MAP, bp.DMA_MAP_REQ.pack(IOVA, MEM_BYTES, 0, bp.PERM_READ | bp.PERM_WRITE), [mfd])
     st, msg = c.req(bp.DMA_MAP, bp.DMA_MAP_REQ.pack(IOVA + 0x1000, 0x1000, 0, 3), [mfd])
     check(st == bp.BAD_REQUEST, "DMA_MAP overlapping a mapping: BAD_REQUEST (%s)" % msg.decode())
+    st, msg = c.req(bp.DMA_MAP, bp.DMA_MAP_REQ.pack(0xFEE0_0000, 0x1000, 0, 3), [mfd])
+    check(st == bp.BAD_REQUEST, "DMA_MAP over the MSI window: BAD_REQUEST (%s)" % msg.decode())
     efds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(NV)]
     c.ok(bp.MSIX_ENABLE, bp.U32.pack(NV), efds)
     ring = Ring(c, mem)

@@ -42,6 +42,10 @@ MPS = 256                                           # root complex max payload s
 MRRS = 512                                          # root complex max read request size (bytes)
 TLP_TIMEOUT_NS = 50_000_000                         # completion timeout of the root complex (50 ms, as a host)
 CONNECT_S = 10.0
+RC_BAR32_BASE = 0xFE00_0000                         # 32-bit BAR window of the root complex
+RC_MSI_BASE = 0xFEE0_0000                           # its MSI window (16 bytes used)
+# IOVA ranges DMA_MAP refuses: the root complex's own windows.
+RESERVED = ((RC_BAR32_BASE, 0xFF00_0000), (1 << 63, 1 << 64))
 
 MEM_REQ_TYPES = (TlpType.MEM_READ, TlpType.MEM_READ_64, TlpType.MEM_WRITE, TlpType.MEM_WRITE_64)
 CPL_TYPES = (TlpType.CPL, TlpType.CPL_DATA, TlpType.CPL_LOCKED, TlpType.CPL_LOCKED_DATA)
@@ -134,9 +138,18 @@ class Board:
         dut.cfg_flr_in_process.value = 0
         dut.cfg_hot_reset_out.value = 0
 
-        # The IOVA space is ours: drop the root complex's own allocation pool
-        # (0 - 2 GiB), so that an address no DMA_MAP claims gets UR.
-        rc.mem_address_space.regions = [r for r in rc.mem_address_space.regions if r[3] is not rc.mem_pool]
+        # The IOVA space belongs to the client. The root complex's own
+        # allocation pool (0 - 2 GiB) goes, so that an address no DMA_MAP
+        # claims gets UR; its 32-bit BAR window (1 GiB at 0xc0000000) and MSI
+        # window (0x80000000) move to where an x86 host keeps them, just
+        # below 4 GiB: BARs from 0xfe000000, MSI at 0xfee00000.
+        sp = rc.mem_address_space
+        sp.regions = [r for r in sp.regions
+                      if r[3] is not rc.mem_pool and r[3] is not rc.msi_region
+                      and not (r[3] is rc.mem_region and r[0] < 1 << 32)]
+        rc.mem_base = RC_BAR32_BASE
+        sp.register_region(rc.mem_region, RC_BAR32_BASE, RC_MSI_BASE - RC_BAR32_BASE, offset=None)
+        sp.register_region(rc.msi_region, RC_MSI_BASE)
 
         # Counters. down_*: memory requests of the root complex to the BARs
         # (sent / taken by the shell on CQ); up_*: requests of the shell on RQ
@@ -496,9 +509,9 @@ class Board:
             raise BadRequest("fd offset %#x is not a multiple of %d" % (fd_off, mmap.ALLOCATIONGRANULARITY))
         if self._cover(iova, n, 0) is not None:
             raise BadRequest("IOVA range %#x + %#x overlaps an existing mapping" % (iova, n))
-        if self.rc.mem_address_space.find_regions(iova, n):
-            raise BadRequest("IOVA range %#x + %#x overlaps the root complex's MSI or BAR windows "
-                             "(0x80000000-0x8000000f, 0xc0000000-0xffffffff, from 2^63)" % (iova, n))
+        if any(iova < hi and lo < iova + n for lo, hi in RESERVED) or self.rc.mem_address_space.find_regions(iova, n):
+            raise BadRequest("IOVA range %#x + %#x overlaps the root complex's BAR and MSI windows "
+                             "(0xfe000000-0xfeffffff, from 2^63)" % (iova, n))
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if perm & bp.PERM_WRITE else 0)
         try:
             mm = mmap.mmap(fds[0], n, flags=mmap.MAP_SHARED, prot=prot, offset=fd_off)
