@@ -13,6 +13,7 @@ a prerequisite is missing, otherwise with the simulation's status (0 = the
 server ended cleanly)."""
 
 import argparse
+import fcntl
 import importlib.util
 import json
 import logging
@@ -78,27 +79,41 @@ def build(a, p):
     bdir.mkdir(parents=True, exist_ok=True)
     vvp = bdir / "sim.vvp"
     deps = list(SOURCES) + [RTL / "generated" / "vfpga_regs.vh"]
-    stale = not vvp.is_file() or max(d.stat().st_mtime for d in deps) > vvp.stat().st_mtime
     stamp = bdir / "params.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) != p:
-        stale = True
     runner = get_runner("icarus")
-    try:
-        runner.build(
-            log_file=bdir / "build.log",
-            sources=SOURCES,
-            includes=[RTL],
-            hdl_toplevel="vfpga_usp_shell",
-            parameters=p,
-            build_dir=bdir,
-            always=stale,
-            waves=a.wave,
-            timescale=("1ns", "1ps"),
-        )
-    except Exception as e:  # noqa: BLE001 - reported as one line
-        die("build failed (%s): see %s" % (e, bdir / "build.log"), 1)
-    stamp.write_text(json.dumps(p))
+    # Launches may run in parallel (cargo test): one builds, the others wait.
+    with open(bdir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stale = (not vvp.is_file() or max(d.stat().st_mtime for d in deps) > vvp.stat().st_mtime
+                 or not stamp.is_file() or json.loads(stamp.read_text()) != p)
+        try:
+            runner.build(
+                log_file=bdir / "build.log" if stale else None,     # (nothing to log when up to date)
+                sources=SOURCES,
+                includes=[RTL],
+                hdl_toplevel="vfpga_usp_shell",
+                parameters=p,
+                build_dir=bdir,
+                always=stale,
+                waves=a.wave,
+                timescale=("1ns", "1ps"),
+            )
+        except Exception as e:  # noqa: BLE001 - reported as one line
+            die("build failed (%s): see %s" % (e, bdir / "build.log"), 1)
+        if stale:
+            stamp.write_text(json.dumps(p))
     return runner, bdir
+
+
+def prune_logs(bdir, keep=20):
+    """Each launch has its own log (launches may overlap); keep the newest."""
+    logs = sorted(bdir.glob("sim-*.log"), key=lambda f: f.stat().st_mtime, reverse=True)
+    for f in logs[keep:]:
+        for g in (f, f.with_name(f.name.replace("sim-", "results-").replace(".log", ".xml"))):
+            try:
+                g.unlink()
+            except OSError:
+                pass
 
 
 def serve(a):
@@ -111,7 +126,8 @@ def serve(a):
     if p["DMALOG_PAGES_MAX"] < 32 or p["DMALOG_PAGES_MAX"] % 32:
         die("--dmalog-pages %d: must be a multiple of 32" % p["DMALOG_PAGES_MAX"])
     runner, bdir = build(a, p)
-    log = bdir / "sim.log"
+    prune_logs(bdir)
+    log = bdir / ("sim-%d.log" % os.getpid())
     sys.stderr.write(PREFIX + "simulator log in %s\n" % log)
     sys.stderr.flush()
     env = {
@@ -121,7 +137,7 @@ def serve(a):
     # The runner lays os.environ over extra_env and sets PYTHONPATH from
     # sys.path (which holds HERE): put ours in os.environ too.
     os.environ.update(env)
-    xml = bdir / "results.xml"
+    xml = bdir / ("results-%d.xml" % os.getpid())
     try:
         runner.test(
             test_module="board_server",
