@@ -21,7 +21,6 @@ import os
 import pathlib
 import shutil
 import sys
-import time
 import xml.etree.ElementTree as ET
 
 HERE = pathlib.Path(__file__).resolve().parent
