@@ -24,6 +24,7 @@ PAGE = rm.const("PAGE_SIZE")
 CLK_NS = 4
 IOVA = 0x1000_0000              # the memfd's place in IOVA space
 IOVA_UNMAPPED = 0x2000_0000     # nothing there
+IOVA_RO = 0x3000_0000           # one page mapped read-only, then write-only
 MEM_BYTES = 256 * 1024
 SQ_OFF, CQ_OFF, SRC_OFF, DST_OFF = 0x0000, 0x1000, 0x10000, 0x20000
 
@@ -231,6 +232,31 @@ def run(c, devmem_pages, dmalog_pages):
     check(irq[rm.const("VECTOR_ERR")] == 1, "MSI-X error vector on its eventfd: %s" % irq)
     c.wr("IRQ_STATUS", rm.bit("IRQ_STATUS", "ERR"))
 
+    # Permissions: a read-only mapping takes no write, a write-only one gives no read.
+    ro = os.memfd_create("simboard-ro")
+    os.ftruncate(ro, PAGE)
+    os.pwrite(ro, b"\xAA" * 64, 0)
+    c.ok(bp.DMA_MAP, bp.DMA_MAP_REQ.pack(IOVA_RO, PAGE, 0, bp.PERM_READ), [ro])
+    ring.put(desc(rm.opcode("FILL_HOST"), 0, IOVA_RO, 64, 0x11111111, tag=0x53))
+    ring.doorbell()
+    c.advance(1_000_000)
+    e = ring.take()
+    check(e is not None and e[1] == rm.status("OK") and os.pread(ro, 64, 0) == b"\xAA" * 64,
+          "FILL_HOST into a read-only mapping: dropped (completion %s; the confirming read succeeds, "
+          "datasheet 11.2 limit)" % (e,))
+    c.ok(bp.DMA_UNMAP, bp.DMA_UNMAP_REQ.pack(IOVA_RO, PAGE))
+    c.ok(bp.DMA_MAP, bp.DMA_MAP_REQ.pack(IOVA_RO, PAGE, 0, bp.PERM_WRITE), [ro])
+    ring.put(desc(rm.opcode("CRC32C"), IOVA_RO, 0, 64, tag=0x54))
+    ring.doorbell()
+    c.advance(1_000_000)
+    e = ring.take()
+    check(e is not None and e[:2] == (0x54, rm.status("DMA_READ_FAULT")),
+          "CRC32C of a write-only mapping: DMA_READ_FAULT")
+    c.ok(bp.DMA_UNMAP, bp.DMA_UNMAP_REQ.pack(IOVA_RO, PAGE))
+    os.close(ro)
+    eventfd_count(efds[rm.const("VECTOR_ERR")])
+    c.wr("IRQ_STATUS", rm.bit("IRQ_STATUS", "ERR"))
+
     # Busy DMA workload: simulated cycles per wall second.
     c.wr("CTRL", rm.bit("CTRL", "SOFT_RESET"))
     ring = Ring(c, mem)
@@ -264,17 +290,30 @@ def run(c, devmem_pages, dmalog_pages):
     check(got == bulk, "BAR2 64 KiB MEM_WRITE / MEM_READ round trip")
     speed_bulk = (len(bulk) / dt / 1e3, dt, len(bulk) / (cyc * CLK_NS * 1e-9) / 1e6, cyc)
 
-    # Unmap, twice.
-    c.ok(bp.DMA_UNMAP, bp.DMA_UNMAP_REQ.pack(IOVA, MEM_BYTES))
-    st, msg = c.req(bp.DMA_UNMAP, bp.DMA_UNMAP_REQ.pack(IOVA, MEM_BYTES))
-    check(st == bp.BAD_REQUEST, "DMA_UNMAP of a mapping no longer there: BAD_REQUEST")
-
     # FLR.
     c.wr("SCRATCH", 0x5A5A5A5A)
     c.ok(bp.RESET, bp.RESET_REQ.pack(bp.RESET_FLR))
     cmd = c.cfg_read(0x04, 2)
     check(c.rd("ID") == rm.const("DEVICE_MAGIC") and c.rd("SCRATCH") == 0 and cmd & 2 and not cmd & 4,
           "FLR: ID reads, SCRATCH back to 0, memory decoding on, bus mastering off (command %#06x)" % cmd)
+    # MSI-X set restored by the reset: a NOP's interrupt still reaches the eventfd.
+    c.cfg_write(0x04, 2, cmd | 4)
+    for fd in efds:
+        eventfd_count(fd)
+    ring = Ring(c, mem)
+    c.wr("IRQ_MASK", 0)
+    ring.put(desc(rm.opcode("NOP"), tag=0x70, irq=True))
+    ring.doorbell()
+    c.advance(1_000_000)
+    e = ring.take()
+    irq = [eventfd_count(fd) for fd in efds]
+    check(e is not None and e[:2] == (0x70, rm.status("OK")) and irq[rm.const("VECTOR_CPL")] == 1,
+          "after FLR (bus mastering on again): NOP completes, MSI-X restored: %s" % irq)
+
+    # Unmap, twice.
+    c.ok(bp.DMA_UNMAP, bp.DMA_UNMAP_REQ.pack(IOVA, MEM_BYTES))
+    st, msg = c.req(bp.DMA_UNMAP, bp.DMA_UNMAP_REQ.pack(IOVA, MEM_BYTES))
+    check(st == bp.BAD_REQUEST, "DMA_UNMAP of a mapping no longer there: BAD_REQUEST")
 
     # Link down, up, hot reset.
     c.ok(bp.RESET, bp.RESET_REQ.pack(bp.RESET_LINK_DOWN))
