@@ -42,6 +42,7 @@ MPS = 256                                           # root complex max payload s
 MRRS = 512                                          # root complex max read request size (bytes)
 TLP_TIMEOUT_NS = 50_000_000                         # completion timeout of the root complex (50 ms, as a host)
 CONNECT_S = 10.0
+LOST_TLP_CYCLES = 5_000                             # see op_advance
 RC_BAR32_BASE = 0xFE00_0000                         # 32-bit BAR window of the root complex
 RC_MSI_BASE = 0xFEE0_0000                           # its MSI window (16 bytes used)
 # IOVA ranges DMA_MAP refuses: the root complex's own windows.
@@ -251,13 +252,15 @@ class Board:
         return self.down_sent != self.down_recv or self.up_sent != self.up_recv
 
     def idle(self):
+        """ADVANCE's idle: the hardware is idle and no TLP is in flight
+        between the root complex and the shell."""
+        return not self.in_flight() and self.hw_idle()
+
+    def hw_idle(self):
         """The core has nothing to do (what host/sim's harness calls idle:
-        the core's `idle` and no request or response on its ports), the
+        the core's `idle` and no request or response on its ports) and the
         shell's completer and requester are idle (no request half decoded,
-        nothing outstanding) and no TLP is in flight between the root complex
-        and the shell."""
-        if self.in_flight():
-            return False
+        nothing outstanding, no beat on CQ, CC or RC)."""
         d = self.dut
         return bool(d.core_idle.value and d.rq_idle.value and int(d.u_cq.state.value) == 0
                     and not d.mmio_req_valid.value and not d.mmio_rsp_valid.value
@@ -268,7 +271,7 @@ class Board:
 
     def _resync(self):
         if self.in_flight():
-            self.log.info("simboard: counters resynchronized (down %d/%d, up %d/%d)",
+            self.log.warning("simboard: counters resynchronized (down %d/%d, up %d/%d)",
                           self.down_sent, self.down_recv, self.up_sent, self.up_recv)
         self.down_recv = self.down_sent
         self.up_recv = self.up_sent
@@ -568,9 +571,20 @@ class Board:
         n = req & ~bp.ADVANCE_UNTIL_IDLE
         clk = self.dut.user_clk
         ran = 0
+        lost = 0
         while ran < n:
-            if until_idle and self.idle():
-                break
+            if until_idle:
+                if self.hw_idle():
+                    if not self.in_flight():
+                        break
+                    # A TLP counted as in flight while nothing moves for
+                    # this long was lost by a model: stop counting it.
+                    lost += 1
+                    if lost >= LOST_TLP_CYCLES:
+                        self._resync()
+                        continue
+                else:
+                    lost = 0
             await RisingEdge(clk)
             ran += 1
         return bp.ADVANCE_REP.pack(ran, int(self.idle()))
