@@ -20,6 +20,7 @@ import logging
 import os
 import pathlib
 import shutil
+import signal
 import sys
 import xml.etree.ElementTree as ET
 
@@ -115,8 +116,29 @@ def prune_logs(bdir, keep=20):
                 pass
 
 
+def kill_children(signum, _frame):
+    """SIGTERM / SIGHUP to the launcher also stops the simulator it started
+    (the runner gives no handle on it: find it by parent pid)."""
+    me = str(os.getpid())
+    for d in pathlib.Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.rindex(")") + 2:].split()[1] == me:
+            try:
+                os.kill(int(d.name), signal.SIGTERM)
+            except OSError:
+                pass
+    sys.exit(128 + signum)
+
+
 def serve(a):
     check_prereqs()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, kill_children)
     logging.disable(logging.CRITICAL)           # the runner's own chatter
     sys.path.insert(0, str(HERE))
     p = params(a)

@@ -111,12 +111,13 @@ def recv_header_fds(sock):
 def send_frame(sock, a, tag, payload=b"", fds=()):
     """Sends header (a = op or status, tag, len) and payload; fds on the header."""
     hdr = HDR.pack(a, tag, len(payload))
+    # MSG_NOSIGNAL: a peer that went away is an EPIPE error, not a SIGPIPE.
     if fds:
-        socket.send_fds(sock, [hdr], list(fds))
+        socket.send_fds(sock, [hdr], list(fds), socket.MSG_NOSIGNAL)
         if payload:
-            sock.sendall(payload)
+            sock.sendall(payload, socket.MSG_NOSIGNAL)
     else:
-        sock.sendall(hdr + bytes(payload))
+        sock.sendall(hdr + bytes(payload), socket.MSG_NOSIGNAL)
 
 
 def _close(fd):
