@@ -130,7 +130,7 @@ pub fn guest_port() -> Result<DmaPort, HilError> {
     let file = tempfile::tempfile().map_err(|e| setup("guest memory file", e))?;
     file.set_len(GUEST_LEN)
         .map_err(|e| setup("guest memory size", e))?;
-    let mem = MmapMemory::map_file(&file, 0, GUEST_LEN as usize)
+    let mem = MmapMemory::map_file_shared(&file, 0, GUEST_LEN as usize)
         .map_err(|e| setup("guest memory map", e))?;
     let dma = DmaPort::new();
     dma.map(GUEST_BASE, Arc::new(mem), Perm::RW)

@@ -54,6 +54,22 @@ pub fn demo(
     )
 }
 
+/// `vfpga demo --chain`.
+pub fn chain(
+    common: &Common,
+    log_format: Option<Format>,
+    chain: &[BackendArg],
+    json: Option<PathBuf>,
+    in_process: bool,
+) -> u8 {
+    let cfg = match load_config(common) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    logging::init(cfg.as_ref(), log_format);
+    crate::demo::chain(chain, json.as_deref(), in_process)
+}
+
 /// `vfpga migrate`.
 pub fn migrate(
     common: &Common,

@@ -31,6 +31,11 @@ pub fn run(
         None => match cfg.map(|c| c.backend.value) {
             None | Some(Backend::Sim) => Kind::Sim,
             Some(Backend::Model) => Kind::Model,
+            Some(Backend::Board)
+                if cfg.is_some_and(|c| c.board.as_ref().is_some_and(|b| b.simulated.is_some())) =>
+            {
+                Kind::Board
+            }
             Some(other) => {
                 eprintln!(
                     "vfpga demo: backend `{}` cannot run the demo; use a model or sim config, or --backend",
@@ -88,4 +93,84 @@ pub fn run(
         return EXIT_USAGE;
     }
     if report.pass { EXIT_OK } else { EXIT_FAILED }
+}
+
+/// Runs `vfpga demo --chain` and prints each hop; returns the exit status.
+pub fn chain(forms: &[BackendArg], json: Option<&Path>, in_process: bool) -> u8 {
+    use vfpga_vmm::chain::{self, ChainOptions};
+    if let Some(p) = json
+        && let Err(e) = crate::outpath::check_file(p)
+    {
+        eprintln!("vfpga demo: {e}");
+        return EXIT_USAGE;
+    }
+    let mut o = ChainOptions::new(forms.iter().map(|b| b.kind()).collect());
+    o.placement = match Placement::for_cli(in_process) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("vfpga demo: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let names: Vec<&str> = o.kinds.iter().map(|k| k.name()).collect();
+    println!(
+        "vfpga demo: chain {}, {} KiB device memory, {} descriptors, {}; reference run on the model",
+        names.join(" -> "),
+        o.devmem >> 10,
+        o.descriptors,
+        o.placement.describe()
+    );
+    let r = match chain::run(&o) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "vfpga demo: could not run: {}",
+                vfpga_device::error_chain(&e)
+            );
+            return EXIT_USAGE;
+        }
+    };
+    for h in &r.hops {
+        println!(
+            "  {} -> {} at descriptor {} (stopped at {} of {}): {} pre-copy passes ({}), {} device bytes in stop-and-copy, downtime {:.3} ms",
+            h.from,
+            h.to,
+            h.at_descriptor,
+            h.verified_at_stop,
+            r.descriptors,
+            h.passes,
+            h.stop_reason,
+            h.stop_copy_device_bytes,
+            h.downtime_ms
+        );
+    }
+    println!(
+        "  verified {} of {} descriptors against the shadow; completion interrupts {} of {}; {:.1} s",
+        r.verified,
+        r.descriptors,
+        r.irqs_received,
+        r.irqs_wanted,
+        r.total_ms / 1000.0
+    );
+    match &r.failure {
+        None => println!(
+            "PASS: guest memory and device memory after {} equal the never-migrated model run byte for byte",
+            names.join(" -> ")
+        ),
+        Some(f) => println!("FAIL: {f}"),
+    }
+    if let Some(p) = json {
+        let t = match serde_json::to_string_pretty(&r) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("vfpga demo: cannot encode the report: {e}");
+                return EXIT_USAGE;
+            }
+        };
+        if let Err(e) = std::fs::write(p, t + "\n") {
+            eprintln!("vfpga demo: cannot write {}: {e}", p.display());
+            return EXIT_USAGE;
+        }
+    }
+    if r.pass { EXIT_OK } else { EXIT_FAILED }
 }

@@ -52,6 +52,10 @@ pub enum BackendArg {
     Model,
     /// The RTL under Verilator.
     Sim,
+    /// The simulated board: the PCIe shell and the core at the TLP level
+    /// under the board layer (needs scripts/setup; a few thousand cycles
+    /// per second).
+    Board,
 }
 
 impl BackendArg {
@@ -60,6 +64,7 @@ impl BackendArg {
         match self {
             BackendArg::Model => vfpga_vmm::backend::Kind::Model,
             BackendArg::Sim => vfpga_vmm::backend::Kind::Sim,
+            BackendArg::Board => vfpga_vmm::backend::Kind::Board,
         }
     }
 }
@@ -97,6 +102,18 @@ enum Command {
         /// Run the devices in this process instead of one `vfpga serve` each.
         #[arg(long)]
         in_process: bool,
+        /// Instead of one migration, a chain across device forms: the
+        /// workload starts on the first and live-migrates, mid-workload, to
+        /// each next one (e.g. board,model,sim,board), verified bit-exact
+        /// against a never-migrated run on the model.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            value_name = "FORM,FORM,...",
+            conflicts_with_all = ["backend", "plot"]
+        )]
+        chain: Vec<BackendArg>,
     },
     /// Cross-host live migration of the built-in seeded workload: run one side
     /// on each host.
@@ -165,10 +182,18 @@ fn main() -> ExitCode {
         Command::Serve { config, socket } => commands::serve(&config, socket, log_format),
         Command::Demo {
             common,
+            json,
+            in_process,
+            chain,
+            ..
+        } if !chain.is_empty() => commands::chain(&common, log_format, &chain, json, in_process),
+        Command::Demo {
+            common,
             backend,
             json,
             plot,
             in_process,
+            ..
         } => commands::demo(&common, log_format, backend, json, plot, in_process),
         Command::Migrate {
             common,

@@ -44,6 +44,11 @@ fn kind_of(cfg: Option<&Config>, backend: Option<BackendArg>) -> Result<Kind, St
     match cfg.map(|c| c.backend.value) {
         None | Some(Backend::Sim) => Ok(Kind::Sim),
         Some(Backend::Model) => Ok(Kind::Model),
+        Some(Backend::Board)
+            if cfg.is_some_and(|c| c.board.as_ref().is_some_and(|b| b.simulated.is_some())) =>
+        {
+            Ok(Kind::Board)
+        }
         Some(o) => Err(format!(
             "backend `{}` cannot be migrated by `vfpga migrate` yet",
             o.name()

@@ -240,7 +240,7 @@ impl SlowMemory {
     pub fn shared(len: usize) -> std::io::Result<Self> {
         let f = tempfile::tempfile()?;
         f.set_len(len as u64)?;
-        let m = MmapMemory::map_file(&f, 0, len)?;
+        let m = MmapMemory::map_file_shared(&f, 0, len)?;
         Ok(SlowMemory::with_inner(Inner::Shared(m), None))
     }
 

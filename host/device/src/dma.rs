@@ -530,7 +530,20 @@ pub struct MmapMemory {
 impl MmapMemory {
     /// Maps `len` bytes of `file` at `offset`, read/write and shared. A
     /// regular file (memfd, tmpfs, hugetlbfs) must hold the whole range.
+    /// The file is not kept open (see [`MmapMemory::map_file_shared`]).
     pub fn map_file(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<Self> {
+        Self::map(file, offset, len, false)
+    }
+
+    /// As [`MmapMemory::map_file`], and keeps a duplicate of the file open
+    /// so that [`GuestMemory::shared_file`] can hand it to another process
+    /// (the simulated board maps guest memory through it). One fd per
+    /// mapping: only for memory a board reaches.
+    pub fn map_file_shared(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<Self> {
+        Self::map(file, offset, len, true)
+    }
+
+    fn map(file: &std::fs::File, offset: u64, len: usize, keep: bool) -> std::io::Result<Self> {
         let md = file.metadata()?;
         if md.is_file() {
             let end = offset.checked_add(len as u64).ok_or_else(|| {
@@ -551,7 +564,7 @@ impl MmapMemory {
             .offset(offset)
             .len(len)
             .map_raw(file)?;
-        let file = match md.is_file() {
+        let file = match keep && md.is_file() {
             true => Some((std::os::fd::AsFd::as_fd(file).try_clone_to_owned()?, offset)),
             false => None,
         };

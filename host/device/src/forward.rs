@@ -33,6 +33,10 @@ macro_rules! forward_device {
                 let $s = self;
                 $crate::Device::info($get)
             }
+            fn dma_through_port(&self) -> bool {
+                let $s = self;
+                $crate::Device::dma_through_port($get)
+            }
             fn mmio_read(
                 &mut self,
                 bar: $crate::Bar,
@@ -203,6 +207,10 @@ mod tests {
                     self.saw("info");
                     self.inner.info()
                 }
+                fn dma_through_port(&self) -> bool {
+                    self.saw("dma_through_port");
+                    self.inner.dma_through_port()
+                }
                 $(fn $name(&mut self $(, $a: $t)*) -> $r {
                     self.saw(stringify!($name));
                     self.inner.$name($($a),*)
@@ -254,6 +262,9 @@ mod tests {
         };
         probe("info", d, &|d| {
             let _ = d.info();
+        });
+        probe("dma_through_port", d, &|d| {
+            let _ = d.dma_through_port();
         });
         probe("mmio_read", d, &|d| {
             let _ = d.mmio_read(Bar::Regs, 0, &mut [0; 4]);
@@ -326,7 +337,7 @@ mod tests {
 
     fn assert_forwards_every_method<W: Device + ?Sized>(what: &str, d: &mut W, calls: &Calls) {
         let seen = first_seen(d, calls);
-        assert_eq!(seen.len(), 22, "every Device method is probed");
+        assert_eq!(seen.len(), 23, "every Device method is probed");
         let dropped: Vec<String> = seen
             .iter()
             .filter(|(m, first)| m != first)

@@ -148,6 +148,15 @@ pub trait Device: Send {
     /// Identity and BAR geometry.
     fn info(&self) -> DeviceInfo;
 
+    /// Whether every access the device makes to guest memory goes through
+    /// its [`DmaPort`], so that the port's dirty log is complete (the model,
+    /// the simulator, a stand-in). A board reaches guest memory through the
+    /// IOMMU, beside the port: its dirty pages come from its own DMA write
+    /// log (datasheet §7), never from the port's.
+    fn dma_through_port(&self) -> bool {
+        true
+    }
+
     /// Reads `data.len()` bytes at `offset` of `bar`. BAR0 takes 4- and 8-byte
     /// aligned accesses (other widths read all ones); BAR2 takes 1, 2, 4 and 8
     /// bytes. An access beyond the BAR is [`DeviceError::BadAccess`]. Reads may

@@ -115,6 +115,13 @@ pub(crate) trait Bottom: Send + fmt::Debug {
         true
     }
 
+    /// Whether the device reaches guest memory through the board layer's
+    /// `DmaPort` (a stand-in) rather than through the IOMMU (a board, the
+    /// simulated board).
+    fn dma_through_port(&self) -> bool {
+        false
+    }
+
     /// Lets a device that does not run by itself progress (a stand-in);
     /// `None` for a self-running one.
     fn advance(&mut self, _budget: u64) -> Result<Option<Progress>, HwError> {
@@ -187,6 +194,9 @@ impl<T: Bottom + ?Sized> Bottom for Box<T> {
     }
     fn self_running(&self) -> bool {
         (**self).self_running()
+    }
+    fn dma_through_port(&self) -> bool {
+        (**self).dma_through_port()
     }
     fn advance(&mut self, budget: u64) -> Result<Option<Progress>, HwError> {
         (**self).advance(budget)
@@ -731,6 +741,10 @@ fn to_dev(e: HwError) -> DeviceError {
 impl<B: Bottom> Device for Board<B> {
     fn info(&self) -> DeviceInfo {
         self.info
+    }
+
+    fn dma_through_port(&self) -> bool {
+        self.bottom.dma_through_port()
     }
 
     fn mmio_read(&mut self, bar: Bar, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {

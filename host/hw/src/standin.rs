@@ -226,6 +226,11 @@ impl Bottom for StandIn {
         self.dev.info().self_running
     }
 
+    /// The stand-in reaches guest memory through its own `DmaPort`.
+    fn dma_through_port(&self) -> bool {
+        true
+    }
+
     fn advance(&mut self, budget: u64) -> Result<Option<Progress>, HwError> {
         if self.dev.info().self_running {
             return Ok(None);

@@ -31,7 +31,7 @@ fn expected() -> ExpectedIds {
 fn guest() -> DmaPort {
     let f = tempfile::tempfile().expect("tempfile");
     f.set_len(LEN).expect("size");
-    let m = MmapMemory::map_file(&f, 0, LEN as usize).expect("map");
+    let m = MmapMemory::map_file_shared(&f, 0, LEN as usize).expect("map");
     let dma = DmaPort::new();
     dma.map(BASE, Arc::new(m), Perm::RW).expect("DMA map");
     dma

@@ -159,6 +159,10 @@ pub struct Shared {
     pub info: DeviceInfo,
     /// What a client may use.
     pub limits: Limits,
+    /// The device reaches guest memory beside the port (a board, through
+    /// its IOMMU): DMA_MAP keeps each mapping's file open so the board can
+    /// map it too ([`vfpga_device::MmapMemory::map_file_shared`]).
+    pub share_files: bool,
 }
 
 impl Shared {
@@ -176,6 +180,7 @@ pub fn build(
     limits: Limits,
 ) -> (DevCore, Shared) {
     let info = dev.info();
+    let share_files = !dev.dma_through_port();
     let config = ConfigSpace::new(
         info.identity.vendor_id,
         info.identity.device_id,
@@ -198,6 +203,7 @@ pub fn build(
             gate: Arc::new(AtomicBool::new(false)),
             info,
             limits,
+            share_files,
         },
     )
 }
@@ -244,6 +250,14 @@ impl GuestMemory for Gated {
     }
     fn wait_pending(&self, timeout: std::time::Duration) {
         self.inner.wait_pending(timeout);
+    }
+    /// Shared memory stays reachable for a board, which maps it into its
+    /// IOMMU (the gate applies to accesses through this wrapper only).
+    fn host_addr(&self) -> Option<std::ptr::NonNull<u8>> {
+        self.inner.host_addr()
+    }
+    fn shared_file(&self) -> Option<(std::os::fd::BorrowedFd<'_>, u64)> {
+        self.inner.shared_file()
     }
 }
 
@@ -595,8 +609,11 @@ impl Session {
         let mem: Arc<dyn GuestMemory> = match fds.pop() {
             Some(fd) => {
                 let file = std::fs::File::from(fd);
-                let mm = vfpga_device::MmapMemory::map_file(&file, m.offset, len)
-                    .map_err(|e| (Errno::EINVAL, format!("cannot map the DMA fd: {e}")))?;
+                let mm = match self.shared.share_files {
+                    true => vfpga_device::MmapMemory::map_file_shared(&file, m.offset, len),
+                    false => vfpga_device::MmapMemory::map_file(&file, m.offset, len),
+                }
+                .map_err(|e| (Errno::EINVAL, format!("cannot map the DMA fd: {e}")))?;
                 Arc::new(mm)
             }
             None => {
@@ -990,14 +1007,14 @@ impl Session {
                     return Ok(echo());
                 }
                 let s = wire::LoggingStart::decode(f.data)?;
+                // A board's writes bypass the port: its own DMA log is the truth.
+                let source = match dev.dma_through_port() {
+                    true => LogSource::Port(self.shared.dma.clone()),
+                    false => LogSource::Device,
+                };
                 engine
                     .dma_logging()
-                    .start(
-                        dev,
-                        LogSource::Port(self.shared.dma.clone()),
-                        s.page_size,
-                        &s.ranges,
-                    )
+                    .start(dev, source, s.page_size, &s.ranges)
                     .map_err(|e| (errno_of_dirty(&e), e.to_string()))?;
                 Ok(echo())
             }

@@ -11,14 +11,18 @@ pub enum Kind {
     Model,
     /// The RTL under Verilator.
     Sim,
+    /// The simulated board: the PCIe shell and the core at the TLP level
+    /// under the board layer (`vfpga-hw`), guest memory shared by file.
+    Board,
 }
 
 impl Kind {
-    /// Parses `model` or `sim`.
+    /// Parses `model`, `sim` or `board`.
     pub fn parse(s: &str) -> Option<Kind> {
         match s {
             "model" => Some(Kind::Model),
             "sim" => Some(Kind::Sim),
+            "board" => Some(Kind::Board),
             _ => None,
         }
     }
@@ -28,7 +32,21 @@ impl Kind {
         match self {
             Kind::Model => "model",
             Kind::Sim => "sim",
+            Kind::Board => "board",
         }
+    }
+}
+
+/// DMA-log pages of the simulated board the VMM opens.
+pub const BOARD_DMALOG_PAGES: u32 = 1024;
+
+/// What this build expects a board to report.
+pub fn expected_ids() -> vfpga_config::ExpectedIds {
+    use vfpga_regs::consts;
+    vfpga_config::ExpectedIds {
+        vendor_id: consts::PCI_VENDOR_ID as u16,
+        device_id: consts::PCI_DEVICE_ID as u16,
+        rtl_version: consts::RTL_VERSION,
     }
 }
 
@@ -41,6 +59,9 @@ pub enum BackendError {
     /// The simulator could not start (for example Verilator is not installed).
     #[error("cannot start the simulator")]
     Sim(#[source] vfpga_sim::SimError),
+    /// The simulated board could not start (for example cocotb is missing).
+    #[error("cannot start the simulated board")]
+    Board(#[source] vfpga_hw::HwError),
 }
 
 /// Opens a device with `devmem_pages` of device memory, in explicit-step mode
@@ -94,6 +115,13 @@ fn open_with(
             };
             Ok(Box::new(
                 vfpga_sim::SimDevice::new(opts, dma, irq).map_err(BackendError::Sim)?,
+            ))
+        }
+        Kind::Board => {
+            let o = vfpga_hw::SimBoardOptions::new(devmem_pages, BOARD_DMALOG_PAGES);
+            Ok(Box::new(
+                vfpga_hw::BoardDevice::simulated(&o, &expected_ids(), dma, irq)
+                    .map_err(BackendError::Board)?,
             ))
         }
     }

@@ -62,6 +62,8 @@ impl DemoOptions {
             descriptors: match kind {
                 Kind::Model => 3000,
                 Kind::Sim => 1200,
+                // The simulated board runs a few thousand cycles per second.
+                Kind::Board => 40,
             },
             seed: 0x5eed_2026,
             migrate_at: 0.3,

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod chain;
 pub mod channel;
 pub mod demo;
 pub mod live;

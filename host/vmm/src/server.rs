@@ -93,8 +93,19 @@ fn config_yaml(kind: Kind, devmem: u64) -> String {
         kind.name(),
         devmem >> 10
     );
-    if kind == Kind::Sim {
-        s.push_str("sim:\n  clock: free-running\n");
+    match kind {
+        Kind::Sim => s.push_str("sim:\n  clock: free-running\n"),
+        Kind::Board => {
+            let e = crate::backend::expected_ids();
+            s.push_str(&format!(
+                "  dmalog_max_pages: {}\nboard:\n  simulated: {{}}\n  expected: {{vendor_id: {:#x}, device_id: {:#x}, rtl_version: {:#x}}}\n",
+                crate::backend::BOARD_DMALOG_PAGES,
+                e.vendor_id,
+                e.device_id,
+                e.rtl_version
+            ));
+        }
+        Kind::Model => {}
     }
     s.push_str("log:\n  level: warn\n");
     s

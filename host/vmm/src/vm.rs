@@ -60,7 +60,7 @@ impl Guest {
             fd.try_clone()
                 .map_err(|e| proto("duplicating the guest memory fd", e))?,
         );
-        let mem = MmapMemory::map_file(&file, 0, layout.size as usize)
+        let mem = MmapMemory::map_file_shared(&file, 0, layout.size as usize)
             .map_err(|e| proto("mapping guest memory", e))?;
         let dma = DmaPort::new();
         dma.map(layout.base, Arc::new(mem), Perm::RW)
@@ -206,15 +206,50 @@ impl VmDevice for Local {
     fn reset(&mut self) -> Result<(), LiveError> {
         Ok(self.eng.reset(self.dev.as_mut())?)
     }
+    /// The port's log, or, for a device whose DMA bypasses the port (a
+    /// board), the device's own DMA write log through the engine.
     fn dirty_start(&mut self, guest: &Guest) -> Result<(), LiveError> {
-        guest.dma.dirty_log_start();
+        if self.dev.dma_through_port() {
+            guest.dma.dirty_log_start();
+            return Ok(());
+        }
+        let l = guest.layout;
+        self.eng
+            .dma_logging()
+            .start(
+                self.dev.as_mut(),
+                vfpga_migration::dirty::LogSource::Device,
+                4096,
+                &[(l.base, l.size)],
+            )
+            .map_err(|e| proto("DMA logging start", e))?;
         Ok(())
     }
     fn dirty_take(&mut self, guest: &Guest) -> Result<Vec<u64>, LiveError> {
-        Ok(guest.dma.dirty_log_take())
+        if self.dev.dma_through_port() {
+            return Ok(guest.dma.dirty_log_take());
+        }
+        let l = guest.layout;
+        let pages = l.size.div_ceil(4096);
+        let mut bitmap = vec![0u64; pages.div_ceil(64) as usize];
+        self.eng
+            .dma_logging()
+            .report(self.dev.as_mut(), l.base, l.size, 4096, &mut bitmap)
+            .map_err(|e| proto("DMA logging report", e))?;
+        Ok((0..pages)
+            .filter(|p| bitmap[(p / 64) as usize] & (1 << (p % 64)) != 0)
+            .map(|p| l.base + p * 4096)
+            .collect())
     }
     fn dirty_stop(&mut self, guest: &Guest) -> Result<(), LiveError> {
-        guest.dma.dirty_log_stop();
+        if self.dev.dma_through_port() {
+            guest.dma.dirty_log_stop();
+            return Ok(());
+        }
+        self.eng
+            .dma_logging()
+            .stop(self.dev.as_mut())
+            .map_err(|e| proto("DMA logging stop", e))?;
         Ok(())
     }
     fn irqs(&mut self, vector: u16) -> u64 {
