@@ -457,6 +457,13 @@ pub fn run(cfg: Option<&Config>, args: &CrosscheckArgs) -> u8 {
         "  back-to-back MMIO: {} scenarios, {} sequences, {} accesses",
         summary.back_to_back_scenarios, summary.back_to_back, summary.back_to_back_accesses
     );
+    println!(
+        "  MMIO racing a burst: {} scenarios, {} sequences, {} accesses ({} bitmap reads)",
+        summary.racing_scenarios,
+        summary.racing_bursts,
+        summary.racing_accesses,
+        summary.racing_bitmap_reads
+    );
     if let Some(j) = &args.json
         && let Err(e) = write_json(j, &Report::of(&summary, &plan))
     {

@@ -146,6 +146,16 @@ pub enum Op {
         /// `(access, gap)` pairs.
         accesses: Vec<(WaitAccess, u32)>,
     },
+    /// MMIO racing a running burst ([`Lockstep::racing_burst`]): write
+    /// `descs` into free SQ slots (both sides settled), then ring the
+    /// doorbell and issue `accesses` back to back while the checked side
+    /// runs the descriptors (bitmap reads against the burst's marks).
+    RacingBurst {
+        /// The descriptors (those that do not fit are dropped).
+        descs: Vec<Desc>,
+        /// `(access, gap)` pairs after the doorbell.
+        accesses: Vec<(WaitAccess, u32)>,
+    },
     /// Hardware reset (the core's reset input) of both sides at `at`.
     HwReset {
         /// Where.
@@ -236,6 +246,16 @@ pub struct RunStats {
     /// Accesses in them.
     #[serde(default)]
     pub back_to_back_accesses: u64,
+    /// MMIO sequences racing a running burst.
+    #[serde(default)]
+    pub racing_bursts: u64,
+    /// Accesses in them (the doorbell included).
+    #[serde(default)]
+    pub racing_accesses: u64,
+    /// Of those, `DIRTY_BITS`/`DMALOG_BITS` reads (read-and-clear against
+    /// the burst's marks).
+    #[serde(default)]
+    pub racing_bitmap_reads: u64,
 }
 
 fn reg_offset(name: &str) -> Result<u32, DeviceError> {
@@ -495,6 +515,43 @@ fn apply_op<A: Device + SideDevice, B: Device + SideDevice>(
             ls.back_to_back(accesses)?;
             stats.back_to_back += 1;
             stats.back_to_back_accesses += accesses.len() as u64;
+        }
+        Op::RacingBurst { descs, accesses } => {
+            let Some(r) = drv.rings.as_mut() else {
+                return Ok(());
+            };
+            if ls.is_quiesced()? {
+                return Ok(());
+            }
+            // Descriptors are written with both sides at rest; the doorbell
+            // is the first racing access.
+            ls.settle()?;
+            let head = ls.read_reg(offsets::SQ_HEAD)?;
+            let mut room = (head + r.sq_size - r.sq_tail - 1) % r.sq_size;
+            let mut wrote = false;
+            for d in descs {
+                if room == 0 {
+                    break;
+                }
+                let at = r
+                    .sq_base
+                    .wrapping_add(u64::from(r.sq_tail) * desc::SIZE as u64);
+                if ls.reference().dma.is_mapped(at, desc::SIZE as u64) {
+                    ls.host_write(at, &d.to_bytes())?;
+                }
+                r.sq_tail = (r.sq_tail + 1) % r.sq_size;
+                room -= 1;
+                wrote = true;
+            }
+            if !wrote {
+                return Ok(());
+            }
+            let mut seq = vec![(reg_access("SQ_TAIL", 4, Some(u64::from(r.sq_tail))), 0)];
+            seq.extend(accesses.iter().cloned());
+            let reads = ls.racing_burst(&seq)?;
+            stats.racing_bursts += 1;
+            stats.racing_accesses += seq.len() as u64;
+            stats.racing_bitmap_reads += reads;
         }
         Op::HwReset { at } => {
             match at {
@@ -905,7 +962,140 @@ impl Gen {
         Op::BackToBack { accesses: v }
     }
 
+    /// MMIO racing a burst into device memory: descriptors that write
+    /// device memory (and some guest memory, for the DMA log), and bitmap
+    /// reads, select writes and reads, BAR2 accesses to the last page
+    /// (never a DMA target) spread over the burst.
+    fn racing_burst(&mut self, ops: &mut Vec<Op>) {
+        if self.r.pct(30) {
+            ops.push(self.dma_log_start());
+        }
+        let pages = self.devmem / u64::from(consts::PAGE_SIZE);
+        let last = self.devmem - u64::from(consts::PAGE_SIZE);
+        let mut descs = Vec::new();
+        for _ in 0..1 + self.r.below(3) {
+            let mut d = self.desc();
+            d.opcode = self.r.pick(&[1u8, 1, 5, 5, 2]);
+            d.rsvd = 0;
+            d.len = self.r.pick(&[256u32, 1024, 4096, 4096, 8192, 12288]);
+            d.len = d.len.min(consts::MAX_DESC_LEN);
+            let dev = self.r.below(last.saturating_sub(u64::from(d.len)) + 1);
+            let host = GUEST_BASE
+                + DATA_AREA
+                + self
+                    .r
+                    .below(GUEST_LEN - DATA_AREA - u64::from(d.len).min(GUEST_LEN - DATA_AREA) + 1);
+            (d.src, d.dst) = match d.opcode {
+                1 => (host, dev),
+                2 => (dev, host),
+                _ => (0, dev),
+            };
+            descs.push(d);
+        }
+        let gap = |r: &mut Rng| r.pick(&[0u32, 0, 1, 2, 5, 10, 20, 40, 80, 160]);
+        let mut v = Vec::new();
+        for _ in 0..4 + self.r.below(12) {
+            let a = match self.r.below(12) {
+                0..=2 => reg_access("DIRTY_BITS", 4, None),
+                3 | 4 => reg_access("DIRTY_SEL", 8, None), // SEL, then BITS
+                5 => reg_access("DIRTY_SEL", 4, Some(self.r.below(pages.div_ceil(32) + 1))),
+                6 => reg_access("DMALOG_BITS", 4, None),
+                7 => reg_access("DMALOG_SEL", 8, None),
+                8 => reg_access("DMALOG_SEL", 4, Some(self.r.below(3))),
+                9 => {
+                    let len = self.r.pick(&[1u8, 2, 4, 8]);
+                    let lane = self.r.below(u64::from(9 - len)) & !(u64::from(len) - 1);
+                    let mask = if len == 8 {
+                        u64::MAX
+                    } else {
+                        (1u64 << (8 * u64::from(len))) - 1
+                    };
+                    WaitAccess {
+                        bar2: true,
+                        offset: last + 8 * self.r.below(512) + lane,
+                        len,
+                        write: Some(self.r.next_u64() & mask),
+                    }
+                }
+                10 => WaitAccess {
+                    bar2: true,
+                    offset: last + 8 * self.r.below(512),
+                    len: 8,
+                    write: None,
+                },
+                _ => {
+                    if self.r.pct(50) {
+                        reg_access("SCRATCH", 4, Some(self.r.next_u64() & 0xffff_ffff))
+                    } else {
+                        reg_access("DIRTY_SEL", 4, None)
+                    }
+                }
+            };
+            let g = gap(&mut self.r);
+            v.push((a, g));
+        }
+        ops.push(Op::RacingBurst { descs, accesses: v });
+    }
+
+    /// A soft reset followed at once by DMA-log accesses: the log bitmap
+    /// (its largest window) takes thousands of cycles to clear after the
+    /// reset; a read that overtook that sweep would return stale bits (the
+    /// read right before the reset leaves a non-zero word behind: the
+    /// completions of the submitted work are logged).
+    fn reset_then_log(&mut self, ops: &mut Vec<Op>) {
+        ops.push(Op::DmaLogStart {
+            base: GUEST_BASE,
+            pages: self.r.pick(&[16u32, 64]),
+        });
+        let k = 1 + self.r.below(3);
+        let descs = (0..k).map(|_| self.desc()).collect();
+        ops.push(Op::Submit { descs });
+        ops.push(Op::Run);
+        let gap = |r: &mut Rng| r.pick(&[0u32, 0, 1, 3, 10]);
+        let mut v = vec![
+            (reg_access("DMALOG_SEL", 4, Some(0)), gap(&mut self.r)),
+            (reg_access("DMALOG_BITS", 4, None), gap(&mut self.r)),
+            (
+                reg_access("CTRL", 4, Some(u64::from(Ctrl::SOFT_RESET.bits()))),
+                gap(&mut self.r),
+            ),
+            (
+                reg_access("DMALOG_PAGES", 4, Some(1 + self.r.below(64))),
+                gap(&mut self.r),
+            ),
+        ];
+        if self.r.pct(30) {
+            let base = GUEST_BASE + self.r.pick(&[0u64, 0x2000]);
+            v.push((reg_access("DMALOG_BASE_LO", 4, Some(base & 0xffff_ffff)), 0));
+        }
+        v.push((reg_access("DMALOG_BITS", 4, None), gap(&mut self.r)));
+        if self.r.pct(50) {
+            v.push((reg_access("DMALOG_SEL", 8, None), gap(&mut self.r)));
+        }
+        if self.r.pct(40) {
+            let en = vfpga_regs::DmalogCtrl::ENABLE.bits();
+            v.push((reg_access("DMALOG_CTRL", 4, Some(u64::from(en))), 0));
+            v.push((reg_access("DMALOG_BITS", 4, None), 0));
+        }
+        v.push((reg_access("DIRTY_BITS", 4, None), gap(&mut self.r)));
+        v.push((reg_access("DMALOG_CTRL", 4, None), 0));
+        ops.push(Op::BackToBack { accesses: v });
+        ops.push(self.setup_rings());
+        ops.push(Op::WriteReg {
+            reg: "IRQ_MASK".into(),
+            value: 0,
+        });
+    }
+
     fn one(&mut self, ops: &mut Vec<Op>) {
+        if self.slow.is_none() && self.r.pct(8) {
+            self.racing_burst(ops);
+            return;
+        }
+        if self.r.pct(2) {
+            self.reset_then_log(ops);
+            return;
+        }
         if self.r.pct(6) {
             let op = self.back_to_back();
             ops.push(op);
