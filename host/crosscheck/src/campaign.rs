@@ -315,6 +315,9 @@ pub struct Summary {
     /// Scenarios with at least one.
     #[serde(default)]
     pub racing_scenarios: u64,
+    /// Bitmap marks the checked side's racing reads caught mid-burst.
+    #[serde(default)]
+    pub racing_marks_mid_burst: u64,
     /// Scenarios that diverged.
     pub divergences: u64,
     /// Scenarios that failed without a divergence.
@@ -361,6 +364,7 @@ pub fn campaign(
         s.racing_accesses += o.stats.racing_accesses;
         s.racing_bitmap_reads += o.stats.racing_bitmap_reads;
         s.racing_scenarios += u64::from(o.stats.racing_bursts > 0);
+        s.racing_marks_mid_burst += o.stats.racing_marks_mid_burst;
         match &o.verdict {
             Verdict::Pass => {}
             Verdict::Diverged { .. } => {

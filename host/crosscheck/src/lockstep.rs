@@ -168,6 +168,17 @@ pub struct WaitReport {
     pub accesses: u32,
 }
 
+/// What [`Lockstep::racing_burst`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RaceReport {
+    /// `DIRTY_BITS`/`DMALOG_BITS` reads among the accesses.
+    pub bitmap_reads: u64,
+    /// Pages the checked side's racing reads returned that the reference's
+    /// did not (the reference reads before its first step): marks the
+    /// burst made while the reads were being issued, read mid-burst.
+    pub marks_mid_burst: u64,
+}
+
 /// One state word that differs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WordDiff {
@@ -1284,9 +1295,12 @@ impl<A: Device + SideDevice, B: Device + SideDevice> Lockstep<A, B> {
     /// and compared whenever read. Reads of `DIRTY_SEL`, `DMALOG_SEL`,
     /// `SCRATCH` and BAR2 are compared as they are (the caller keeps the
     /// racing DMA off the BAR2 bytes accessed); other accesses are refused.
-    /// Returns the number of bitmap reads issued (0 when both sides are
-    /// quiesced: nothing is done).
-    pub fn racing_burst(&mut self, accesses: &[(WaitAccess, u32)]) -> Result<u64, DeviceError> {
+    /// Returns what raced (all 0 when both sides are quiesced: nothing is
+    /// done).
+    pub fn racing_burst(
+        &mut self,
+        accesses: &[(WaitAccess, u32)],
+    ) -> Result<RaceReport, DeviceError> {
         self.begin(|| format!("racing burst, {} accesses", accesses.len()))?;
         for (a, _) in accesses {
             if !racing_access_ok(a) {
@@ -1296,7 +1310,7 @@ impl<A: Device + SideDevice, B: Device + SideDevice> Lockstep<A, B> {
             }
         }
         if self.both_quiesced()? {
-            return Ok(0);
+            return Ok(RaceReport::default());
         }
         if !self.aligned {
             self.settle_inner()?;
@@ -1414,6 +1428,10 @@ impl<A: Device + SideDevice, B: Device + SideDevice> Lockstep<A, B> {
         let lb = self.b.dev.dma_log_take();
         let (la, lb) = self.pair("dma_log_take after the race", la, lb)?;
         let [mut ma, mut mb] = sides;
+        // The reference reads before its first step: pages only the checked
+        // side's racing reads returned were marked by the burst meanwhile.
+        let mid_burst =
+            (mb.dirty.difference(&ma.dirty).count() + mb.log.difference(&ma.log).count()) as u64;
         ma.dirty.extend(bitmap_pages(&da));
         mb.dirty.extend(bitmap_pages(&db));
         ma.log.extend(bitmap_pages(&la.0));
@@ -1431,7 +1449,10 @@ impl<A: Device + SideDevice, B: Device + SideDevice> Lockstep<A, B> {
                 actual: (mb.log.into_iter().collect(), lb.1),
             }));
         }
-        Ok(reads)
+        Ok(RaceReport {
+            bitmap_reads: reads,
+            marks_mid_burst: mid_burst,
+        })
     }
 
     fn reset_both(&mut self) -> Result<(), DeviceError> {

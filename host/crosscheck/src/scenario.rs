@@ -71,6 +71,13 @@ pub enum Op {
         word: usize,
         /// Bits flipped.
         xor: u32,
+        /// More words changed, `(index, bits flipped)`: a state with several
+        /// faults (which one validation reports is compared).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        more: Vec<(usize, u32)>,
+        /// Words then set, `(index, value)` (values at the limits).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        set: Vec<(usize, u32)>,
     },
     /// State transplant (quiesces first; both end quiesced).
     Transplant {
@@ -256,6 +263,10 @@ pub struct RunStats {
     /// the burst's marks).
     #[serde(default)]
     pub racing_bitmap_reads: u64,
+    /// Pages those reads returned on the checked side that the reference
+    /// (reading before its first step) did not: marks read mid-burst.
+    #[serde(default)]
+    pub racing_marks_mid_burst: u64,
 }
 
 fn reg_offset(name: &str) -> Result<u32, DeviceError> {
@@ -437,14 +448,26 @@ fn apply_op<A: Device + SideDevice, B: Device + SideDevice>(
                 ls.save_state()?;
             }
         }
-        Op::RestoreMutated { word, xor } => {
+        Op::RestoreMutated {
+            word,
+            xor,
+            more,
+            set,
+        } => {
             if !ls.is_quiesced()? {
                 return Ok(());
             }
             let s = ls.save_state()?;
             let mut w = s.arch.to_words();
-            if let Some(x) = w.get_mut(*word) {
-                *x ^= *xor;
+            for (i, x) in std::iter::once((*word, *xor)).chain(more.iter().copied()) {
+                if let Some(v) = w.get_mut(i) {
+                    *v ^= x;
+                }
+            }
+            for (i, x) in set {
+                if let Some(v) = w.get_mut(*i) {
+                    *v = *x;
+                }
             }
             let mut bad = s;
             bad.arch = vfpga_regs::ArchState::from_words(&w);
@@ -548,10 +571,11 @@ fn apply_op<A: Device + SideDevice, B: Device + SideDevice>(
             }
             let mut seq = vec![(reg_access("SQ_TAIL", 4, Some(u64::from(r.sq_tail))), 0)];
             seq.extend(accesses.iter().cloned());
-            let reads = ls.racing_burst(&seq)?;
+            let rep = ls.racing_burst(&seq)?;
             stats.racing_bursts += 1;
             stats.racing_accesses += seq.len() as u64;
-            stats.racing_bitmap_reads += reads;
+            stats.racing_bitmap_reads += rep.bitmap_reads;
+            stats.racing_marks_mid_burst += rep.marks_mid_burst;
         }
         Op::HwReset { at } => {
             match at {
@@ -659,6 +683,23 @@ pub fn generate(seed: u64, devmem_pages: u32) -> Scenario {
     let n = 8 + g.r.below(40);
     for _ in 0..n {
         g.one(&mut ops);
+    }
+    // Phase 2, from a generator of its own: phase 1 (with its own finale)
+    // stays exactly what earlier versions generated for this seed, so a
+    // divergence they found is still found.
+    ops.extend([
+        Op::Run,
+        Op::Consume,
+        Op::TakeDirty,
+        Op::DmaLogTake,
+        Op::Quiesce,
+        Op::Save,
+        Op::Resume,
+    ]);
+    g.r = Rng::new(seed ^ 0x7068_6173_6532);
+    ops.push(g.setup_rings());
+    for _ in 0..4 + g.r.below(8) {
+        g.phase2(&mut ops);
     }
     Scenario {
         version: SCENARIO_VERSION,
@@ -1087,6 +1128,126 @@ impl Gen {
         });
     }
 
+    /// A restore of the saved state with one bit flipped, or (half the
+    /// time) with faults in several of the words validation checks, some set
+    /// to values at the limits: which fault validation reports first
+    /// (datasheet §9.3 order) is compared.
+    fn restore_mutated(&mut self) -> Op {
+        use vfpga_regs::state as sw;
+        let word = self.r.below(sw::WORDS as u64) as usize;
+        let xor = 1 << self.r.below(32);
+        let (mut more, mut set) = (Vec::new(), Vec::new());
+        if self.r.pct(50) {
+            let checked = [
+                sw::HEADER,
+                sw::SQ_SIZE,
+                sw::CQ_SIZE,
+                sw::SQ_HEAD,
+                sw::SQ_TAIL,
+                sw::CQ_HEAD,
+                sw::CQ_TAIL,
+                sw::ERR_CODE,
+                sw::CUR_FLAGS,
+                sw::CUR_CTL,
+                sw::CUR_LEN,
+                sw::CUR_DONE,
+                sw::CUR_SLOT,
+                sw::CUR_SRC_LO,
+                sw::CUR_DST_LO,
+                sw::CUR_CRC,
+                sw::CUR_TAG,
+            ];
+            for _ in 0..1 + self.r.below(3) {
+                let w = if self.r.pct(85) {
+                    self.r.pick(&checked)
+                } else {
+                    self.r.below(sw::WORDS as u64) as usize
+                };
+                if self.r.pct(40) {
+                    let devmem = self.devmem as u32;
+                    let v = self.r.pick(&[
+                        0u32,
+                        1,
+                        3,
+                        7,
+                        0xff,
+                        0x200,
+                        consts::MAX_DESC_LEN,
+                        consts::MAX_DESC_LEN + 1,
+                        devmem,
+                        devmem - 64,
+                        0xffff_ffff,
+                    ]);
+                    set.push((w, v));
+                } else {
+                    more.push((w, 1 << self.r.below(32)));
+                }
+            }
+        }
+        Op::RestoreMutated {
+            word,
+            xor,
+            more,
+            set,
+        }
+    }
+
+    /// A descriptor whose device-memory range ends exactly at the end of
+    /// device memory (in range: the last byte is the last one), run at once
+    /// so no host write to the last page races it.
+    fn at_devmem_end(&mut self, ops: &mut Vec<Op>) {
+        let mut d = self.desc();
+        d.opcode = self.r.pick(&[1u8, 2, 5]);
+        d.rsvd = 0;
+        d.len = self.r.pick(&[1u32, 8, 64, 100, 4096, 5000]);
+        let at = self.devmem - u64::from(d.len);
+        let host = GUEST_BASE + DATA_AREA + self.r.below(0x4000);
+        (d.src, d.dst) = match d.opcode {
+            1 => (host, at),
+            2 => (at, host),
+            _ => (0, at),
+        };
+        // Consumed and run again: a full completion ring does not leave it
+        // pending for a later host write to race.
+        ops.extend([Op::Submit { descs: vec![d] }, Op::Run, Op::Consume, Op::Run]);
+    }
+
+    /// Phase 2: restores of states with several faults (run into the middle
+    /// of work first, so a descriptor is often in flight), descriptors at
+    /// the limits (`MAX_DESC_LEN` exactly, a device-memory range ending
+    /// exactly at its end), and ordinary work between.
+    fn phase2(&mut self, ops: &mut Vec<Op>) {
+        match self.r.below(6) {
+            0 | 1 => {
+                let k = 1 + self.r.below(4);
+                let descs = (0..k).map(|_| self.desc()).collect();
+                ops.push(Op::Submit { descs });
+                ops.push(Op::RunChecked {
+                    units: self.r.below(300),
+                });
+                ops.push(Op::Quiesce);
+                let op = self.restore_mutated();
+                ops.push(op);
+                ops.push(Op::Resume);
+            }
+            2 => self.at_devmem_end(ops),
+            3 => {
+                let mut d = self.desc();
+                d.rsvd = 0;
+                d.len = consts::MAX_DESC_LEN;
+                ops.push(Op::Submit { descs: vec![d] });
+                ops.push(Op::Run);
+                ops.push(Op::Consume);
+            }
+            4 => ops.push(Op::Consume),
+            _ => {
+                let k = 1 + self.r.below(4);
+                let descs = (0..k).map(|_| self.desc()).collect();
+                ops.push(Op::Submit { descs });
+            }
+        }
+    }
+
     fn one(&mut self, ops: &mut Vec<Op>) {
         if self.slow.is_none() && self.r.pct(8) {
             self.racing_burst(ops);
@@ -1170,6 +1331,8 @@ impl Gen {
                     4 => ops.push(Op::RestoreMutated {
                         word: self.r.below(vfpga_regs::state::WORDS as u64) as usize,
                         xor: 1 << self.r.below(32),
+                        more: Vec::new(),
+                        set: Vec::new(),
                     }),
                     _ => ops.push(Op::DevmemWrite {
                         offset: self.r.below(self.devmem - 64),
@@ -1287,12 +1450,17 @@ mod tests {
     }
 
     #[test]
-    fn generated_dma_stays_off_the_host_written_page() {
+    fn generated_dma_stays_off_the_host_written_page_unless_run_at_once() {
         for seed in 0..200 {
             let sc = generate(seed, 16);
             let last = 15 * 4096;
-            for op in &sc.ops {
-                if let Op::Submit { descs } = op {
+            for (i, op) in sc.ops.iter().enumerate() {
+                // A submission run at once may end at the end of device
+                // memory (nothing races it there).
+                let run_at_once = sc.ops.get(i + 1) == Some(&Op::Run);
+                if let Op::Submit { descs } = op
+                    && !run_at_once
+                {
                     for d in descs {
                         let (dev, len) = match d.opcode {
                             1 | 5 => (d.dst, u64::from(d.len)),
