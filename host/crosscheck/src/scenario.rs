@@ -701,6 +701,25 @@ pub fn generate(seed: u64, devmem_pages: u32) -> Scenario {
     for _ in 0..4 + g.r.below(8) {
         g.phase2(&mut ops);
     }
+    // Phase 3, likewise after phase 2's own finale: the state port and the
+    // device-memory port at their edges.
+    ops.extend([
+        Op::Run,
+        Op::Consume,
+        Op::TakeDirty,
+        Op::DmaLogTake,
+        Op::Quiesce,
+        Op::Save,
+        Op::Resume,
+    ]);
+    g.r = Rng::new(seed ^ 0x7068_6173_6533);
+    for _ in 0..2 + g.r.below(4) {
+        if g.r.pct(50) {
+            g.state_port(&mut ops);
+        } else {
+            g.devmem_port(&mut ops);
+        }
+    }
     Scenario {
         version: SCENARIO_VERSION,
         seed,
@@ -1246,6 +1265,104 @@ impl Gen {
                 ops.push(Op::Submit { descs });
             }
         }
+    }
+
+    /// The state port at its edges: `STATE_IDX` at or past the last word,
+    /// then `STATE_DATA` twice: read while quiesced (the index stops at
+    /// `STATE_WORDS`), read or written while running (reads 0, writes
+    /// ignored).
+    fn state_port(&mut self, ops: &mut Vec<Op>) {
+        let words = vfpga_regs::state::WORDS as u32;
+        let quiesce = self.r.pct(50);
+        if quiesce {
+            ops.push(Op::RunChecked {
+                units: self.r.below(200),
+            });
+            ops.push(Op::Quiesce);
+        }
+        let idx = self
+            .r
+            .pick(&[0u32, 1, words - 2, words - 1, words, words + 1]);
+        ops.push(Op::WriteReg {
+            reg: "STATE_IDX".into(),
+            value: idx,
+        });
+        for _ in 0..2 {
+            // Writes only while running (ignored there); a write while
+            // quiesced changes the state the resume validates.
+            if quiesce || self.r.pct(50) {
+                ops.push(Op::ReadReg {
+                    reg: "STATE_DATA".into(),
+                });
+            } else {
+                let any = self.r.next_u64() as u32;
+                ops.push(Op::WriteReg {
+                    reg: "STATE_DATA".into(),
+                    value: self.r.pick(&[0u32, 1, 0x8000_0000, any]),
+                });
+            }
+            ops.push(Op::ReadReg {
+                reg: "STATE_IDX".into(),
+            });
+        }
+        if quiesce {
+            ops.push(Op::Resume);
+        }
+    }
+
+    /// BAR2 on the RTL's port at its edges: sub-word reads in every lane,
+    /// and accesses ending exactly at the end of device memory (the last
+    /// page: never a DMA target).
+    fn devmem_port(&mut self, ops: &mut Vec<Op>) {
+        let last = self.devmem - u64::from(consts::PAGE_SIZE);
+        let mut v = Vec::new();
+        for _ in 0..1 + self.r.below(3) {
+            let word = if self.r.pct(40) {
+                self.devmem - 8
+            } else {
+                last + 8 * self.r.below(512)
+            };
+            v.push((
+                WaitAccess {
+                    bar2: true,
+                    offset: word,
+                    len: 8,
+                    write: Some(self.r.next_u64()),
+                },
+                0,
+            ));
+            for _ in 0..1 + self.r.below(3) {
+                let len = self.r.pick(&[1u8, 2, 4, 8]);
+                let lane = self.r.below(u64::from(9 - len)) & !(u64::from(len) - 1);
+                let write = self.r.pct(30).then(|| {
+                    let mask = if len == 8 {
+                        u64::MAX
+                    } else {
+                        (1u64 << (8 * u64::from(len))) - 1
+                    };
+                    self.r.next_u64() & mask
+                });
+                v.push((
+                    WaitAccess {
+                        bar2: true,
+                        offset: word + lane,
+                        len,
+                        write,
+                    },
+                    self.r.pick(&[0u32, 0, 1, 3]),
+                ));
+            }
+            v.push((
+                WaitAccess {
+                    bar2: true,
+                    offset: word,
+                    len: 8,
+                    write: None,
+                },
+                0,
+            ));
+        }
+        ops.push(Op::BackToBack { accesses: v });
     }
 
     fn one(&mut self, ops: &mut Vec<Op>) {
