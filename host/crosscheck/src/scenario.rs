@@ -720,6 +720,21 @@ pub fn generate(seed: u64, devmem_pages: u32) -> Scenario {
             g.devmem_port(&mut ops);
         }
     }
+    // Phase 4, likewise: while quiesced, a write of STATE_DATA with
+    // STATE_IDX past the last word (ignored; the index stays), and a
+    // restore whose state is refused for two reasons (§9.3 names the
+    // first).
+    ops.extend([
+        Op::Run,
+        Op::Consume,
+        Op::TakeDirty,
+        Op::DmaLogTake,
+        Op::Quiesce,
+        Op::Save,
+        Op::Resume,
+    ]);
+    g.r = Rng::new(seed ^ 0x7068_6173_6534);
+    g.phase4(&mut ops);
     Scenario {
         version: SCENARIO_VERSION,
         seed,
@@ -1363,6 +1378,38 @@ impl Gen {
             ));
         }
         ops.push(Op::BackToBack { accesses: v });
+    }
+
+    fn phase4(&mut self, ops: &mut Vec<Op>) {
+        use vfpga_regs::state as sw;
+        let words = sw::WORDS as u32;
+        ops.push(Op::RunChecked {
+            units: self.r.below(200),
+        });
+        ops.push(Op::Quiesce);
+        ops.push(Op::WriteReg {
+            reg: "STATE_IDX".into(),
+            value: self.r.pick(&[words, words + 1]),
+        });
+        ops.push(Op::WriteReg {
+            reg: "STATE_DATA".into(),
+            value: self.r.next_u64() as u32,
+        });
+        ops.push(Op::ReadReg {
+            reg: "STATE_IDX".into(),
+        });
+        // ERR_CODE out of range and an in-flight descriptor whose status is
+        // out of range (CUR_FLAGS: valid, status 0xff).
+        ops.push(Op::RestoreMutated {
+            word: sw::ERR_CODE,
+            xor: 0,
+            more: Vec::new(),
+            set: vec![
+                (sw::ERR_CODE, self.r.pick(&[0x20u32, 0xff])),
+                (sw::CUR_FLAGS, 0x00ff_0001),
+            ],
+        });
+        ops.push(Op::Resume);
     }
 
     fn one(&mut self, ops: &mut Vec<Op>) {
