@@ -479,7 +479,12 @@ fn apply_op<A: Device + SideDevice, B: Device + SideDevice>(
                 Ok(()) | Err(DeviceError::StateRejected(_)) => {}
                 Err(e) => return Err(e),
             }
+            // What the refusal (or the acceptance) left visible: STATUS
+            // (STATE_INVALID) and STATE_ERR (compared: no side effects).
+            ls.read_reg(offsets::STATUS)?;
+            ls.read_reg(offsets::STATE_ERR)?;
             ls.restore_state(&s)?;
+            ls.read_reg(offsets::STATUS)?;
         }
         Op::Transplant { direction } => {
             ls.transplant(*direction)?;
