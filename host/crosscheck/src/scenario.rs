@@ -475,9 +475,23 @@ fn apply_op<A: Device + SideDevice, B: Device + SideDevice>(
             if ls.divergence().is_some() {
                 return r;
             }
-            match r {
-                Ok(()) | Err(DeviceError::StateRejected(_)) => {}
+            let refused = match r {
+                Ok(()) => false,
+                Err(DeviceError::StateRejected(_)) => true,
                 Err(e) => return Err(e),
+            };
+            // A refused state is refused by RESUME too, which sets
+            // STATUS.STATE_INVALID (the next good RESUME clears it).
+            if refused {
+                match ls.resume() {
+                    Err(DeviceError::StateRejected(_)) if ls.divergence().is_none() => {}
+                    Err(e) => return Err(e),
+                    Ok(()) => {
+                        return Err(DeviceError::Device(
+                            "a state restore refused was resumed on both sides".into(),
+                        ));
+                    }
+                }
             }
             // What the refusal (or the acceptance) left visible: STATUS
             // (STATE_INVALID) and STATE_ERR (compared: no side effects).
