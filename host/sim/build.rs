@@ -47,6 +47,20 @@ fn main() {
         return;
     };
 
+    // VFPGA_SIM_DYLIB_DIR: link the model from `libvfpga_sim_model.so` in
+    // that directory instead of building it here (scripts/mutate builds one
+    // harness this way, then swaps the library under it for each mutant; the
+    // library is found at run time through LD_LIBRARY_PATH).
+    println!("cargo::rerun-if-env-changed=VFPGA_SIM_DYLIB_DIR");
+    if let Some(dir) = std::env::var_os("VFPGA_SIM_DYLIB_DIR") {
+        let dir = PathBuf::from(dir);
+        println!("cargo::rustc-link-search=native={}", dir.display());
+        println!("cargo::rustc-link-lib=dylib=vfpga_sim_model");
+        println!("cargo::rustc-link-lib=pthread");
+        println!("cargo::rustc-link-lib=atomic");
+        return;
+    }
+
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     let mdir = out.join("obj_dir");
     let _ = std::fs::remove_dir_all(&mdir);

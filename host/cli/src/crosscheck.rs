@@ -466,6 +466,15 @@ pub fn run(cfg: Option<&Config>, args: &CrosscheckArgs) -> u8 {
         "  back-to-back MMIO: {} scenarios, {} sequences, {} accesses",
         summary.back_to_back_scenarios, summary.back_to_back, summary.back_to_back_accesses
     );
+    println!(
+        "  MMIO racing a burst: {} scenarios, {} sequences, {} accesses ({} bitmap reads, \
+         {} marks read mid-burst)",
+        summary.racing_scenarios,
+        summary.racing_bursts,
+        summary.racing_accesses,
+        summary.racing_bitmap_reads,
+        summary.racing_marks_mid_burst
+    );
     if let Some(j) = &args.json
         && let Err(e) = write_json(j, &Report::of(&summary, &plan))
     {

@@ -323,6 +323,21 @@ pub struct Summary {
     /// Scenarios with at least one back-to-back sequence.
     #[serde(default)]
     pub back_to_back_scenarios: u64,
+    /// MMIO sequences racing a running burst.
+    #[serde(default)]
+    pub racing_bursts: u64,
+    /// Accesses in them.
+    #[serde(default)]
+    pub racing_accesses: u64,
+    /// Bitmap reads among them.
+    #[serde(default)]
+    pub racing_bitmap_reads: u64,
+    /// Scenarios with at least one.
+    #[serde(default)]
+    pub racing_scenarios: u64,
+    /// Bitmap marks the checked side's racing reads caught mid-burst.
+    #[serde(default)]
+    pub racing_marks_mid_burst: u64,
     /// Scenarios that diverged.
     pub divergences: u64,
     /// Scenarios that failed without a divergence.
@@ -365,6 +380,11 @@ pub fn campaign(
         s.back_to_back += o.stats.back_to_back;
         s.back_to_back_accesses += o.stats.back_to_back_accesses;
         s.back_to_back_scenarios += u64::from(o.stats.back_to_back > 0);
+        s.racing_bursts += o.stats.racing_bursts;
+        s.racing_accesses += o.stats.racing_accesses;
+        s.racing_bitmap_reads += o.stats.racing_bitmap_reads;
+        s.racing_scenarios += u64::from(o.stats.racing_bursts > 0);
+        s.racing_marks_mid_burst += o.stats.racing_marks_mid_burst;
         match &o.verdict {
             Verdict::Pass => {}
             Verdict::Diverged { .. } => {

@@ -168,6 +168,17 @@ pub struct WaitReport {
     pub accesses: u32,
 }
 
+/// What [`Lockstep::racing_burst`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RaceReport {
+    /// `DIRTY_BITS`/`DMALOG_BITS` reads among the accesses.
+    pub bitmap_reads: u64,
+    /// Pages the checked side's racing reads returned that the reference's
+    /// did not (the reference reads before its first step): marks the
+    /// burst made while the reads were being issued, read mid-burst.
+    pub marks_mid_burst: u64,
+}
+
 /// One state word that differs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WordDiff {
@@ -1285,6 +1296,183 @@ impl<A: Device + SideDevice, B: Device + SideDevice> Lockstep<A, B> {
         Ok(())
     }
 
+    /// MMIO racing a running burst's bitmap marks: from a settled point,
+    /// `accesses` go back to back to both sides, the first normally the
+    /// `SQ_TAIL` doorbell of descriptors already in the ring. The checked
+    /// side (the RTL) runs its engine while it takes them, so its
+    /// `DIRTY_BITS`/`DMALOG_BITS` read-and-clear lands in the same cycles as
+    /// the burst's marks; the reference takes them all before its first
+    /// step. Then both settle and both bitmaps are drained.
+    ///
+    /// What a read returns here is timing, but where a page's mark is
+    /// reported is not: for each bitmap and side, the pages the racing reads
+    /// returned plus the pages the drain finds must be the same set on both
+    /// sides (a mark is never lost, never invented). Each bitmap read is
+    /// attributed to its group by the select register, whose value is
+    /// timing-independent (only the accesses move it) and is tracked here
+    /// and compared whenever read. Reads of `DIRTY_SEL`, `DMALOG_SEL`,
+    /// `SCRATCH` and BAR2 are compared as they are (the caller keeps the
+    /// racing DMA off the BAR2 bytes accessed); other accesses are refused.
+    /// Returns what raced (all 0 when both sides are quiesced: nothing is
+    /// done).
+    pub fn racing_burst(
+        &mut self,
+        accesses: &[(WaitAccess, u32)],
+    ) -> Result<RaceReport, DeviceError> {
+        self.begin(|| format!("racing burst, {} accesses", accesses.len()))?;
+        for (a, _) in accesses {
+            if !racing_access_ok(a) {
+                return Err(DeviceError::Device(format!(
+                    "racing burst: {a} is not an access whose result is timing-independent"
+                )));
+            }
+        }
+        if self.both_quiesced()? {
+            return Ok(RaceReport::default());
+        }
+        if !self.aligned {
+            self.settle_inner()?;
+        }
+        for (a, gap) in accesses {
+            self.push_history(format!("   racing, after {gap} cycles: {a}"));
+        }
+        let groups = (self.a.dev.info().bar2_size / u64::from(consts::PAGE_SIZE) / 32).max(1);
+        let log_pages = self.a.dev.read_reg(offsets::DMALOG_PAGES)?;
+        let log_groups = u64::from(log_pages.div_ceil(32));
+        let sel0 = (
+            u64::from(self.a.dev.read_reg(offsets::DIRTY_SEL)?),
+            u64::from(self.a.dev.read_reg(offsets::DMALOG_SEL)?),
+        );
+        let ra = self.a.dev.mmio_back_to_back(accesses);
+        let rb = self.b.dev.mmio_back_to_back(accesses);
+        let (va, vb) = self.pair("racing MMIO", ra, rb)?;
+        self.compared += 1;
+        let mut reads = 0u64;
+        let mut sides: [RaceMarks; 2] = Default::default();
+        for (side, vals) in sides.iter_mut().zip([&va, &vb]) {
+            let (mut dsel, mut lsel) = sel0;
+            for ((a, _), v) in accesses.iter().zip(vals.iter()) {
+                let word = |at: usize| -> u64 {
+                    let mut b = [0u8; 4];
+                    let n = v.len().saturating_sub(at).min(4);
+                    b[..n].copy_from_slice(&v[at..at + n]);
+                    u64::from(u32::from_le_bytes(b))
+                };
+                if a.bar2 {
+                    continue;
+                }
+                // Each 32-bit half in order, as the device takes them.
+                let halves = if a.len == 8 { 2 } else { 1 };
+                for h in 0..halves {
+                    let o = a.offset + 4 * h;
+                    let val = a.write.map(|w| (w >> (32 * h)) & 0xffff_ffff);
+                    let got = word(4 * h as usize);
+                    match (o, val) {
+                        (o, Some(w)) if o == u64::from(offsets::DIRTY_SEL) => dsel = w % groups,
+                        (o, Some(w)) if o == u64::from(offsets::DMALOG_SEL) => lsel = w,
+                        (o, None) if o == u64::from(offsets::DIRTY_SEL) => {
+                            side.sel.push(("DIRTY_SEL", o, dsel, got));
+                        }
+                        (o, None) if o == u64::from(offsets::DMALOG_SEL) => {
+                            side.sel.push(("DMALOG_SEL", o, lsel, got));
+                        }
+                        (o, None) if o == u64::from(offsets::DIRTY_BITS) => {
+                            let g = dsel % groups;
+                            dsel = (g + 1) % groups;
+                            side.dirty.extend(group_pages(g, got));
+                            side.reads += 1;
+                        }
+                        (o, None) if o == u64::from(offsets::DMALOG_BITS) => {
+                            if lsel >= log_groups {
+                                lsel = 0;
+                            } else {
+                                side.log.extend(group_pages(lsel, got));
+                                lsel = if lsel + 1 == log_groups { 0 } else { lsel + 1 };
+                            }
+                            side.reads += 1;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            reads = side.reads;
+        }
+        // Directly comparable reads: select registers (also against the
+        // tracked value, which attributes the bitmap reads), SCRATCH, BAR2.
+        for (i, (((a, _), x), y)) in accesses.iter().zip(&va).zip(&vb).enumerate() {
+            let bitmap =
+                !a.bar2 && (a.offset..a.offset + u64::from(a.len)).any(|o| is_read_clear(o & !3));
+            if a.write.is_none() && !bitmap && x != y {
+                let e = if a.bar2 {
+                    Effect::DevMemRead {
+                        offset: a.offset,
+                        expected: x.clone(),
+                        actual: y.clone(),
+                    }
+                } else {
+                    Effect::Register {
+                        name: vfpga_regs::register_at(a.offset as u32)
+                            .map_or("?", |r| r.name)
+                            .into(),
+                        offset: a.offset as u32,
+                        expected: le_word(x),
+                        actual: le_word(y),
+                    }
+                };
+                self.push_history(format!("   (racing access {i})"));
+                return Err(self.diverge(e));
+            }
+        }
+        for (side, id) in sides.iter().zip([SideId::Reference, SideId::Checked]) {
+            // Expected: where the accesses alone put the select register.
+            if let Some(&(name, o, want, got)) = side.sel.iter().find(|(_, _, w, g)| w != g) {
+                self.push_history(format!(
+                    "   {name} read on the {id:?} side vs where the racing accesses put it"
+                ));
+                return Err(self.diverge(Effect::Register {
+                    name: name.into(),
+                    offset: o as u32,
+                    expected: want as u32,
+                    actual: got as u32,
+                }));
+            }
+        }
+        self.aligned = false;
+        self.settle_inner()?;
+        let da = self.a.dev.take_dirty_pages();
+        let db = self.b.dev.take_dirty_pages();
+        let (da, db) = self.pair("take_dirty_pages after the race", da, db)?;
+        let la = self.a.dev.dma_log_take();
+        let lb = self.b.dev.dma_log_take();
+        let (la, lb) = self.pair("dma_log_take after the race", la, lb)?;
+        let [mut ma, mut mb] = sides;
+        // The reference reads before its first step: pages only the checked
+        // side's racing reads returned were marked by the burst meanwhile.
+        let mid_burst =
+            (mb.dirty.difference(&ma.dirty).count() + mb.log.difference(&ma.log).count()) as u64;
+        ma.dirty.extend(bitmap_pages(&da));
+        mb.dirty.extend(bitmap_pages(&db));
+        ma.log.extend(bitmap_pages(&la.0));
+        mb.log.extend(bitmap_pages(&lb.0));
+        self.compared += 1;
+        if ma.dirty != mb.dirty {
+            return Err(self.diverge(Effect::DirtyBitmap {
+                expected: ma.dirty.into_iter().collect(),
+                actual: mb.dirty.into_iter().collect(),
+            }));
+        }
+        if ma.log != mb.log || la.1 != lb.1 {
+            return Err(self.diverge(Effect::DmaLog {
+                expected: (ma.log.into_iter().collect(), la.1),
+                actual: (mb.log.into_iter().collect(), lb.1),
+            }));
+        }
+        Ok(RaceReport {
+            bitmap_reads: reads,
+            marks_mid_burst: mid_burst,
+        })
+    }
+
     fn reset_both(&mut self) -> Result<(), DeviceError> {
         let ra = self.a.dev.hardware_reset();
         let rb = self.b.dev.hardware_reset();
@@ -1393,6 +1581,63 @@ fn is_race_free_write(offset: u64) -> bool {
 
 fn is_read_clear(offset: u64) -> bool {
     offset == u64::from(offsets::DIRTY_BITS) || offset == u64::from(offsets::DMALOG_BITS)
+}
+
+/// What one side's racing accesses reported: pages per bitmap (as sets:
+/// a page may be reported by a racing read and again by the drain when the
+/// burst marked it again after the read), select-register reads (name,
+/// offset, tracked value, value read), bitmap reads.
+#[derive(Default)]
+struct RaceMarks {
+    dirty: std::collections::BTreeSet<u32>,
+    log: std::collections::BTreeSet<u32>,
+    sel: Vec<(&'static str, u64, u64, u64)>,
+    reads: u64,
+}
+
+/// Accesses [`Lockstep::racing_burst`] takes: writes of `SQ_TAIL`,
+/// `DIRTY_SEL`, `DMALOG_SEL`, `SCRATCH` and BAR2; reads of `DIRTY_SEL`,
+/// `DIRTY_BITS`, `DMALOG_SEL`, `DMALOG_BITS`, `SCRATCH` and BAR2 (a 64-bit
+/// BAR0 access: both halves must qualify).
+fn racing_access_ok(a: &WaitAccess) -> bool {
+    if a.bar2 {
+        return a.len > 0 && a.offset % 8 + u64::from(a.len) <= 8;
+    }
+    if !(a.len == 4 || (a.len == 8 && a.offset.is_multiple_of(8))) || !a.offset.is_multiple_of(4) {
+        return false;
+    }
+    let ok: &[u32] = if a.write.is_some() {
+        &[
+            offsets::SQ_TAIL,
+            offsets::DIRTY_SEL,
+            offsets::DMALOG_SEL,
+            offsets::SCRATCH,
+        ]
+    } else {
+        &[
+            offsets::DIRTY_SEL,
+            offsets::DIRTY_BITS,
+            offsets::DMALOG_SEL,
+            offsets::DMALOG_BITS,
+            offsets::SCRATCH,
+        ]
+    };
+    (0..u64::from(a.len / 4)).all(|h| ok.iter().any(|&o| u64::from(o) == a.offset + 4 * h))
+}
+
+/// Pages of bitmap group `g` whose bits are set in `bits`.
+fn group_pages(g: u64, bits: u64) -> impl Iterator<Item = u32> {
+    (0..32u64)
+        .filter(move |b| bits >> b & 1 != 0)
+        .map(move |b| (g * 32 + b) as u32)
+}
+
+/// The first 32-bit word of `d` (zero-padded).
+fn le_word(d: &[u8]) -> u32 {
+    let mut b = [0u8; 4];
+    let n = d.len().min(4);
+    b[..n].copy_from_slice(&d[..n]);
+    u32::from_le_bytes(b)
 }
 
 fn is_timing_reg(offset: u64) -> bool {

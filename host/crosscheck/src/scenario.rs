@@ -71,6 +71,13 @@ pub enum Op {
         word: usize,
         /// Bits flipped.
         xor: u32,
+        /// More words changed, `(index, bits flipped)`: a state with several
+        /// faults (which one validation reports is compared).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        more: Vec<(usize, u32)>,
+        /// Words then set, `(index, value)` (values at the limits).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        set: Vec<(usize, u32)>,
     },
     /// State transplant (quiesces first; both end quiesced).
     Transplant {
@@ -144,6 +151,16 @@ pub enum Op {
     /// was accepted; 0 = presented while the previous is being served).
     BackToBack {
         /// `(access, gap)` pairs.
+        accesses: Vec<(WaitAccess, u32)>,
+    },
+    /// MMIO racing a running burst ([`Lockstep::racing_burst`]): write
+    /// `descs` into free SQ slots (both sides settled), then ring the
+    /// doorbell and issue `accesses` back to back while the checked side
+    /// runs the descriptors (bitmap reads against the burst's marks).
+    RacingBurst {
+        /// The descriptors (those that do not fit are dropped).
+        descs: Vec<Desc>,
+        /// `(access, gap)` pairs after the doorbell.
         accesses: Vec<(WaitAccess, u32)>,
     },
     /// Hardware reset (the core's reset input) of both sides at `at`.
@@ -257,6 +274,20 @@ pub struct RunStats {
     /// Accesses in them.
     #[serde(default)]
     pub back_to_back_accesses: u64,
+    /// MMIO sequences racing a running burst.
+    #[serde(default)]
+    pub racing_bursts: u64,
+    /// Accesses in them (the doorbell included).
+    #[serde(default)]
+    pub racing_accesses: u64,
+    /// Of those, `DIRTY_BITS`/`DMALOG_BITS` reads (read-and-clear against
+    /// the burst's marks).
+    #[serde(default)]
+    pub racing_bitmap_reads: u64,
+    /// Pages those reads returned on the checked side that the reference
+    /// (reading before its first step) did not: marks read mid-burst.
+    #[serde(default)]
+    pub racing_marks_mid_burst: u64,
 }
 
 fn reg_offset(name: &str) -> Result<u32, DeviceError> {
@@ -438,14 +469,26 @@ fn apply_op<A: Device + SideDevice, B: Device + SideDevice>(
                 ls.save_state()?;
             }
         }
-        Op::RestoreMutated { word, xor } => {
+        Op::RestoreMutated {
+            word,
+            xor,
+            more,
+            set,
+        } => {
             if !ls.is_quiesced()? {
                 return Ok(());
             }
             let s = ls.save_state()?;
             let mut w = s.arch.to_words();
-            if let Some(x) = w.get_mut(*word) {
-                *x ^= *xor;
+            for (i, x) in std::iter::once((*word, *xor)).chain(more.iter().copied()) {
+                if let Some(v) = w.get_mut(i) {
+                    *v ^= x;
+                }
+            }
+            for (i, x) in set {
+                if let Some(v) = w.get_mut(*i) {
+                    *v = *x;
+                }
             }
             let mut bad = s;
             bad.arch = vfpga_regs::ArchState::from_words(&w);
@@ -453,11 +496,30 @@ fn apply_op<A: Device + SideDevice, B: Device + SideDevice>(
             if ls.divergence().is_some() {
                 return r;
             }
-            match r {
-                Ok(()) | Err(DeviceError::StateRejected(_)) => {}
+            let refused = match r {
+                Ok(()) => false,
+                Err(DeviceError::StateRejected(_)) => true,
                 Err(e) => return Err(e),
+            };
+            // A refused state is refused by RESUME too, which sets
+            // STATUS.STATE_INVALID (the next good RESUME clears it).
+            if refused {
+                match ls.resume() {
+                    Err(DeviceError::StateRejected(_)) if ls.divergence().is_none() => {}
+                    Err(e) => return Err(e),
+                    Ok(()) => {
+                        return Err(DeviceError::Device(
+                            "a state restore refused was resumed on both sides".into(),
+                        ));
+                    }
+                }
             }
+            // What the refusal (or the acceptance) left visible: STATUS
+            // (STATE_INVALID) and STATE_ERR (compared: no side effects).
+            ls.read_reg(offsets::STATUS)?;
+            ls.read_reg(offsets::STATE_ERR)?;
             ls.restore_state(&s)?;
+            ls.read_reg(offsets::STATUS)?;
         }
         Op::Transplant { direction } => {
             ls.transplant(*direction)?;
@@ -516,6 +578,44 @@ fn apply_op<A: Device + SideDevice, B: Device + SideDevice>(
             ls.back_to_back(accesses)?;
             stats.back_to_back += 1;
             stats.back_to_back_accesses += accesses.len() as u64;
+        }
+        Op::RacingBurst { descs, accesses } => {
+            let Some(r) = drv.rings.as_mut() else {
+                return Ok(());
+            };
+            if ls.is_quiesced()? {
+                return Ok(());
+            }
+            // Descriptors are written with both sides at rest; the doorbell
+            // is the first racing access.
+            ls.settle()?;
+            let head = ls.read_reg(offsets::SQ_HEAD)?;
+            let mut room = (head + r.sq_size - r.sq_tail - 1) % r.sq_size;
+            let mut wrote = false;
+            for d in descs {
+                if room == 0 {
+                    break;
+                }
+                let at = r
+                    .sq_base
+                    .wrapping_add(u64::from(r.sq_tail) * desc::SIZE as u64);
+                if ls.reference().dma.is_mapped(at, desc::SIZE as u64) {
+                    ls.host_write(at, &d.to_bytes())?;
+                }
+                r.sq_tail = (r.sq_tail + 1) % r.sq_size;
+                room -= 1;
+                wrote = true;
+            }
+            if !wrote {
+                return Ok(());
+            }
+            let mut seq = vec![(reg_access("SQ_TAIL", 4, Some(u64::from(r.sq_tail))), 0)];
+            seq.extend(accesses.iter().cloned());
+            let rep = ls.racing_burst(&seq)?;
+            stats.racing_bursts += 1;
+            stats.racing_accesses += seq.len() as u64;
+            stats.racing_bitmap_reads += rep.bitmap_reads;
+            stats.racing_marks_mid_burst += rep.marks_mid_burst;
         }
         Op::HwReset { at } => {
             match at {
@@ -624,6 +724,57 @@ pub fn generate(seed: u64, devmem_pages: u32) -> Scenario {
     for _ in 0..n {
         g.one(&mut ops);
     }
+    // Phase 2, from a generator of its own: phase 1 (with its own finale)
+    // stays exactly what earlier versions generated for this seed, so a
+    // divergence they found is still found.
+    ops.extend([
+        Op::Run,
+        Op::Consume,
+        Op::TakeDirty,
+        Op::DmaLogTake,
+        Op::Quiesce,
+        Op::Save,
+        Op::Resume,
+    ]);
+    g.r = Rng::new(seed ^ 0x7068_6173_6532);
+    ops.push(g.setup_rings());
+    for _ in 0..4 + g.r.below(8) {
+        g.phase2(&mut ops);
+    }
+    // Phase 3, likewise after phase 2's own finale: the state port and the
+    // device-memory port at their edges.
+    ops.extend([
+        Op::Run,
+        Op::Consume,
+        Op::TakeDirty,
+        Op::DmaLogTake,
+        Op::Quiesce,
+        Op::Save,
+        Op::Resume,
+    ]);
+    g.r = Rng::new(seed ^ 0x7068_6173_6533);
+    for _ in 0..2 + g.r.below(4) {
+        if g.r.pct(50) {
+            g.state_port(&mut ops);
+        } else {
+            g.devmem_port(&mut ops);
+        }
+    }
+    // Phase 4, likewise: while quiesced, a write of STATE_DATA with
+    // STATE_IDX past the last word (ignored; the index stays), and a
+    // restore whose state is refused for two reasons (§9.3 names the
+    // first).
+    ops.extend([
+        Op::Run,
+        Op::Consume,
+        Op::TakeDirty,
+        Op::DmaLogTake,
+        Op::Quiesce,
+        Op::Save,
+        Op::Resume,
+    ]);
+    g.r = Rng::new(seed ^ 0x7068_6173_6534);
+    g.phase4(&mut ops);
     Scenario {
         version: SCENARIO_VERSION,
         seed,
@@ -926,7 +1077,390 @@ impl Gen {
         Op::BackToBack { accesses: v }
     }
 
+    /// MMIO racing a burst into device memory: descriptors that write
+    /// device memory (and some guest memory, for the DMA log), and bitmap
+    /// reads, select writes and reads, BAR2 accesses to the last page
+    /// (never a DMA target) spread over the burst.
+    fn racing_burst(&mut self, ops: &mut Vec<Op>) {
+        if self.r.pct(30) {
+            ops.push(self.dma_log_start());
+        }
+        let pages = self.devmem / u64::from(consts::PAGE_SIZE);
+        let last = self.devmem - u64::from(consts::PAGE_SIZE);
+        let mut descs = Vec::new();
+        for _ in 0..1 + self.r.below(3) {
+            let mut d = self.desc();
+            d.opcode = self.r.pick(&[1u8, 1, 5, 5, 2]);
+            d.rsvd = 0;
+            d.len = self.r.pick(&[256u32, 1024, 4096, 4096, 8192, 12288]);
+            d.len = d.len.min(consts::MAX_DESC_LEN);
+            let dev = self.r.below(last.saturating_sub(u64::from(d.len)) + 1);
+            let host = GUEST_BASE
+                + DATA_AREA
+                + self
+                    .r
+                    .below(GUEST_LEN - DATA_AREA - u64::from(d.len).min(GUEST_LEN - DATA_AREA) + 1);
+            (d.src, d.dst) = match d.opcode {
+                1 => (host, dev),
+                2 => (dev, host),
+                _ => (0, dev),
+            };
+            descs.push(d);
+        }
+        let gap = |r: &mut Rng| r.pick(&[0u32, 0, 1, 2, 5, 10, 20, 40, 80, 160]);
+        let mut v = Vec::new();
+        for _ in 0..4 + self.r.below(12) {
+            let a = match self.r.below(12) {
+                0..=2 => reg_access("DIRTY_BITS", 4, None),
+                3 | 4 => reg_access("DIRTY_SEL", 8, None), // SEL, then BITS
+                5 => reg_access("DIRTY_SEL", 4, Some(self.r.below(pages.div_ceil(32) + 1))),
+                6 => reg_access("DMALOG_BITS", 4, None),
+                7 => reg_access("DMALOG_SEL", 8, None),
+                8 => reg_access("DMALOG_SEL", 4, Some(self.r.below(3))),
+                9 => {
+                    let len = self.r.pick(&[1u8, 2, 4, 8]);
+                    let lane = self.r.below(u64::from(9 - len)) & !(u64::from(len) - 1);
+                    let mask = if len == 8 {
+                        u64::MAX
+                    } else {
+                        (1u64 << (8 * u64::from(len))) - 1
+                    };
+                    WaitAccess {
+                        bar2: true,
+                        offset: last + 8 * self.r.below(512) + lane,
+                        len,
+                        write: Some(self.r.next_u64() & mask),
+                    }
+                }
+                10 => WaitAccess {
+                    bar2: true,
+                    offset: last + 8 * self.r.below(512),
+                    len: 8,
+                    write: None,
+                },
+                _ => {
+                    if self.r.pct(50) {
+                        reg_access("SCRATCH", 4, Some(self.r.next_u64() & 0xffff_ffff))
+                    } else {
+                        reg_access("DIRTY_SEL", 4, None)
+                    }
+                }
+            };
+            let g = gap(&mut self.r);
+            v.push((a, g));
+        }
+        ops.push(Op::RacingBurst { descs, accesses: v });
+    }
+
+    /// A soft reset followed at once by DMA-log accesses: the log bitmap
+    /// (its largest window) takes thousands of cycles to clear after the
+    /// reset; a read that overtook that sweep would return stale bits (the
+    /// read right before the reset leaves a non-zero word behind: the
+    /// completions of the submitted work are logged).
+    fn reset_then_log(&mut self, ops: &mut Vec<Op>) {
+        ops.push(Op::DmaLogStart {
+            base: GUEST_BASE,
+            pages: self.r.pick(&[16u32, 64]),
+        });
+        let k = 1 + self.r.below(3);
+        let descs = (0..k).map(|_| self.desc()).collect();
+        ops.push(Op::Submit { descs });
+        ops.push(Op::Run);
+        let gap = |r: &mut Rng| r.pick(&[0u32, 0, 1, 3, 10]);
+        let mut v = vec![
+            (reg_access("DMALOG_SEL", 4, Some(0)), gap(&mut self.r)),
+            (reg_access("DMALOG_BITS", 4, None), gap(&mut self.r)),
+            (
+                reg_access("CTRL", 4, Some(u64::from(Ctrl::SOFT_RESET.bits()))),
+                gap(&mut self.r),
+            ),
+            (
+                reg_access("DMALOG_PAGES", 4, Some(1 + self.r.below(64))),
+                gap(&mut self.r),
+            ),
+        ];
+        if self.r.pct(30) {
+            let base = GUEST_BASE + self.r.pick(&[0u64, 0x2000]);
+            v.push((reg_access("DMALOG_BASE_LO", 4, Some(base & 0xffff_ffff)), 0));
+        }
+        v.push((reg_access("DMALOG_BITS", 4, None), gap(&mut self.r)));
+        if self.r.pct(50) {
+            v.push((reg_access("DMALOG_SEL", 8, None), gap(&mut self.r)));
+        }
+        if self.r.pct(40) {
+            let en = vfpga_regs::DmalogCtrl::ENABLE.bits();
+            v.push((reg_access("DMALOG_CTRL", 4, Some(u64::from(en))), 0));
+            v.push((reg_access("DMALOG_BITS", 4, None), 0));
+        }
+        v.push((reg_access("DIRTY_BITS", 4, None), gap(&mut self.r)));
+        v.push((reg_access("DMALOG_CTRL", 4, None), 0));
+        ops.push(Op::BackToBack { accesses: v });
+        ops.push(self.setup_rings());
+        ops.push(Op::WriteReg {
+            reg: "IRQ_MASK".into(),
+            value: 0,
+        });
+    }
+
+    /// A restore of the saved state with one bit flipped, or (half the
+    /// time) with faults in several of the words validation checks, some set
+    /// to values at the limits: which fault validation reports first
+    /// (datasheet §9.3 order) is compared.
+    fn restore_mutated(&mut self) -> Op {
+        use vfpga_regs::state as sw;
+        let word = self.r.below(sw::WORDS as u64) as usize;
+        let xor = 1 << self.r.below(32);
+        let (mut more, mut set) = (Vec::new(), Vec::new());
+        if self.r.pct(50) {
+            let checked = [
+                sw::HEADER,
+                sw::SQ_SIZE,
+                sw::CQ_SIZE,
+                sw::SQ_HEAD,
+                sw::SQ_TAIL,
+                sw::CQ_HEAD,
+                sw::CQ_TAIL,
+                sw::ERR_CODE,
+                sw::CUR_FLAGS,
+                sw::CUR_CTL,
+                sw::CUR_LEN,
+                sw::CUR_DONE,
+                sw::CUR_SLOT,
+                sw::CUR_SRC_LO,
+                sw::CUR_DST_LO,
+                sw::CUR_CRC,
+                sw::CUR_TAG,
+            ];
+            for _ in 0..1 + self.r.below(3) {
+                let w = if self.r.pct(85) {
+                    self.r.pick(&checked)
+                } else {
+                    self.r.below(sw::WORDS as u64) as usize
+                };
+                if self.r.pct(40) {
+                    let devmem = self.devmem as u32;
+                    let v = self.r.pick(&[
+                        0u32,
+                        1,
+                        3,
+                        7,
+                        0xff,
+                        0x200,
+                        consts::MAX_DESC_LEN,
+                        consts::MAX_DESC_LEN + 1,
+                        devmem,
+                        devmem - 64,
+                        0xffff_ffff,
+                    ]);
+                    set.push((w, v));
+                } else {
+                    more.push((w, 1 << self.r.below(32)));
+                }
+            }
+        }
+        Op::RestoreMutated {
+            word,
+            xor,
+            more,
+            set,
+        }
+    }
+
+    /// A descriptor whose device-memory range ends exactly at the end of
+    /// device memory (in range: the last byte is the last one), run at once
+    /// so no host write to the last page races it.
+    fn at_devmem_end(&mut self, ops: &mut Vec<Op>) {
+        let mut d = self.desc();
+        d.opcode = self.r.pick(&[1u8, 2, 5]);
+        d.rsvd = 0;
+        d.len = self.r.pick(&[1u32, 8, 64, 100, 4096, 5000]);
+        let at = self.devmem - u64::from(d.len);
+        let host = GUEST_BASE + DATA_AREA + self.r.below(0x4000);
+        (d.src, d.dst) = match d.opcode {
+            1 => (host, at),
+            2 => (at, host),
+            _ => (0, at),
+        };
+        // Consumed and run again: a full completion ring does not leave it
+        // pending for a later host write to race.
+        ops.extend([Op::Submit { descs: vec![d] }, Op::Run, Op::Consume, Op::Run]);
+    }
+
+    /// Phase 2: restores of states with several faults (run into the middle
+    /// of work first, so a descriptor is often in flight), descriptors at
+    /// the limits (`MAX_DESC_LEN` exactly, a device-memory range ending
+    /// exactly at its end), and ordinary work between.
+    fn phase2(&mut self, ops: &mut Vec<Op>) {
+        match self.r.below(6) {
+            0 | 1 => {
+                let k = 1 + self.r.below(4);
+                let descs = (0..k).map(|_| self.desc()).collect();
+                ops.push(Op::Submit { descs });
+                ops.push(Op::RunChecked {
+                    units: self.r.below(300),
+                });
+                ops.push(Op::Quiesce);
+                let op = self.restore_mutated();
+                ops.push(op);
+                ops.push(Op::Resume);
+            }
+            2 => self.at_devmem_end(ops),
+            3 => {
+                let mut d = self.desc();
+                d.rsvd = 0;
+                d.len = consts::MAX_DESC_LEN;
+                ops.push(Op::Submit { descs: vec![d] });
+                ops.push(Op::Run);
+                ops.push(Op::Consume);
+            }
+            4 => ops.push(Op::Consume),
+            _ => {
+                let k = 1 + self.r.below(4);
+                let descs = (0..k).map(|_| self.desc()).collect();
+                ops.push(Op::Submit { descs });
+            }
+        }
+    }
+
+    /// The state port at its edges: `STATE_IDX` at or past the last word,
+    /// then `STATE_DATA` twice: read while quiesced (the index stops at
+    /// `STATE_WORDS`), read or written while running (reads 0, writes
+    /// ignored).
+    fn state_port(&mut self, ops: &mut Vec<Op>) {
+        let words = vfpga_regs::state::WORDS as u32;
+        let quiesce = self.r.pct(50);
+        if quiesce {
+            ops.push(Op::RunChecked {
+                units: self.r.below(200),
+            });
+            ops.push(Op::Quiesce);
+        }
+        let idx = self
+            .r
+            .pick(&[0u32, 1, words - 2, words - 1, words, words + 1]);
+        ops.push(Op::WriteReg {
+            reg: "STATE_IDX".into(),
+            value: idx,
+        });
+        for _ in 0..2 {
+            // Writes only while running (ignored there); a write while
+            // quiesced changes the state the resume validates.
+            if quiesce || self.r.pct(50) {
+                ops.push(Op::ReadReg {
+                    reg: "STATE_DATA".into(),
+                });
+            } else {
+                let any = self.r.next_u64() as u32;
+                ops.push(Op::WriteReg {
+                    reg: "STATE_DATA".into(),
+                    value: self.r.pick(&[0u32, 1, 0x8000_0000, any]),
+                });
+            }
+            ops.push(Op::ReadReg {
+                reg: "STATE_IDX".into(),
+            });
+        }
+        if quiesce {
+            ops.push(Op::Resume);
+        }
+    }
+
+    /// BAR2 on the RTL's port at its edges: sub-word reads in every lane,
+    /// and accesses ending exactly at the end of device memory (the last
+    /// page: never a DMA target).
+    fn devmem_port(&mut self, ops: &mut Vec<Op>) {
+        let last = self.devmem - u64::from(consts::PAGE_SIZE);
+        let mut v = Vec::new();
+        for _ in 0..1 + self.r.below(3) {
+            let word = if self.r.pct(40) {
+                self.devmem - 8
+            } else {
+                last + 8 * self.r.below(512)
+            };
+            v.push((
+                WaitAccess {
+                    bar2: true,
+                    offset: word,
+                    len: 8,
+                    write: Some(self.r.next_u64()),
+                },
+                0,
+            ));
+            for _ in 0..1 + self.r.below(3) {
+                let len = self.r.pick(&[1u8, 2, 4, 8]);
+                let lane = self.r.below(u64::from(9 - len)) & !(u64::from(len) - 1);
+                let write = self.r.pct(30).then(|| {
+                    let mask = if len == 8 {
+                        u64::MAX
+                    } else {
+                        (1u64 << (8 * u64::from(len))) - 1
+                    };
+                    self.r.next_u64() & mask
+                });
+                v.push((
+                    WaitAccess {
+                        bar2: true,
+                        offset: word + lane,
+                        len,
+                        write,
+                    },
+                    self.r.pick(&[0u32, 0, 1, 3]),
+                ));
+            }
+            v.push((
+                WaitAccess {
+                    bar2: true,
+                    offset: word,
+                    len: 8,
+                    write: None,
+                },
+                0,
+            ));
+        }
+        ops.push(Op::BackToBack { accesses: v });
+    }
+
+    fn phase4(&mut self, ops: &mut Vec<Op>) {
+        use vfpga_regs::state as sw;
+        let words = sw::WORDS as u32;
+        ops.push(Op::RunChecked {
+            units: self.r.below(200),
+        });
+        ops.push(Op::Quiesce);
+        ops.push(Op::WriteReg {
+            reg: "STATE_IDX".into(),
+            value: self.r.pick(&[words, words + 1]),
+        });
+        ops.push(Op::WriteReg {
+            reg: "STATE_DATA".into(),
+            value: self.r.next_u64() as u32,
+        });
+        ops.push(Op::ReadReg {
+            reg: "STATE_IDX".into(),
+        });
+        // ERR_CODE out of range and an in-flight descriptor whose status is
+        // out of range (CUR_FLAGS: valid, status 0xff).
+        ops.push(Op::RestoreMutated {
+            word: sw::ERR_CODE,
+            xor: 0,
+            more: Vec::new(),
+            set: vec![
+                (sw::ERR_CODE, self.r.pick(&[0x20u32, 0xff])),
+                (sw::CUR_FLAGS, 0x00ff_0001),
+            ],
+        });
+        ops.push(Op::Resume);
+    }
+
     fn one(&mut self, ops: &mut Vec<Op>) {
+        if self.slow.is_none() && self.r.pct(8) {
+            self.racing_burst(ops);
+            return;
+        }
+        if self.r.pct(2) {
+            self.reset_then_log(ops);
+            return;
+        }
         if self.r.pct(6) {
             let op = self.back_to_back();
             ops.push(op);
@@ -1001,6 +1535,8 @@ impl Gen {
                     4 => ops.push(Op::RestoreMutated {
                         word: self.r.below(vfpga_regs::state::WORDS as u64) as usize,
                         xor: 1 << self.r.below(32),
+                        more: Vec::new(),
+                        set: Vec::new(),
                     }),
                     _ => ops.push(Op::DevmemWrite {
                         offset: self.r.below(self.devmem - 64),
@@ -1118,12 +1654,17 @@ mod tests {
     }
 
     #[test]
-    fn generated_dma_stays_off_the_host_written_page() {
+    fn generated_dma_stays_off_the_host_written_page_unless_run_at_once() {
         for seed in 0..200 {
             let sc = generate(seed, 16);
             let last = 15 * 4096;
-            for op in &sc.ops {
-                if let Op::Submit { descs } = op {
+            for (i, op) in sc.ops.iter().enumerate() {
+                // A submission run at once may end at the end of device
+                // memory (nothing races it there).
+                let run_at_once = sc.ops.get(i + 1) == Some(&Op::Run);
+                if let Op::Submit { descs } = op
+                    && !run_at_once
+                {
                     for d in descs {
                         let (dev, len) = match d.opcode {
                             1 | 5 => (d.dst, u64::from(d.len)),
