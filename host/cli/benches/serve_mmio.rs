@@ -138,7 +138,10 @@ fn echo(req_len: usize, reply_len: usize) -> Echo {
         if let Ok(c) = UnixStream::connect(&socket) {
             break c;
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "echo never listened");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "echo never listened"
+        );
         std::thread::sleep(Duration::from_millis(5));
     };
     Echo {

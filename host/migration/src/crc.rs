@@ -72,9 +72,9 @@ const fn fold_k(e: u32, poly: u64) -> u64 {
 mod x86 {
     use std::arch::x86_64::{
         __m128i, __m512i, _mm_clmulepi64_si128, _mm_crc32_u8, _mm_crc32_u64, _mm_cvtsi32_si128,
-        _mm_extract_epi64, _mm_loadu_si128, _mm_set_epi64x, _mm_xor_si128,
-        _mm512_castsi512_si128, _mm512_clmulepi64_epi128, _mm512_extracti32x4_epi32,
-        _mm512_loadu_si512, _mm512_set_epi64, _mm512_xor_si512, _mm512_zextsi128_si512,
+        _mm_extract_epi64, _mm_loadu_si128, _mm_set_epi64x, _mm_xor_si128, _mm512_castsi512_si128,
+        _mm512_clmulepi64_epi128, _mm512_extracti32x4_epi32, _mm512_loadu_si512, _mm512_set_epi64,
+        _mm512_xor_si512, _mm512_zextsi128_si512,
     };
 
     use super::{POLY, fold_k};
@@ -245,7 +245,9 @@ mod tests {
         if !x86::has_clmul() {
             return; // nothing to compare on this CPU
         }
-        let data: Vec<u8> = (0..9000u32).map(|i| (i.wrapping_mul(40_503) >> 5) as u8).collect();
+        let data: Vec<u8> = (0..9000u32)
+            .map(|i| (i.wrapping_mul(40_503) >> 5) as u8)
+            .collect();
         for len in [64usize, 65, 255, 256, 257, 1000, 4100, 4116, 9000] {
             // SAFETY: the CPU has what the path needs (checked above) and
             // every length is at least 64.

@@ -469,7 +469,8 @@ impl Encoder {
         fill(payload)?;
         // The chunk checksum covers the header too: continue from the
         // header's own checksum state rather than hashing it again.
-        let crc = crate::crc::crc32c_append(crate::crc::crc32c_append(hcrc, &head[12..16]), payload);
+        let crc =
+            crate::crc::crc32c_append(crate::crc::crc32c_append(hcrc, &head[12..16]), payload);
         trailer.copy_from_slice(&crc.to_le_bytes());
         self.seq = self.seq.wrapping_add(1);
         Ok(())

@@ -1,6 +1,6 @@
 //! Simulator benchmark (run by `scripts/bench.d/20-sim`): simulated cycles
-//! per second with the DMA engine busy, through the full harness (simulator
-//! thread, DMA port, IRQ sink), beside the same model clocked by the shim's
+//! per second with the DMA engine busy, through the full harness (Rust
+//! harness on the calling thread, DMA port, IRQ sink), beside the same model clocked by the shim's
 //! bare C++ loop that serves DMA from one flat buffer, in the same run.
 //!
 //! `simbench [OUT_DIR] [CYCLES]` writes `OUT_DIR/sim_busy_cycles.json`.
@@ -69,11 +69,11 @@ fn main() {
         .expect("run");
     let bytes_b = bare.read_reg(offsets::CNT_BYTES_LO).expect("simulator");
 
-    // CPU time of the simulator thread: robust against other load on the
+    // CPU time of the thread that ran the model: robust against other load on the
     // machine (wall time is printed too).
     let secs = |t: vfpga_sim::BenchTime| t.cpu.unwrap_or(t.wall).as_secs_f64();
     println!(
-        "wall: harness {:.3} s, bare {:.3} s; simulator-thread CPU: harness {:.3} s, bare {:.3} s",
+        "wall: harness {:.3} s, bare {:.3} s; model-thread CPU: harness {:.3} s, bare {:.3} s",
         t_harness.wall.as_secs_f64(),
         t_bare.wall.as_secs_f64(),
         secs(t_harness),
@@ -93,7 +93,7 @@ fn main() {
     let json = format!(
         "{{\n  \"name\": \"sim_busy_cycles_per_s\",\n  \"value\": {:.4},\n  \"unit\": \"Mcycle/s\",\n  \
          \"baseline_name\": \"sim_bare_cpp_loop_same_model\",\n  \"baseline_value\": {:.4},\n  \
-         \"ratio\": {:.4},\n  \"notes\": \"RTL under Verilator with the DMA engine busy (COPY_H2H, 64-byte bursts), {} cycles, through SimDevice's thread, DmaPort and IRQ sink, per second of simulator-thread CPU time; baseline: the same model clocked by a minimal C++ loop serving DMA from a flat buffer. Harness overhead = baseline/value = {:.3}x\"\n}}\n",
+         \"ratio\": {:.4},\n  \"notes\": \"RTL under Verilator with the DMA engine busy (COPY_H2H, 64-byte bursts), {} cycles, through SimDevice's harness (on the calling thread), DmaPort and IRQ sink, per second of that thread's CPU time; baseline: the same model clocked by a minimal C++ loop serving DMA from a flat buffer. Harness overhead = baseline/value = {:.3}x\"\n}}\n",
         rate_h / 1e6,
         rate_b / 1e6,
         rate_h / rate_b,

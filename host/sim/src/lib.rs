@@ -17,7 +17,7 @@
 //!
 //! Two clockings ([`Clocking`]): **explicit** (`advance(n)` runs exactly `n`
 //! cycles; deterministic, used by the cross-check) and **free-running** (the
-//! thread clocks while the device is busy and blocks while it is idle, so an
+//! clock thread clocks while the device is busy and blocks while it is idle, so an
 //! idle device costs no CPU; `info().self_running` is true). MMIO accesses
 //! take the cycles the RTL needs to answer in both modes. In free-running
 //! mode `advance(n)` waits until `n` more cycles have passed or the device is
@@ -27,10 +27,10 @@
 //! for the lockstep cross-check against the model.
 //!
 //! Device memory backdoor: [`Device::devmem_read`] and
-//! [`Device::devmem_write`] copy directly from and to the buffer (one round
-//! trip), and `devmem_write` then writes one byte of every page it touched
-//! again through the RTL's BAR2 path, so the RTL's dirty bitmap is exactly as
-//! if the whole range had been written through BAR2.
+//! [`Device::devmem_write`] copy directly from and to the buffer (under one
+//! lock), and `devmem_write` then writes one byte of every page it touched
+//! again through the RTL's BAR2 path, so the RTL's dirty bitmap is exactly
+//! as if the whole range had been written through BAR2.
 //!
 //! Built without Verilator, [`SimDevice::new`] returns
 //! [`SimError::Unavailable`], which says what to install.
@@ -53,7 +53,7 @@ use vfpga_regs::{ArchState, StateCtrl, Status, consts, offsets, state as sw};
 
 pub use ffi::AVAILABLE;
 
-/// How the simulator thread is clocked.
+/// How the simulated device is clocked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Clocking {
     /// The caller advances the clock: `advance(n)` runs exactly `n` cycles.
@@ -125,7 +125,8 @@ pub enum StepKind {
 pub struct BenchTime {
     /// Wall-clock time.
     pub wall: Duration,
-    /// CPU time of the simulator thread (from `/proc/thread-self/schedstat`;
+    /// CPU time of the thread that ran the model (the caller's; from
+    /// `/proc/thread-self/schedstat`;
     /// `None` where that is not available). Unlike wall time it does not count
     /// time other processes took the CPU away.
     pub cpu: Option<Duration>,
@@ -149,7 +150,7 @@ pub enum SimError {
     /// Bad options.
     #[error("invalid simulator option: {0}")]
     Options(String),
-    /// The simulator thread could not be started or the model not created.
+    /// The clock thread could not be started or the model not created.
     #[error("simulator failed to start: {0}")]
     Start(String),
 }
@@ -430,8 +431,8 @@ impl SimDevice {
         }
     }
 
-    /// Performs BAR0 register accesses in order, in one round trip to the
-    /// simulator thread, and returns the values read (one per `Read`). Each
+    /// Performs BAR0 register accesses in order, under one lock of the
+    /// simulator, and returns the values read (one per `Read`). Each
     /// access goes through the RTL's MMIO port exactly as a single one would.
     pub fn reg_batch(&mut self, ops: &[RegOp]) -> Result<Vec<u32>, DeviceError> {
         for op in ops {
@@ -521,7 +522,7 @@ impl SimDevice {
 
 fn protocol_error() -> DeviceError {
     DeviceError::Backend {
-        msg: "unexpected reply from the simulator thread".into(),
+        msg: "unexpected reply from the simulator".into(),
         source: None,
     }
 }
@@ -643,7 +644,7 @@ impl Device for SimDevice {
     }
 
     fn save_state(&mut self) -> Result<DeviceState, DeviceError> {
-        // The provided sequence, in one round trip.
+        // The provided sequence, under one lock.
         let mut ops = vec![
             RegOp::Read(offsets::STATUS),
             RegOp::Write(offsets::STATE_IDX, 0),
@@ -741,7 +742,7 @@ fn check_devmem(info: &DeviceInfo, offset: u64, len: usize) -> Result<(), Device
 }
 
 // ---------------------------------------------------------------------------
-// The simulator thread.
+// The harness (runs on whichever thread holds the mutex).
 
 struct Harness {
     model: ffi::Model,

@@ -88,7 +88,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// destination catching up with what the source sent, then the
 /// destination's restore. The phases add up to `downtime_ms` (both ends run
 /// on one clock here).
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct DowntimeBreakdown {
     /// Source: PRE_COPY → STOP_COPY (the device quiesces).
     #[serde(serialize_with = "crate::ms")]
