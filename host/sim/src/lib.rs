@@ -252,7 +252,11 @@ struct Shared {
     harness: Mutex<Harness>,
     /// The clock thread waits here while the device is idle.
     work: Condvar,
-    /// Free-running `advance` calls wait here for cycles to pass.
+    /// A free-running `advance` waiting for cycles to pass (taken after
+    /// `harness` when both are held).
+    slot: Mutex<AdvanceSlot>,
+    /// The `advance` caller waits here, on `slot` (not on the harness, so
+    /// that the clock thread keeps it).
     progress: Condvar,
     /// Callers waiting for the mutex: the clock thread gives way to them
     /// between chunks.
@@ -267,6 +271,38 @@ impl Shared {
         self.wanted.fetch_sub(1, Ordering::AcqRel);
         g
     }
+}
+
+/// What a free-running `advance` waits for.
+#[derive(Debug, Default)]
+struct AdvanceSlot {
+    /// Wake the caller once the simulated cycles reach this.
+    target: Option<u64>,
+    /// Set by the clock thread when the wait is over: whether the device is
+    /// idle.
+    done: Option<bool>,
+}
+
+impl AdvanceSlot {
+    /// Ends the wait if the device is idle, has reached the target, or its
+    /// DMA waits for an answer (the caller must not hold the device while
+    /// the answer is on its way).
+    fn check(&mut self, h: &mut Harness) -> bool {
+        let Some(t) = self.target else {
+            return false;
+        };
+        let idle = h.model.idle();
+        if idle || h.cycles >= t || h.dma_wait.is_some() {
+            self.target = None;
+            self.done = Some(idle);
+            return true;
+        }
+        false
+    }
+}
+
+fn lock_slot(m: &Mutex<AdvanceSlot>) -> MutexGuard<'_, AdvanceSlot> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The vfpga RTL under Verilator, behind the [`Device`] seam.
@@ -328,13 +364,13 @@ impl SimDevice {
             cycles: 0,
             stats: SimStats::default(),
             dma_wait: None,
-            advance_waiters: 0,
         };
         // Let the reset sweep of the bitmaps finish.
         h.run_until_idle(1 << 20);
         let shared = Arc::new(Shared {
             harness: Mutex::new(h),
             work: Condvar::new(),
+            slot: Mutex::new(AdvanceSlot::default()),
             progress: Condvar::new(),
             wanted: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
@@ -376,28 +412,30 @@ impl SimDevice {
         let reply = match cmd {
             Cmd::Advance(n) if free => {
                 // The device runs by itself: wait until `n` more cycles have
-                // passed or it is idle. A DMA waiting for its answer also
-                // ends the wait: the caller must not hold the device while
-                // the answer is on its way.
-                let target = h.cycles.saturating_add(n);
-                h.advance_waiters += 1;
-                loop {
-                    let idle = h.model.idle();
-                    if idle || h.cycles >= target || h.dma_wait.is_some() {
-                        break;
+                // passed or it is idle (the clock thread decides; see
+                // `AdvanceSlot::check`), with the harness unlocked.
+                {
+                    let mut slot = lock_slot(&self.shared.slot);
+                    slot.target = Some(h.cycles.saturating_add(n));
+                    slot.done = None;
+                    slot.check(&mut h);
+                }
+                self.shared.work.notify_one();
+                drop(h);
+                let mut slot = lock_slot(&self.shared.slot);
+                let idle = loop {
+                    if let Some(idle) = slot.done.take() {
+                        break idle;
                     }
-                    h = self
+                    slot = self
                         .shared
                         .progress
-                        .wait_timeout(h, FREE_RUN_WAIT)
+                        .wait_timeout(slot, FREE_RUN_WAIT)
                         .unwrap_or_else(|e| e.into_inner())
                         .0;
-                }
-                h.advance_waiters -= 1;
-                Reply::Progress(Progress {
-                    used: 0,
-                    idle: h.model.idle(),
-                })
+                };
+                drop(slot);
+                return Ok(Reply::Progress(Progress { used: 0, idle }));
             }
             cmd => handle(&mut h, cmd),
         };
@@ -757,8 +795,6 @@ struct Harness {
     /// ([`DmaFault::Pending`]): the RTL waits for its response while the
     /// harness keeps serving MMIO.
     dma_wait: Option<DmaReq>,
-    /// Free-running `advance` calls waiting for cycles to pass.
-    advance_waiters: u32,
 }
 
 /// One DMA request of the RTL (at most one 64-byte beat).
@@ -954,10 +990,10 @@ impl Harness {
 fn clock_thread(sh: &Shared) {
     let mut h = sh.lock();
     while !sh.stop.load(Ordering::Acquire) {
+        if lock_slot(&sh.slot).check(&mut h) {
+            sh.progress.notify_all();
+        }
         if h.model.idle() {
-            if h.advance_waiters > 0 {
-                sh.progress.notify_all();
-            }
             h = sh
                 .work
                 .wait_timeout(h, FREE_RUN_WAIT)
@@ -966,7 +1002,7 @@ fn clock_thread(sh: &Shared) {
             continue;
         }
         h.run(FREE_RUN_CHUNK, false);
-        if h.advance_waiters > 0 {
+        if lock_slot(&sh.slot).check(&mut h) {
             sh.progress.notify_all();
         }
         if sh.wanted.load(Ordering::Acquire) > 0 {
