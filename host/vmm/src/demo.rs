@@ -86,8 +86,10 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 /// The downtime window phase by phase (ms): on the source, then the
 /// destination catching up with what the source sent, then the
-/// destination's restore. The phases add up to `downtime_ms` (both ends run
-/// on one clock here).
+/// destination's restore. Each end times its own phases; both run on one
+/// clock here, so the phases add up to `downtime_ms`, except where a
+/// thread was preempted at the end of a source phase (the time it waited
+/// for the CPU counts in that phase while the destination went on).
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct DowntimeBreakdown {
     /// Source: PRE_COPY → STOP_COPY (the device quiesces).
