@@ -13,10 +13,7 @@ fn main() {
     let chunk: Vec<u8> = (0..4116u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
         .collect();
-    assert_eq!(
-        vfpga_migration::crc::crc32c(&chunk),
-        crc32c::crc32c(&chunk)
-    );
+    assert_eq!(vfpga_migration::crc::crc32c(&chunk), crc32c::crc32c(&chunk));
     let n = 50_000usize;
     let gbs = |t: f64| (n * chunk.len()) as f64 / t / 1e9;
     for round in 0..5 {
