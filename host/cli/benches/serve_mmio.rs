@@ -1,6 +1,7 @@
 //! MMIO round trip through a `vfpga serve` PROCESS (what users run), from an
 //! external blocking client, beside a raw UNIX-socket echo of the same
-//! message sizes measured in the same run: 4-byte BAR0 REGION_READ (32-byte
+//! message sizes measured in the same run (the echo server is its own
+//! process, this binary run again, as the server under test is): 4-byte BAR0 REGION_READ (32-byte
 //! request, 36-byte reply) and REGION_WRITE (36-byte request, 32-byte
 //! reply), 5 rounds of 4,000 requests, server and echo alternating by round.
 //! Model always; the sim when this build has Verilator. Writes
@@ -79,19 +80,75 @@ fn time(s: &mut UnixStream, req: &[u8], reply_len: usize, n: usize, out: &mut Ve
     }
 }
 
-/// An echo peer: reads `req_len` bytes, answers `reply_len` bytes.
-fn echo(req_len: usize, reply_len: usize) -> UnixStream {
-    let (a, mut b) = UnixStream::pair().unwrap();
-    std::thread::spawn(move || {
-        let mut q = vec![0u8; req_len];
-        let r = vec![0u8; reply_len];
-        while b.read_exact(&mut q).is_ok() {
-            if b.write_all(&r).is_err() {
-                break;
-            }
+/// Environment variable that turns this binary into the echo server:
+/// `SOCKET,REQ_LEN,REPLY_LEN`.
+const ECHO_ENV: &str = "VFPGA_BENCH_ECHO";
+
+/// The echo server's body (in its own process, as the server under test
+/// is): accepts one client on `socket` and, until it hangs up, reads
+/// `req_len` bytes and answers `reply_len` bytes, blocking.
+fn echo_server(spec: &str) {
+    let mut it = spec.rsplitn(3, ',');
+    let reply_len: usize = it.next().unwrap().parse().unwrap();
+    let req_len: usize = it.next().unwrap().parse().unwrap();
+    let socket = it.next().unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    let (mut b, _) = listener.accept().unwrap();
+    let mut q = vec![0u8; req_len];
+    let r = vec![0u8; reply_len];
+    while b.read_exact(&mut q).is_ok() {
+        if b.write_all(&r).is_err() {
+            break;
         }
-    });
-    a
+    }
+}
+
+/// An echo server process (this binary again) and a connection to it.
+struct Echo {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+    conn: UnixStream,
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        let _ = self.conn.shutdown(std::net::Shutdown::Both);
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Starts an echo process that reads `req_len` bytes and answers
+/// `reply_len` bytes, and connects to it.
+fn echo(req_len: usize, reply_len: usize) -> Echo {
+    let socket = std::env::temp_dir().join(format!(
+        "vfpga-bench-echo-{}-{req_len}.sock",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&socket);
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(
+            ECHO_ENV,
+            format!("{},{req_len},{reply_len}", socket.display()),
+        )
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let conn = loop {
+        if let Ok(c) = UnixStream::connect(&socket) {
+            break c;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "echo never listened"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Echo {
+        child,
+        socket,
+        conn,
+    }
 }
 
 fn write_json(name: &str, value: f64, bname: &str, bvalue: f64, notes: &str) {
@@ -139,17 +196,18 @@ fn run(config: &str) {
         ("read", &rd, HEADER_LEN + 20),
         ("write", &wr, HEADER_LEN + 16),
     ] {
-        let mut e = echo(req.len(), reply);
+        let mut echo = echo(req.len(), reply);
+        let e = &mut echo.conn;
         let (mut a, mut b) = (Vec::new(), Vec::new());
         // Warm up both.
         time(&mut s, req, reply, 500, &mut Vec::new());
-        time(&mut e, req, reply, 500, &mut Vec::new());
+        time(e, req, reply, 500, &mut Vec::new());
         for _ in 0..ROUNDS {
             time(&mut s, req, reply, PER_ROUND, &mut a);
-            time(&mut e, req, reply, PER_ROUND, &mut b);
+            time(e, req, reply, PER_ROUND, &mut b);
         }
         let note = format!(
-            "4-byte BAR0 REGION_{} through a `vfpga serve` process ({config} backend) from a blocking client, {ROUNDS}x{PER_ROUND} requests; baseline: a raw UNIX-socket echo of the same sizes ({} B request, {reply} B reply), rounds alternating",
+            "4-byte BAR0 REGION_{} through a `vfpga serve` process ({config} backend) from a blocking client, {ROUNDS}x{PER_ROUND} requests; baseline: a raw UNIX-socket echo of the same sizes in its own process (one blocking thread) ({} B request, {reply} B reply), rounds alternating",
             what.to_uppercase(),
             req.len()
         );
@@ -167,6 +225,10 @@ fn run(config: &str) {
 }
 
 fn main() {
+    if let Ok(spec) = std::env::var(ECHO_ENV) {
+        echo_server(&spec);
+        return;
+    }
     // `cargo bench` passes `--bench`; a filter argument selects configs.
     let want: Vec<String> = std::env::args()
         .skip(1)

@@ -39,6 +39,22 @@ pub fn text(r: &DemoReport) -> String {
         r.migration_ms,
         r.total_ms
     ));
+    let b = &r.downtime_breakdown;
+    s.push_str(&format!(
+        "  downtime ms: quiesce {:.3}, device stream {:.3}, guest pages {:.3}, handoff {:.3}, \
+         transfer tail {:.3}, destination checks {:.3}, restore+resume {:.3} \
+         ({} device reads, {} records, {} state changes)\n",
+        b.quiesce_ms,
+        b.device_stream_ms,
+        b.guest_pages_ms,
+        b.handoff_ms,
+        b.transfer_tail_ms,
+        b.destination_checks_ms,
+        b.restore_resume_ms,
+        b.device_reads,
+        b.records,
+        b.state_changes
+    ));
     match &r.failure {
         None => s.push_str(
             "final guest and device memory identical to an unmigrated reference run\nPASS\n",
@@ -160,6 +176,7 @@ mod tests {
             stop_copy_guest_pages: 1,
             stopped_at_ms: 6.5,
             downtime_ms: 0.75,
+            downtime_breakdown: Default::default(),
             migration_ms: 7.0,
             total_ms: 20.0,
             reference_ms: 10.0,

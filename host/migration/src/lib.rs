@@ -61,6 +61,7 @@
 //! gives back a running device with its state intact, and a new session
 //! starts a fresh, complete stream.
 
+pub mod crc;
 pub mod dirty;
 pub mod engine;
 pub mod fsm;

@@ -427,7 +427,7 @@ impl Encoder {
         out.extend_from_slice(&(HEADER_LEN as u32).to_le_bytes());
         put_identity(out, &self.identity);
         out.extend_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
-        let crc = crc32c::crc32c(&out[start..]);
+        let crc = crate::crc::crc32c(&out[start..]);
         out.extend_from_slice(&crc.to_le_bytes());
     }
 
@@ -464,12 +464,13 @@ impl Encoder {
         head[2..4].copy_from_slice(&0u16.to_le_bytes());
         head[4..8].copy_from_slice(&self.seq.to_le_bytes());
         head[8..12].copy_from_slice(&(len as u32).to_le_bytes());
-        let hcrc = crc32c::crc32c(&head[..12]);
+        let hcrc = crate::crc::crc32c(&head[..12]);
         head[12..16].copy_from_slice(&hcrc.to_le_bytes());
         fill(payload)?;
         // The chunk checksum covers the header too: continue from the
         // header's own checksum state rather than hashing it again.
-        let crc = crc32c::crc32c_append(crc32c::crc32c_append(hcrc, &head[12..16]), payload);
+        let crc =
+            crate::crc::crc32c_append(crate::crc::crc32c_append(hcrc, &head[12..16]), payload);
         trailer.copy_from_slice(&crc.to_le_bytes());
         self.seq = self.seq.wrapping_add(1);
         Ok(())
@@ -785,7 +786,7 @@ impl Decoder {
             return Err(self.fail(StreamError::BadMagic { found: magic }));
         }
         let stored = le32(h, 44);
-        let computed = crc32c::crc32c(&h[..44]);
+        let computed = crate::crc::crc32c(&h[..44]);
         if stored != computed {
             return Err(self.fail(StreamError::HeaderChecksum { stored, computed }));
         }
@@ -813,7 +814,7 @@ impl Decoder {
     /// Checks a chunk header; returns the payload length.
     fn check_chunk_header(&mut self, h: &[u8]) -> Result<usize, StreamError> {
         let seq = self.seq;
-        if le32(h, 12) != crc32c::crc32c(&h[..12]) {
+        if le32(h, 12) != crate::crc::crc32c(&h[..12]) {
             return Err(self.fail(StreamError::ChunkHeaderChecksum { seq }));
         }
         let (kind_raw, flags, found, len) = (le16(h, 0), le16(h, 2), le32(h, 4), le32(h, 8));
@@ -858,7 +859,7 @@ impl Decoder {
         let seq = self.seq;
         let kind = ChunkKind::from_raw(le16(c, 0)).unwrap_or(ChunkKind::End);
         let body = c.len() - CHUNK_TRAILER_LEN;
-        if le32(c, body) != crc32c::crc32c(&c[..body]) {
+        if le32(c, body) != crate::crc::crc32c(&c[..body]) {
             return Err(self.fail(StreamError::ChunkChecksum { seq, kind }));
         }
         let p = &c[CHUNK_HEADER_LEN..body];
@@ -1139,7 +1140,7 @@ mod tests {
         let mut s = sample();
         let at = HEADER_LEN; // first chunk header
         s[at + 8..at + 12].copy_from_slice(&u32::MAX.to_le_bytes());
-        let crc = crc32c::crc32c(&s[at..at + 12]);
+        let crc = crate::crc::crc32c(&s[at..at + 12]);
         s[at + 12..at + 16].copy_from_slice(&crc.to_le_bytes());
         let mut d = Decoder::new(id(4));
         let e = d.feed(&s[..at + 16], &mut NullSink).unwrap_err();

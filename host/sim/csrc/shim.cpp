@@ -1,7 +1,8 @@
 // C ABI shim between vfpga-sim (Rust) and the Verilated vfpga_top.
 //
-// Everything here runs on the one thread that created the model (Verilator's
-// "eval thread"). The harness side of every port is simple and fixed:
+// Calls on one model never overlap: the Rust side keeps it behind a mutex and
+// any thread may hold it (the model is single-threaded and keeps no
+// per-thread state between calls). The harness side of every port is simple and fixed:
 //   - request ports (DMA, device memory, MMIO response, IRQ) are always ready;
 //   - device-memory requests are served here from the buffer the caller passes
 //     to each sim_run() call, with the response one cycle later;

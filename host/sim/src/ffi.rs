@@ -1,7 +1,10 @@
 //! The C ABI of `csrc/shim.cpp`, and [`Model`], its safe owner.
 //!
-//! A [`Model`] must stay on the thread that created it (Verilator's eval
-//! thread); it is deliberately neither `Send` nor `Sync`.
+//! A [`Model`] is `Send` but not `Sync`: one thread at a time uses it (the
+//! crate keeps it behind a mutex), whichever thread that is. The Verilated
+//! model is built single-threaded (`--threads 1`, no DPI, no `$display`),
+//! so it keeps no per-thread state between calls: every call starts from
+//! what the previous one left in the model, and the mutex orders them.
 
 #![allow(unsafe_code)]
 
@@ -130,12 +133,20 @@ use absent::*;
 /// Whether this build contains the Verilated RTL.
 pub const AVAILABLE: bool = !cfg!(vfpga_sim_unavailable);
 
-/// One Verilated `vfpga_top`, reset and ready. Not `Send`: it lives and dies
-/// on the thread that made it.
+/// One Verilated `vfpga_top`, reset and ready. `Send`, not `Sync`: used by
+/// one thread at a time.
 pub(crate) struct Model {
     raw: *mut RawSim,
-    _not_send: PhantomData<*mut ()>,
+    _not_sync: PhantomData<std::cell::Cell<()>>,
 }
+
+// SAFETY: the shim's `Sim` and the Verilated model it owns are plain heap
+// data with no thread affinity: the model is single-threaded (Verilator
+// `--threads 1`), its context is owned by the `Sim`, and no call leaves
+// thread-local state behind that a later call depends on. `Model` is not
+// `Sync` and every method takes `&mut self`, so calls never overlap; moving
+// it (or the mutex guarding it) between threads orders them.
+unsafe impl Send for Model {}
 
 impl Model {
     /// Creates and resets a model; `vcd` names a waveform file to write;
@@ -159,15 +170,15 @@ impl Model {
         let raw = unsafe { sim_new(devmem_pages, dmalog_max_pages, ptr, x_seed) };
         (!raw.is_null()).then_some(Model {
             raw,
-            _not_send: PhantomData,
+            _not_sync: PhantomData,
         })
     }
 
     /// Runs at most `max` cycles, serving device memory from `mem`; stops
     /// after the first cycle with an event.
     pub(crate) fn run(&mut self, max: u64, mem: &mut [u8], ev: &mut SimEvent) {
-        // SAFETY: `self.raw` is a live model owned by us and used only on this
-        // thread; `mem` is an exclusive borrow valid for the call, and the shim
+        // SAFETY: `self.raw` is a live model owned by us and borrowed exclusively
+        // for the call; `mem` is an exclusive borrow valid for the call, and the shim
         // bounds-checks every access against `mem.len()`; `ev` is a valid
         // exclusive pointer to a #[repr(C)] SimEvent.
         unsafe { sim_run(self.raw, max, mem.as_mut_ptr(), mem.len() as u64, ev) }
@@ -176,13 +187,13 @@ impl Model {
     /// Answers the DMA request of the last event.
     pub(crate) fn dma_respond(&mut self, ok: bool, data: &[u8]) {
         let len = data.len().min(64) as u32;
-        // SAFETY: live model on its thread; `data` is valid for `len` bytes.
+        // SAFETY: live model, borrowed exclusively; `data` is valid for `len` bytes.
         unsafe { sim_dma_respond(self.raw, u32::from(ok), data.as_ptr(), len) }
     }
 
     /// Presents an MMIO request.
     pub(crate) fn mmio(&mut self, bar2: bool, write: bool, addr: u32, be: u8, wdata: u64) {
-        // SAFETY: live model on its thread; plain values.
+        // SAFETY: live model, borrowed exclusively; plain values.
         unsafe {
             sim_mmio(
                 self.raw,
@@ -197,13 +208,13 @@ impl Model {
 
     /// Holds the core's reset input low for `cycles` cycles.
     pub(crate) fn hw_reset(&mut self, cycles: u32) {
-        // SAFETY: live model on its thread; plain values.
+        // SAFETY: live model, borrowed exclusively; plain values.
         unsafe { sim_hw_reset(self.raw, cycles) }
     }
 
     /// Queues one request of a pipelined MMIO sequence (see `shim.cpp`).
     pub(crate) fn mmio_queue(&mut self, r: &crate::PipeReq) {
-        // SAFETY: live model on its thread; plain values.
+        // SAFETY: live model, borrowed exclusively; plain values.
         unsafe {
             sim_mmio_queue(
                 self.raw,
@@ -219,31 +230,31 @@ impl Model {
 
     /// Nothing to do until an MMIO access.
     pub(crate) fn idle(&mut self) -> bool {
-        // SAFETY: live model on its thread.
+        // SAFETY: live model, borrowed exclusively.
         unsafe { sim_idle(self.raw) != 0 }
     }
 
     /// Engine steps completed so far.
     pub(crate) fn steps(&mut self) -> u64 {
-        // SAFETY: live model on its thread.
+        // SAFETY: live model, borrowed exclusively.
         unsafe { sim_steps(self.raw) }
     }
 
     /// Whether `run` also stops after each engine step.
     pub(crate) fn stop_on_step(&mut self, on: bool) {
-        // SAFETY: live model on its thread.
+        // SAFETY: live model, borrowed exclusively.
         unsafe { sim_stop_on_step(self.raw, u32::from(on)) }
     }
 
     /// Flushes the waveform file, if any.
     pub(crate) fn flush_trace(&mut self) {
-        // SAFETY: live model on its thread.
+        // SAFETY: live model, borrowed exclusively.
         unsafe { sim_flush_trace(self.raw) }
     }
 
     /// The benchmark baseline loop (see `shim.cpp`).
     pub(crate) fn bench_bare(&mut self, cycles: u64, host: &mut [u8], base: u64, mem: &mut [u8]) {
-        // SAFETY: live model on its thread; both buffers are exclusive borrows
+        // SAFETY: live model, borrowed exclusively; both buffers are exclusive borrows
         // valid for the call and bounds-checked by the shim.
         unsafe {
             sim_bench_bare(
@@ -261,8 +272,7 @@ impl Model {
 
 impl Drop for Model {
     fn drop(&mut self) {
-        // SAFETY: `raw` came from sim_new, is freed exactly once, here, on the
-        // thread that created it (Model is not Send).
+        // SAFETY: `raw` came from sim_new, is freed exactly once, here.
         unsafe { sim_free(self.raw) }
     }
 }

@@ -2,11 +2,14 @@
 //! [`Device`] backend.
 //!
 //! `build.rs` verilates `rtl/` and compiles it with a small C ABI shim
-//! (`csrc/shim.cpp`). The model lives on a dedicated OS thread (Verilator
-//! models must be evaluated on the thread that created them); [`SimDevice`]
-//! talks to it over channels, one round trip per MMIO access or command.
+//! (`csrc/shim.cpp`). The model and its harness sit behind a mutex: an MMIO
+//! access or command runs on the caller's thread, holding the mutex, with
+//! no hand-off to another thread (an access costs the cycles the RTL takes
+//! to answer it, nothing more). In free-running mode a clock thread holds
+//! it while it clocks a busy device, a chunk of cycles at a time, and gives
+//! way to a caller between chunks.
 //!
-//! On that thread the harness serves the RTL's ports:
+//! The harness serves the RTL's ports:
 //! - DMA requests go to the [`DmaPort`] (bounds-checked guest memory); a
 //!   refused access is answered with a fault, which is the RTL's error path;
 //! - device memory is a host buffer (zero pages cost nothing until written);
@@ -14,7 +17,7 @@
 //!
 //! Two clockings ([`Clocking`]): **explicit** (`advance(n)` runs exactly `n`
 //! cycles; deterministic, used by the cross-check) and **free-running** (the
-//! thread clocks while the device is busy and blocks while it is idle, so an
+//! clock thread clocks while the device is busy and blocks while it is idle, so an
 //! idle device costs no CPU; `info().self_running` is true). MMIO accesses
 //! take the cycles the RTL needs to answer in both modes. In free-running
 //! mode `advance(n)` waits until `n` more cycles have passed or the device is
@@ -24,10 +27,10 @@
 //! for the lockstep cross-check against the model.
 //!
 //! Device memory backdoor: [`Device::devmem_read`] and
-//! [`Device::devmem_write`] copy directly from and to the buffer (one round
-//! trip), and `devmem_write` then writes one byte of every page it touched
-//! again through the RTL's BAR2 path, so the RTL's dirty bitmap is exactly as
-//! if the whole range had been written through BAR2.
+//! [`Device::devmem_write`] copy directly from and to the buffer (under one
+//! lock), and `devmem_write` then writes one byte of every page it touched
+//! again through the RTL's BAR2 path, so the RTL's dirty bitmap is exactly
+//! as if the whole range had been written through BAR2.
 //!
 //! Built without Verilator, [`SimDevice::new`] returns
 //! [`SimError::Unavailable`], which says what to install.
@@ -37,8 +40,8 @@
 mod ffi;
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -50,7 +53,7 @@ use vfpga_regs::{ArchState, StateCtrl, Status, consts, offsets, state as sw};
 
 pub use ffi::AVAILABLE;
 
-/// How the simulator thread is clocked.
+/// How the simulated device is clocked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Clocking {
     /// The caller advances the clock: `advance(n)` runs exactly `n` cycles.
@@ -122,7 +125,8 @@ pub enum StepKind {
 pub struct BenchTime {
     /// Wall-clock time.
     pub wall: Duration,
-    /// CPU time of the simulator thread (from `/proc/thread-self/schedstat`;
+    /// CPU time of the thread that ran the model (the caller's; from
+    /// `/proc/thread-self/schedstat`;
     /// `None` where that is not available). Unlike wall time it does not count
     /// time other processes took the CPU away.
     pub cpu: Option<Duration>,
@@ -146,7 +150,7 @@ pub enum SimError {
     /// Bad options.
     #[error("invalid simulator option: {0}")]
     Options(String),
-    /// The simulator thread could not be started or the model not created.
+    /// The clock thread could not be started or the model not created.
     #[error("simulator failed to start: {0}")]
     Start(String),
 }
@@ -163,8 +167,12 @@ impl From<SimError> for DeviceError {
 /// Cycles a single MMIO access may take before the harness gives up (a soft
 /// reset clears both bitmaps: about 4,100 cycles at the largest sizes).
 const MMIO_CYCLE_LIMIT: u64 = 1 << 20;
-/// Cycles the free-running thread runs between looks at its command channel.
+/// Cycles the free-running clock runs between chances for a caller to
+/// take the device.
 const FREE_RUN_CHUNK: u64 = 512;
+/// Longest sleep of the idle clock thread, or of a free-running `advance`,
+/// between looks at the device (both are woken early when it changes).
+const FREE_RUN_WAIT: Duration = Duration::from_millis(20);
 
 enum Cmd {
     Mmio {
@@ -239,13 +247,70 @@ enum Reply {
     Err(String),
 }
 
+/// What the callers and the clock thread share.
+struct Shared {
+    harness: Mutex<Harness>,
+    /// The clock thread waits here while the device is idle.
+    work: Condvar,
+    /// A free-running `advance` waiting for cycles to pass (taken after
+    /// `harness` when both are held).
+    slot: Mutex<AdvanceSlot>,
+    /// The `advance` caller waits here, on `slot` (not on the harness, so
+    /// that the clock thread keeps it).
+    progress: Condvar,
+    /// Callers waiting for the mutex: the clock thread gives way to them
+    /// between chunks.
+    wanted: AtomicUsize,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Harness> {
+        self.wanted.fetch_add(1, Ordering::AcqRel);
+        let g = self.harness.lock().unwrap_or_else(|e| e.into_inner());
+        self.wanted.fetch_sub(1, Ordering::AcqRel);
+        g
+    }
+}
+
+/// What a free-running `advance` waits for.
+#[derive(Debug, Default)]
+struct AdvanceSlot {
+    /// Wake the caller once the simulated cycles reach this.
+    target: Option<u64>,
+    /// Set by the clock thread when the wait is over: whether the device is
+    /// idle.
+    done: Option<bool>,
+}
+
+impl AdvanceSlot {
+    /// Ends the wait if the device is idle, has reached the target, or its
+    /// DMA waits for an answer (the caller must not hold the device while
+    /// the answer is on its way).
+    fn check(&mut self, h: &mut Harness) -> bool {
+        let Some(t) = self.target else {
+            return false;
+        };
+        let idle = h.model.idle();
+        if idle || h.cycles >= t || h.dma_wait.is_some() {
+            self.target = None;
+            self.done = Some(idle);
+            return true;
+        }
+        false
+    }
+}
+
+fn lock_slot(m: &Mutex<AdvanceSlot>) -> MutexGuard<'_, AdvanceSlot> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The vfpga RTL under Verilator, behind the [`Device`] seam.
 pub struct SimDevice {
     info: DeviceInfo,
     clocking: Clocking,
-    tx: Option<Sender<Cmd>>,
-    rx: Receiver<Reply>,
-    thread: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    clock: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for SimDevice {
@@ -278,18 +343,49 @@ impl SimDevice {
                 consts::MAX_DMALOG_PAGES
             )));
         }
-        let (tx, cmd_rx) = mpsc::channel::<Cmd>();
-        let (reply_tx, rx) = mpsc::channel::<Reply>();
-        let o = opts.clone();
-        let thread = std::thread::Builder::new()
-            .name("vfpga-sim".into())
-            .spawn(move || sim_thread(o, dma, irq, cmd_rx, reply_tx))
-            .map_err(|e| SimError::Start(e.to_string()))?;
-        match rx.recv() {
-            Ok(Reply::Done) => {}
-            Ok(Reply::Err(e)) => return Err(SimError::Start(e)),
-            _ => return Err(SimError::Start("simulator thread exited".into())),
-        }
+        let Some(model) = ffi::Model::new(
+            opts.devmem_pages,
+            opts.dmalog_max_pages,
+            opts.vcd.as_deref(),
+            opts.x_seed,
+        ) else {
+            return Err(SimError::Start(
+                "the Verilated model could not be created".into(),
+            ));
+        };
+        let bytes = opts.devmem_pages as usize * consts::PAGE_SIZE as usize;
+        let mut h = Harness {
+            model,
+            mem: vec![0u8; bytes],
+            dma,
+            irq,
+            ev: ffi::SimEvent::default(),
+            mmio_rsp: None,
+            cycles: 0,
+            stats: SimStats::default(),
+            dma_wait: None,
+        };
+        // Let the reset sweep of the bitmaps finish.
+        h.run_until_idle(1 << 20);
+        let shared = Arc::new(Shared {
+            harness: Mutex::new(h),
+            work: Condvar::new(),
+            slot: Mutex::new(AdvanceSlot::default()),
+            progress: Condvar::new(),
+            wanted: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let clock = if opts.clocking == Clocking::FreeRunning {
+            let sh = shared.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("vfpga-sim-clock".into())
+                    .spawn(move || clock_thread(&sh))
+                    .map_err(|e| SimError::Start(e.to_string()))?,
+            )
+        } else {
+            None
+        };
         let info = DeviceInfo {
             identity: Identity::this_build(p, opts.dmalog_max_pages),
             bar0_size: consts::BAR0_SIZE.into(),
@@ -299,9 +395,8 @@ impl SimDevice {
         Ok(SimDevice {
             info,
             clocking: opts.clocking,
-            tx: Some(tx),
-            rx,
-            thread: Some(thread),
+            shared,
+            clock,
         })
     }
 
@@ -310,17 +405,45 @@ impl SimDevice {
         self.clocking
     }
 
+    /// Runs `cmd` on this thread with the harness locked.
     fn call(&mut self, cmd: Cmd) -> Result<Reply, DeviceError> {
-        let gone = || DeviceError::Backend {
-            msg: "the simulator thread has stopped".into(),
-            source: None,
+        let free = self.clocking == Clocking::FreeRunning;
+        let mut h = self.shared.lock();
+        let reply = match cmd {
+            Cmd::Advance(n) if free => {
+                // The device runs by itself: wait until `n` more cycles have
+                // passed or it is idle (the clock thread decides; see
+                // `AdvanceSlot::check`), with the harness unlocked.
+                {
+                    let mut slot = lock_slot(&self.shared.slot);
+                    slot.target = Some(h.cycles.saturating_add(n));
+                    slot.done = None;
+                    slot.check(&mut h);
+                }
+                self.shared.work.notify_one();
+                drop(h);
+                let mut slot = lock_slot(&self.shared.slot);
+                let idle = loop {
+                    if let Some(idle) = slot.done.take() {
+                        break idle;
+                    }
+                    slot = self
+                        .shared
+                        .progress
+                        .wait_timeout(slot, FREE_RUN_WAIT)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                };
+                drop(slot);
+                return Ok(Reply::Progress(Progress { used: 0, idle }));
+            }
+            cmd => handle(&mut h, cmd),
         };
-        self.tx
-            .as_ref()
-            .ok_or_else(gone)?
-            .send(cmd)
-            .map_err(|_| gone())?;
-        match self.rx.recv().map_err(|_| gone())? {
+        if free && !h.model.idle() {
+            self.shared.work.notify_one();
+        }
+        drop(h);
+        match reply {
             Reply::Err(msg) => Err(DeviceError::Backend { msg, source: None }),
             r => Ok(r),
         }
@@ -346,8 +469,8 @@ impl SimDevice {
         }
     }
 
-    /// Performs BAR0 register accesses in order, in one round trip to the
-    /// simulator thread, and returns the values read (one per `Read`). Each
+    /// Performs BAR0 register accesses in order, under one lock of the
+    /// simulator, and returns the values read (one per `Read`). Each
     /// access goes through the RTL's MMIO port exactly as a single one would.
     pub fn reg_batch(&mut self, ops: &[RegOp]) -> Result<Vec<u32>, DeviceError> {
         for op in ops {
@@ -437,17 +560,19 @@ impl SimDevice {
 
 fn protocol_error() -> DeviceError {
     DeviceError::Backend {
-        msg: "unexpected reply from the simulator thread".into(),
+        msg: "unexpected reply from the simulator".into(),
         source: None,
     }
 }
 
 impl Drop for SimDevice {
     fn drop(&mut self) {
-        self.tx = None; // the thread sees the channel close and exits
-        if let Some(t) = self.thread.take() {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.work.notify_all();
+        if let Some(t) = self.clock.take() {
             let _ = t.join();
         }
+        self.shared.lock().model.flush_trace();
     }
 }
 
@@ -557,7 +682,7 @@ impl Device for SimDevice {
     }
 
     fn save_state(&mut self) -> Result<DeviceState, DeviceError> {
-        // The provided sequence, in one round trip.
+        // The provided sequence, under one lock.
         let mut ops = vec![
             RegOp::Read(offsets::STATUS),
             RegOp::Write(offsets::STATE_IDX, 0),
@@ -655,7 +780,7 @@ fn check_devmem(info: &DeviceInfo, offset: u64, len: usize) -> Result<(), Device
 }
 
 // ---------------------------------------------------------------------------
-// The simulator thread.
+// The harness (runs on whichever thread holds the mutex).
 
 struct Harness {
     model: ffi::Model,
@@ -860,95 +985,42 @@ impl Harness {
     }
 }
 
-fn sim_thread(
-    opts: SimOptions,
-    dma: DmaPort,
-    irq: Arc<dyn IrqSink>,
-    rx: Receiver<Cmd>,
-    tx: Sender<Reply>,
-) {
-    let Some(model) = ffi::Model::new(
-        opts.devmem_pages,
-        opts.dmalog_max_pages,
-        opts.vcd.as_deref(),
-        opts.x_seed,
-    ) else {
-        let _ = tx.send(Reply::Err(
-            "the Verilated model could not be created".into(),
-        ));
-        return;
-    };
-    let bytes = opts.devmem_pages as usize * consts::PAGE_SIZE as usize;
-    let mut h = Harness {
-        model,
-        mem: vec![0u8; bytes],
-        dma,
-        irq,
-        ev: ffi::SimEvent::default(),
-        mmio_rsp: None,
-        cycles: 0,
-        stats: SimStats::default(),
-        dma_wait: None,
-    };
-    // Let the reset sweep of the bitmaps finish.
-    h.run_until_idle(1 << 20);
-    if tx.send(Reply::Done).is_err() {
-        return;
-    }
-    let free = opts.clocking == Clocking::FreeRunning;
-    // Free-running: an Advance waits until this cycle count or idleness.
-    let mut waiter: Option<u64> = None;
-    loop {
-        let busy = free && !h.model.idle();
-        let cmd = if busy {
-            match rx.try_recv() {
-                Ok(c) => Some(c),
-                Err(TryRecvError::Empty) => None,
-                Err(TryRecvError::Disconnected) => break,
-            }
-        } else if waiter.is_some() {
-            // Idle with a waiter: answer it.
-            match rx.recv_timeout(Duration::ZERO) {
-                Ok(c) => Some(c),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-        } else {
-            match rx.recv() {
-                Ok(c) => Some(c),
-                Err(_) => break,
-            }
-        };
-        if let Some(cmd) = cmd {
-            let reply = handle(&mut h, cmd, free, &mut waiter);
-            if let Some(r) = reply
-                && tx.send(r).is_err()
-            {
-                break;
-            }
+/// The free-running clock: clocks the device while it is busy, a chunk at a
+/// time, giving way to callers between chunks; sleeps while it is idle.
+fn clock_thread(sh: &Shared) {
+    let mut h = sh.lock();
+    while !sh.stop.load(Ordering::Acquire) {
+        if lock_slot(&sh.slot).check(&mut h) {
+            sh.progress.notify_all();
+        }
+        if h.model.idle() {
+            h = sh
+                .work
+                .wait_timeout(h, FREE_RUN_WAIT)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
             continue;
         }
-        if busy {
-            h.run(FREE_RUN_CHUNK, false);
+        h.run(FREE_RUN_CHUNK, false);
+        if lock_slot(&sh.slot).check(&mut h) {
+            sh.progress.notify_all();
         }
-        if let Some(target) = waiter {
-            let idle = h.model.idle();
-            // A DMA waiting for its answer also ends the wait: the caller
-            // must not hold the device while the answer is on its way.
-            if idle || h.cycles >= target || h.dma_wait.is_some() {
-                waiter = None;
-                let p = Progress { used: 0, idle };
-                if tx.send(Reply::Progress(p)).is_err() {
-                    break;
-                }
+        if sh.wanted.load(Ordering::Acquire) > 0 {
+            // A caller waits for the device: let it in before the next
+            // chunk (a mutex is not fair by itself).
+            drop(h);
+            let mut spins = 0u32;
+            while sh.wanted.load(Ordering::Acquire) > 0 && spins < 1000 {
+                std::thread::yield_now();
+                spins += 1;
             }
+            h = sh.lock();
         }
     }
-    h.model.flush_trace();
 }
 
-fn handle(h: &mut Harness, cmd: Cmd, free: bool, waiter: &mut Option<u64>) -> Option<Reply> {
-    Some(match cmd {
+fn handle(h: &mut Harness, cmd: Cmd) -> Reply {
+    match cmd {
         Cmd::Mmio {
             bar2,
             write,
@@ -970,24 +1042,12 @@ fn handle(h: &mut Harness, cmd: Cmd, free: bool, waiter: &mut Option<u64>) -> Op
                 match h.mmio(false, write, addr, be, u64::from(v) << shift) {
                     Ok(r) if !write => out.push((r >> shift) as u32),
                     Ok(_) => {}
-                    Err(e) => return Some(Reply::Err(e)),
+                    Err(e) => return Reply::Err(e),
                 }
             }
             Reply::Values(out)
         }
         Cmd::Advance(n) => {
-            if free {
-                // The device runs by itself: wait until `n` more cycles have
-                // passed or it is idle.
-                if h.model.idle() {
-                    return Some(Reply::Progress(Progress {
-                        used: 0,
-                        idle: true,
-                    }));
-                }
-                *waiter = Some(h.cycles + n);
-                return None;
-            }
             let used = h.run(n, false);
             Reply::Progress(Progress {
                 used,
@@ -1018,11 +1078,11 @@ fn handle(h: &mut Harness, cmd: Cmd, free: bool, waiter: &mut Option<u64>) -> Op
             let mut spent = 0;
             while out.len() < reqs.len() {
                 if spent >= MMIO_CYCLE_LIMIT {
-                    return Some(Reply::Err(format!(
+                    return Reply::Err(format!(
                         "pipelined MMIO: {} of {} responses in {MMIO_CYCLE_LIMIT} cycles",
                         out.len(),
                         reqs.len()
-                    )));
+                    ));
                 }
                 spent += h.run(4096, true);
                 if let Some(v) = h.mmio_rsp.take() {
@@ -1068,5 +1128,5 @@ fn handle(h: &mut Harness, cmd: Cmd, free: bool, waiter: &mut Option<u64>) -> Op
                     .map(|(b, a)| Duration::from_nanos(b.saturating_sub(a))),
             })
         }
-    })
+    }
 }

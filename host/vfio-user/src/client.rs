@@ -139,8 +139,16 @@ fn read_one(s: &mut UnixStream) -> io::Result<(Header, Vec<u8>)> {
             "message too large",
         ));
     }
-    let mut p = vec![0u8; len];
-    s.read_exact(&mut p)?;
+    // Read into spare capacity: a large payload (MIG_DATA_READ) is not
+    // zeroed first only to be overwritten.
+    let mut p = Vec::with_capacity(len);
+    s.take(len as u64).read_to_end(&mut p)?;
+    if p.len() < len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed inside a message",
+        ));
+    }
     Ok((h, p))
 }
 

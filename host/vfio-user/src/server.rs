@@ -561,8 +561,11 @@ impl Ctx<'_> {
 
     fn finish(&self, o: session::Outcome) -> Result<(), ServerError> {
         // The reply first: the client's vCPU waits for it, the runner does not.
-        if let Some(reply) = &o.reply {
-            send_all(self.stream, self.wlock, reply)?;
+        if let Some(reply) = o.reply {
+            send_all(self.stream, self.wlock, &reply)?;
+            if reply.capacity() >= session::RECYCLE_MIN {
+                lock(self.session).recycle(reply);
+            }
         }
         if o.wake {
             self.server.runner.wake();

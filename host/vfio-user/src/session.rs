@@ -297,6 +297,9 @@ pub struct Negotiated {
     pub layout: wire::DmaLayout,
 }
 
+/// Smallest sent reply a session keeps for reuse ([`Session::recycle`]).
+pub const RECYCLE_MIN: usize = 64 << 10;
+
 /// One client session.
 #[derive(Debug)]
 pub struct Session {
@@ -306,6 +309,9 @@ pub struct Session {
     /// The command being handled built its reply after HEADER_LEN spare
     /// bytes (large replies, so they are not copied once more).
     head_room: bool,
+    /// A sent MIG_DATA_READ reply, kept to build the next one in (a
+    /// megabyte is not allocated and zeroed again for every read).
+    spare: Vec<u8>,
 }
 
 fn errno_of_engine(e: &EngineError) -> Errno {
@@ -358,6 +364,15 @@ impl Session {
             link,
             neg: None,
             head_room: false,
+            spare: Vec::new(),
+        }
+    }
+
+    /// Takes back a reply once it is sent, to build the next MIG_DATA_READ
+    /// reply in (only replies of at least [`RECYCLE_MIN`] bytes are kept).
+    pub fn recycle(&mut self, reply: Vec<u8>) {
+        if reply.capacity() >= RECYCLE_MIN && reply.capacity() > self.spare.capacity() {
+            self.spare = reply;
         }
     }
 
@@ -494,7 +509,15 @@ impl Session {
                 // The stream is encoded straight into the reply message:
                 // room for the header and the fixed part, then the data.
                 let at = HEADER_LEN + wire::MigData::LEN;
-                let mut buf = vec![0u8; at + m.size as usize];
+                let want = at + m.size as usize;
+                // A recycled reply needs no zeroing: every byte that goes
+                // out is written below, and the rest is cut off.
+                let mut buf = std::mem::take(&mut self.spare);
+                if buf.len() >= want {
+                    buf.truncate(want);
+                } else {
+                    buf.resize(want, 0);
+                }
                 let DevCore { dev, engine, .. } = core;
                 let n = engine
                     .read_data(dev, &mut buf[at..])

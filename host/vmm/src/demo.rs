@@ -86,6 +86,68 @@ impl DemoOptions {
 /// Version of the demo's JSON report ([`DemoReport`] serialized).
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// The downtime window phase by phase (ms): on the source, then the
+/// destination catching up with what the source sent, then the
+/// destination's restore. Each end times its own phases; both run on one
+/// clock here, so the phases add up to `downtime_ms`, except where a
+/// thread was preempted at the end of a source phase (the time it waited
+/// for the CPU counts in that phase while the destination went on).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct DowntimeBreakdown {
+    /// Source: PRE_COPY → STOP_COPY (the device quiesces).
+    #[serde(serialize_with = "crate::ms")]
+    pub quiesce_ms: f64,
+    /// Source: the final pass, the state save and the end marker read from
+    /// the device and sent.
+    #[serde(serialize_with = "crate::ms")]
+    pub device_stream_ms: f64,
+    /// Source: the last dirty guest pages sent.
+    #[serde(serialize_with = "crate::ms")]
+    pub guest_pages_ms: f64,
+    /// Source: the workload snapshot and the end record sent.
+    #[serde(serialize_with = "crate::ms")]
+    pub handoff_ms: f64,
+    /// Destination: from the source's last record sent to its arrival (the
+    /// destination still writing the stream into its device and guest).
+    #[serde(serialize_with = "crate::ms")]
+    pub transfer_tail_ms: f64,
+    /// Destination: end record to RESUMING → RUNNING started (checks).
+    #[serde(serialize_with = "crate::ms")]
+    pub destination_checks_ms: f64,
+    /// Destination: RESUMING → RUNNING (state validated and restored,
+    /// device resumed).
+    #[serde(serialize_with = "crate::ms")]
+    pub restore_resume_ms: f64,
+    /// Device reads after the stop (each one message to a served device).
+    pub device_reads: u64,
+    /// Channel records the source sent after the stop.
+    pub records: u64,
+    /// State changes in the window (source stop, destination resume).
+    pub state_changes: u64,
+}
+
+impl DowntimeBreakdown {
+    /// The breakdown of one migration from both ends' reports.
+    pub fn from_reports(src: &crate::live::SourceReport, dst: &crate::live::DestReport) -> Self {
+        let t = src.stop_copy;
+        let source_ms = t.quiesce_ms + t.device_stream_ms + t.guest_pages_ms + t.handoff_ms;
+        let end_ms = dst.end_received_at_us.saturating_sub(dst.stopped_at_us) as f64 / 1000.0;
+        let after_end = dst.resumed_at_us.saturating_sub(dst.end_received_at_us) as f64 / 1000.0;
+        DowntimeBreakdown {
+            quiesce_ms: t.quiesce_ms,
+            device_stream_ms: t.device_stream_ms,
+            guest_pages_ms: t.guest_pages_ms,
+            handoff_ms: t.handoff_ms,
+            transfer_tail_ms: (end_ms - source_ms).max(0.0),
+            destination_checks_ms: (after_end - dst.restore_resume_ms).max(0.0),
+            restore_resume_ms: dst.restore_resume_ms,
+            device_reads: t.device_reads,
+            records: t.records,
+            state_changes: 2,
+        }
+    }
+}
+
 /// The demo's report. As JSON: milliseconds to the microsecond, names as
 /// documented on each field.
 #[derive(Debug, Clone, Serialize)]
@@ -118,6 +180,8 @@ pub struct DemoReport {
     /// Device stopped on the source → running on the destination.
     #[serde(serialize_with = "crate::ms")]
     pub downtime_ms: f64,
+    /// Where the downtime went.
+    pub downtime_breakdown: DowntimeBreakdown,
     /// Whole migration, first pass to destination running.
     #[serde(serialize_with = "crate::ms")]
     pub migration_ms: f64,
@@ -292,6 +356,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, LiveError> {
     to.copy_from_slice(std::hint::black_box(&from));
     std::hint::black_box(&mut to);
     let stop_copy_memcpy_ms = t_copy.elapsed().as_secs_f64() * 1000.0;
+    let downtime_breakdown = DowntimeBreakdown::from_reports(&src, &dst);
     Ok(DemoReport {
         schema_version: SCHEMA_VERSION,
         reference_ms,
@@ -311,6 +376,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, LiveError> {
         stop_copy_guest_pages: src.stop_copy_guest_pages,
         stopped_at_ms: src.stopped_at_ms,
         downtime_ms: dst.downtime_ms(),
+        downtime_breakdown,
         migration_ms,
         total_ms: t0.elapsed().as_secs_f64() * 1000.0,
         irqs_wanted: all_wanted,

@@ -105,6 +105,33 @@ pub struct SourceReport {
     /// Milliseconds since the migration started when the device stopped.
     #[serde(serialize_with = "crate::ms")]
     pub stopped_at_ms: f64,
+    /// Where the source's part of the downtime went.
+    pub stop_copy: StopCopyTimes,
+}
+
+/// The source's part of the downtime, phase by phase (ms), and the messages
+/// it took.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct StopCopyTimes {
+    /// PRE_COPY → STOP_COPY: the device quiesces (its engine finishes the
+    /// step in progress) and the save session switches to stop-and-copy.
+    #[serde(serialize_with = "crate::ms")]
+    pub quiesce_ms: f64,
+    /// The rest of the device stream read from the device and written to
+    /// the channel: the final pass, the state save, the end marker.
+    #[serde(serialize_with = "crate::ms")]
+    pub device_stream_ms: f64,
+    /// Guest pages dirtied since the last pass (and the driver's pages)
+    /// taken from the DMA log and written to the channel.
+    #[serde(serialize_with = "crate::ms")]
+    pub guest_pages_ms: f64,
+    /// The workload snapshot and the end record written and flushed.
+    #[serde(serialize_with = "crate::ms")]
+    pub handoff_ms: f64,
+    /// Device reads (MIG_DATA_READ or engine reads) after the stop.
+    pub device_reads: u64,
+    /// Channel records written after the stop.
+    pub records: u64,
 }
 
 /// What the destination did.
@@ -118,6 +145,12 @@ pub struct DestReport {
     pub device_bytes: u64,
     /// Guest pages received.
     pub guest_pages: u64,
+    /// The source's end record arrived (µs since the epoch).
+    pub end_received_at_us: u64,
+    /// RESUMING → RUNNING: the stream checked, the state validated and
+    /// restored, the device resumed (ms).
+    #[serde(serialize_with = "crate::ms")]
+    pub restore_resume_ms: f64,
 }
 
 impl DestReport {
@@ -195,12 +228,24 @@ fn drain_device(
     conn: &mut impl Write,
     sent: &mut dyn FnMut(u64),
 ) -> Result<u64, LiveError> {
+    drain_device_counted(dev, conn, sent, &mut StopCopyTimes::default())
+}
+
+/// [`drain_device`], counting reads and records into `t`.
+fn drain_device_counted(
+    dev: &mut dyn VmDevice,
+    conn: &mut impl Write,
+    sent: &mut dyn FnMut(u64),
+    t: &mut StopCopyTimes,
+) -> Result<u64, LiveError> {
     let mut total = 0;
     loop {
         let d = dev.read_data(READ_CHUNK)?;
+        t.device_reads += 1;
         let n = d.len();
         if n > 0 {
             channel::write_record(conn, &Record::DeviceData(d))?;
+            t.records += 1;
             total += n as u64;
             sent(total);
         }
@@ -373,24 +418,43 @@ fn migrate_out_inner<S: Read + Write>(
     // Stop-and-copy: the device quiesces, the guest stops with it.
     let t_stop = Instant::now();
     let stopped_at_us = now_us();
+    let mut times = StopCopyTimes::default();
+    let lap = |t: &mut Instant| {
+        let now = Instant::now();
+        let d = now.duration_since(*t).as_secs_f64() * 1000.0;
+        *t = now;
+        d
+    };
+    let mut t = t_stop;
     dev.set_state(MigState::StopCopy)?;
+    times.quiesce_ms = lap(&mut t);
     progress(Progress::Stopped);
-    let stop_copy_device_bytes = drain_device(dev, conn, &mut |b| {
-        progress(Progress::Sending {
-            pass: u32::MAX,
-            bytes: b,
-        })
-    })?;
+    let stop_copy_device_bytes = drain_device_counted(
+        dev,
+        conn,
+        &mut |b| {
+            progress(Progress::Sending {
+                pass: u32::MAX,
+                bytes: b,
+            })
+        },
+        &mut times,
+    )?;
+    times.device_stream_ms = lap(&mut t);
     let mut last = dev.dirty_take(guest)?;
     last.extend(guest.layout.driver_pages());
     last.sort_unstable();
     last.dedup();
     let stop_copy_guest_pages = send_pages(conn, guest, u32::MAX, &last)?;
+    times.records += stop_copy_guest_pages.div_ceil(MAX_PAGES_PER_RECORD as u64);
+    times.guest_pages_ms = lap(&mut t);
     let snap = serde_json::to_vec(&wl.snapshot())
         .map_err(|e| LiveError::Protocol(format!("encoding the workload snapshot: {e}")))?;
     channel::write_record(conn, &Record::Workload(snap))?;
     channel::write_record(conn, &Record::End { stopped_at_us })?;
     conn.flush().map_err(ChannelError::Io)?;
+    times.records += 2;
+    times.handoff_ms = lap(&mut t);
     match channel::read_record(conn)? {
         Record::Done { .. } => {}
         Record::Failed(why) => {
@@ -411,6 +475,7 @@ fn migrate_out_inner<S: Read + Write>(
         stop_reason,
         stopped_at_us,
         stopped_at_ms: ms(t_stop),
+        stop_copy: times,
     })
 }
 
@@ -483,7 +548,7 @@ fn migrate_in_inner<S: Read + Write>(
     let mut snap = None;
     let mut device_bytes = 0u64;
     let mut guest_pages = 0u64;
-    let stopped_at_us = loop {
+    let (stopped_at_us, end_received_at_us) = loop {
         match channel::read_record(conn)? {
             Record::GuestPages { pages, .. } => {
                 for (iova, data) in pages {
@@ -508,7 +573,7 @@ fn migrate_in_inner<S: Read + Write>(
                         .map_err(|e| LiveError::Protocol(format!("bad workload snapshot: {e}")))?,
                 );
             }
-            Record::End { stopped_at_us } => break stopped_at_us,
+            Record::End { stopped_at_us } => break (stopped_at_us, now_us()),
             other => {
                 return Err(LiveError::Protocol(format!(
                     "unexpected record from the source: {other:?}"
@@ -524,9 +589,11 @@ fn migrate_in_inner<S: Read + Write>(
         )));
     }
     // RESUMING → STOP validates and restores; STOP → RUNNING resumes.
+    let t_restore = Instant::now();
     dev.set_state(MigState::Running)?;
     // The device runs from here: the end of the downtime window.
     let resumed_at_us = now_us();
+    let restore_resume_ms = t_restore.elapsed().as_secs_f64() * 1000.0;
     Ok((
         snap,
         DestReport {
@@ -534,6 +601,8 @@ fn migrate_in_inner<S: Read + Write>(
             resumed_at_us,
             device_bytes,
             guest_pages,
+            end_received_at_us,
+            restore_resume_ms,
         },
     ))
 }

@@ -22,12 +22,17 @@ impl Drop for Served {
 }
 
 /// Starts `vfpga serve --config CONFIG` on a fresh socket named after `tag`
-/// and waits until it listens.
+/// and waits until it listens (`$VFPGA_SERVE_BIN` instead of this build's
+/// `vfpga` when set).
 pub fn serve(config: &Path, tag: &str) -> Served {
     let socket =
         std::env::temp_dir().join(format!("vfpga-bench-{}-{tag}.sock", std::process::id()));
     let _ = std::fs::remove_file(&socket);
-    let child = Command::new(env!("CARGO_BIN_EXE_vfpga"))
+    // VFPGA_SERVE_BIN: another `vfpga` binary (an earlier build, or a
+    // wrapper such as `strace -c`), to compare in the same harness.
+    let bin = std::env::var_os("VFPGA_SERVE_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vfpga")), PathBuf::from);
+    let child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(config)
         .arg("--socket")
