@@ -53,20 +53,33 @@ impl ChainOptions {
 }
 
 impl ChainOptions {
-    /// Defaults for `kinds`: 16 KiB of device memory and a workload small
-    /// enough for the simulated board (a few thousand cycles per second).
+    /// Defaults for `kinds`: 16 KiB of device memory and a workload of
+    /// [`ChainOptions::segment`] descriptors per device, so every hop comes
+    /// mid-workload and the simulated board (a few thousand cycles per
+    /// second) gets a short stretch.
     pub fn new(kinds: Vec<Kind>) -> Self {
+        let descriptors = kinds.iter().map(|k| Self::segment(*k)).sum();
         ChainOptions {
             kinds,
             placement: Placement::Local,
             devmem: 16 << 10,
             guest_mem: 1 << 20,
-            descriptors: 64,
+            descriptors,
             seed: 0x5eed_c4a1,
             source: SourceOptions {
                 descriptors_per_pass: 2,
                 ..SourceOptions::default()
             },
+        }
+    }
+
+    /// Descriptors each form runs before it migrates on (the last one runs
+    /// the rest): more than a free-running form completes while a hop is
+    /// being prepared and its pre-copy passes run.
+    pub fn segment(kind: Kind) -> u64 {
+        match kind {
+            Kind::Board => 40,
+            Kind::Model | Kind::Sim => 160,
         }
     }
 
@@ -162,9 +175,14 @@ pub fn run(o: &ChainOptions) -> Result<ChainReport, LiveError> {
     let mut irqs = 0u64;
     let mut errs = 0u64;
     let mut hops = Vec::new();
-    let n = o.kinds.len() as u64;
-    for (i, pair) in o.kinds.windows(2).enumerate() {
-        let target = o.descriptors * (i as u64 + 1) / n;
+    let mut target = 0;
+    for pair in o.kinds.windows(2) {
+        target += ChainOptions::segment(pair[0]) * o.descriptors
+            / o.kinds
+                .iter()
+                .map(|k| ChainOptions::segment(*k))
+                .sum::<u64>()
+                .max(1);
         let done = wl.stats().verified;
         let budget = ChainOptions::budget(pair[0]);
         live::run_for(
@@ -256,6 +274,11 @@ pub fn run(o: &ChainOptions) -> Result<ChainReport, LiveError> {
         Some(format!(
             "{verified} of {} descriptors verified",
             o.descriptors
+        ))
+    } else if let Some(h) = hops.iter().find(|h| h.verified_at_stop >= o.descriptors) {
+        Some(format!(
+            "the {} -> {} hop came after the workload had ended (not mid-workload)",
+            h.from, h.to
         ))
     } else {
         None
