@@ -275,13 +275,15 @@ pub fn run(o: &ChainOptions) -> Result<ChainReport, LiveError> {
             "{verified} of {} descriptors verified",
             o.descriptors
         ))
-    } else if let Some(h) = hops.iter().find(|h| h.verified_at_stop >= o.descriptors) {
-        Some(format!(
-            "the {} -> {} hop came after the workload had ended (not mid-workload)",
-            h.from, h.to
-        ))
     } else {
-        None
+        hops.iter()
+            .find(|h| h.verified_at_stop >= o.descriptors)
+            .map(|h| {
+                format!(
+                    "the {} -> {} hop came after the workload had ended (not mid-workload)",
+                    h.from, h.to
+                )
+            })
     };
     Ok(ChainReport {
         kinds: o.kinds.iter().map(|k| k.name().to_string()).collect(),
