@@ -264,6 +264,9 @@ const STATUS_CAP_LIST: u32 = 1 << 4;
 const CAP_ID_MSIX: u32 = 0x11;
 /// How long a reset device may take to read its identity again.
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Units a device that does not run by itself (a stand-in, the simulated
+/// board) is advanced per readiness poll.
+const READY_STEP: u64 = 4096;
 /// `advance` calls between two liveness checks of a device that runs.
 const CHECK_EVERY: u32 = 256;
 
@@ -415,7 +418,7 @@ impl<B: Bottom> Board<B> {
             let id = self.bottom.read(Bar::Regs, offsets::ID.into(), 4)? as u32;
             // Anything but all ones answers (what it says is `identify`'s).
             if id != u32::MAX {
-                let idle = match self.bottom.advance(u64::MAX)? {
+                let idle = match self.bottom.advance(READY_STEP)? {
                     Some(p) => p.idle,
                     None => {
                         let st = self.bottom.read(Bar::Regs, offsets::STATUS.into(), 4)? as u32;
