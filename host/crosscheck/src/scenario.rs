@@ -1140,6 +1140,33 @@ mod tests {
         assert_eq!(serde_json::to_string(&op).expect("json"), j);
     }
 
+    /// The DMA rate limit is written like every other register: 0, values
+    /// scenarios run under, and large ones (also beyond its field).
+    #[test]
+    fn generator_writes_the_dma_throttle_small_and_large() {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut during_wait = 0;
+        for seed in 0..300 {
+            for op in &generate(seed, 16).ops {
+                match op {
+                    Op::WriteReg { reg, value } if reg == "DMA_THROTTLE" => {
+                        seen.insert(*value);
+                    }
+                    Op::DmaWait { accesses, .. } => {
+                        let o = u64::from(offsets::DMA_THROTTLE);
+                        during_wait += accesses.iter().filter(|a| a.offset == o).count();
+                    }
+                    _ => {}
+                }
+            }
+        }
+        assert!(seen.contains(&0), "{seen:?}");
+        assert!(seen.iter().any(|&v| (1..=32).contains(&v)), "{seen:?}");
+        assert!(seen.iter().any(|&v| v >= 0xffff), "{seen:?}");
+        assert!(seen.iter().any(|&v| v > 0xffff), "{seen:?}");
+        assert!(during_wait > 0);
+    }
+
     #[test]
     fn generated_dma_stays_off_the_host_written_page() {
         for seed in 0..200 {
