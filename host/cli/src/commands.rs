@@ -39,7 +39,7 @@ pub fn demo(
     json: Option<PathBuf>,
     plot: Option<PathBuf>,
     in_process: bool,
-    (workload, precopy): (crate::WorkloadArg, &crate::PrecopyArgs),
+    (workload, descriptors, precopy): (crate::WorkloadArg, Option<u64>, &crate::PrecopyArgs),
 ) -> u8 {
     let cfg = match load_config(common) {
         Ok(c) => c,
@@ -52,7 +52,7 @@ pub fn demo(
         json.as_deref(),
         plot.as_deref(),
         in_process,
-        workload,
+        (workload, descriptors),
         precopy,
     )
 }

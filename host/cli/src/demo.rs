@@ -18,7 +18,7 @@ pub fn run(
     json: Option<&Path>,
     plot: Option<&Path>,
     in_process: bool,
-    workload: crate::WorkloadArg,
+    (workload, descriptors): (crate::WorkloadArg, Option<u64>),
     precopy: &crate::PrecopyArgs,
 ) -> u8 {
     // Output files are checked before the run, not after it.
@@ -54,6 +54,9 @@ pub fn run(
         eprintln!("vfpga demo: {e}");
         return EXIT_USAGE;
     }
+    if let Some(n) = descriptors {
+        opts.descriptors = n;
+    }
     let devmem = opts.devmem;
     opts.placement = match Placement::for_cli(in_process) {
         Ok(p) => p,
@@ -74,12 +77,18 @@ pub fn run(
     println!(
         "pre-copy: downtime limit {} ms, link {}, at most {} passes, auto-converge {}",
         p.downtime_limit.as_millis(),
-        opts.source.link.map_or("unlimited".to_string(), |l| format!(
-            "{} MiB/s",
-            l.bytes_per_sec >> 20
-        )),
+        opts.source
+            .link
+            .map_or("unlimited".to_string(), |l| format!(
+                "{} MiB/s",
+                l.bytes_per_sec >> 20
+            )),
         p.max_passes,
-        if p.auto_converge.is_some() { "on" } else { "off" }
+        if p.auto_converge.is_some() {
+            "on"
+        } else {
+            "off"
+        }
     );
     let report = match demo::run(&opts) {
         Ok(r) => r,

@@ -114,9 +114,9 @@ impl PrecopyArgs {
                 .checked_mul(1 << 20)
                 .filter(|&b| b > 0)
                 .ok_or("--max-bandwidth must be from 1 MiB/s to 2^44 MiB/s")?;
-            let units = o
-                .link
-                .map_or(vfpga_vmm::live::DEVICE_UNITS_PER_SEC, |l| l.device_units_per_sec);
+            let units = o.link.map_or(vfpga_vmm::live::DEVICE_UNITS_PER_SEC, |l| {
+                l.device_units_per_sec
+            });
             o.link = Some(vfpga_vmm::live::Link {
                 bytes_per_sec,
                 device_units_per_sec: units,
@@ -165,6 +165,9 @@ enum Command {
         /// The guest workload.
         #[arg(long, value_enum, value_name = "NAME", default_value = "mixed")]
         workload: WorkloadArg,
+        /// Descriptors in the workload [default: the workload's]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        descriptors: Option<u64>,
         #[command(flatten)]
         precopy: PrecopyArgs,
     },
@@ -242,6 +245,7 @@ fn main() -> ExitCode {
             plot,
             in_process,
             workload,
+            descriptors,
             precopy,
         } => commands::demo(
             &common,
@@ -250,7 +254,7 @@ fn main() -> ExitCode {
             json,
             plot,
             in_process,
-            (workload, &precopy),
+            (workload, descriptors, &precopy),
         ),
         Command::Migrate {
             common,

@@ -23,7 +23,7 @@ use vfpga_device::Device;
 use vfpga_regs::consts;
 
 use crate::backend::Kind;
-use crate::live::{self, Guest, LiveError, Link, Pass, SourceOptions, ThrottleStep};
+use crate::live::{self, Guest, Link, LiveError, Pass, SourceOptions, ThrottleStep};
 use crate::server::Launch;
 use crate::vm::{self, Placement};
 use crate::workload::{Layout, Mix, Workload};

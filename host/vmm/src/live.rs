@@ -506,7 +506,8 @@ fn migrate_out_inner<S: Read + Write>(
     if let Some(link) = &opts.link {
         // The rate-limited link carries the rest too: the downtime it costs.
         let bytes = stop_copy_device_bytes + stop_copy_guest_pages * PAGE as u64;
-        let done = t_stop + Duration::from_secs_f64(bytes as f64 / link.bytes_per_sec.max(1) as f64);
+        let done =
+            t_stop + Duration::from_secs_f64(bytes as f64 / link.bytes_per_sec.max(1) as f64);
         let now = Instant::now();
         if now < done {
             std::thread::sleep(done - now);
