@@ -483,8 +483,14 @@ fn dma_throttle_adds_idle_cycles_after_each_burst() {
     let c0 = cycles_for(0);
     let c20 = cycles_for(20);
     // 64 bursts, each followed by 20 idle cycles.
-    assert!(c20 >= c0 + 64 * 20, "throttled {c20} cycles, unthrottled {c0}");
-    assert!(c20 <= c0 + 64 * 20 + 64, "throttled {c20} cycles, unthrottled {c0}");
+    assert!(
+        c20 >= c0 + 64 * 20,
+        "throttled {c20} cycles, unthrottled {c0}"
+    );
+    assert!(
+        c20 <= c0 + 64 * 20 + 64,
+        "throttled {c20} cycles, unthrottled {c0}"
+    );
     let mut r = common::rig();
     r.wr(offsets::DMA_THROTTLE, 0xffff_ffff);
     assert_eq!(r.rd(offsets::DMA_THROTTLE), 0xffff);
