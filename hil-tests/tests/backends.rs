@@ -42,8 +42,14 @@ fn board(dma: DmaPort, irq: Arc<IrqLog>) -> Result<Option<Box<dyn Device>>, HilE
             source: None,
         });
     };
-    let dev = vfpga_hw::BoardDevice::open(b, cfg.device.devmem_size.value.0, dma, irq)
-        .map_err(|e| setup("opening the board", e))?;
+    let dev = vfpga_hw::BoardDevice::open(
+        b,
+        cfg.device.devmem_size.value.0,
+        cfg.device.dmalog_max_pages.value,
+        dma,
+        irq,
+    )
+    .map_err(|e| setup("opening the board", e))?;
     Ok(Some(Box::new(dev)))
 }
 
@@ -131,6 +137,21 @@ fn board_path_model(dma: DmaPort, irq: Arc<IrqLog>) -> Result<Option<Box<dyn Dev
 
 fn board_path_sim(dma: DmaPort, irq: Arc<IrqLog>) -> Result<Option<Box<dyn Device>>, HilError> {
     stand_in(dma, irq, sim_on)
+}
+
+/// The simulated board: the PCIe shell and the core at the TLP level
+/// (Icarus, cocotbext-pcie's root complex) under the board layer, the code
+/// a real board runs. Needs `scripts/setup`; fails with the launcher's
+/// reason when cocotb or Icarus is missing.
+fn simulated_board(dma: DmaPort, irq: Arc<IrqLog>) -> Result<Option<Box<dyn Device>>, HilError> {
+    let o = vfpga_hw::SimBoardOptions::new(vfpga_hil::MIN_DEVMEM_PAGES, 1024);
+    let dev = vfpga_hw::BoardDevice::simulated(&o, &expected(), dma, irq)
+        .map_err(|e| setup("simulated board", e))?;
+    Ok(Some(Box::new(dev)))
+}
+
+mod on_simulated_board {
+    vfpga_hil::hil_suite!("simulated board", super::simulated_board);
 }
 
 mod on_board_path_with_model {

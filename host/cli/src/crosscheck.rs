@@ -295,7 +295,8 @@ fn impl_of(b: Backend) -> Option<Impl> {
     match b {
         Backend::Model => Some(Impl::Model),
         Backend::Sim => Some(Impl::Sim),
-        Backend::Lockstep | Backend::Board => None,
+        Backend::Board => Some(Impl::Board),
+        Backend::Lockstep => None,
     }
 }
 
@@ -317,11 +318,19 @@ fn pair_of(cfg: Option<&Config>) -> Result<(Pair, u32), String> {
     let side = |b: Backend| {
         impl_of(b).ok_or_else(|| {
             format!(
-                "lockstep side `{}` is not supported here (model or sim)",
+                "lockstep side `{}` is not supported here (model, sim or board)",
                 b.name()
             )
         })
     };
+    let board_side = l.reference == Backend::Board || l.checked == Backend::Board;
+    if board_side && cfg.board.as_ref().is_some_and(|b| b.pci_address.is_some()) {
+        return Err(
+            "a cross-check against a real board (board.pci_address) is not built yet; \
+             the `board` side is the simulated board (board: {simulated: {}, ...})"
+                .into(),
+        );
+    }
     let pages = cfg.device.devmem_pages();
     if pages < 2 {
         return Err("device.devmem_size must be at least 8KiB for a cross-check".into());

@@ -96,6 +96,7 @@ fn build_device(cfg: &Config) -> Result<Built, ServeError> {
             let b = vfpga_hw::BoardDevice::open(
                 board,
                 cfg.device.devmem_size.value.0,
+                cfg.device.dmalog_max_pages.value,
                 dma.clone(),
                 irq.clone(),
             )

@@ -182,17 +182,53 @@ pub struct ExpectedIds {
     pub rtl_version: u32,
 }
 
-/// A board bound to vfio-pci.
+/// A board bound to vfio-pci, or the simulated board (the PCIe shell and
+/// the core simulated at the TLP level): exactly one of `pci_address` and
+/// `simulated`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BoardConfig {
-    /// PCI address, `DDDD:BB:DD.F`.
-    pub pci_address: Spanned<String>,
+    /// PCI address, `DDDD:BB:DD.F` (a real board).
+    #[serde(default)]
+    pub pci_address: Option<Spanned<String>>,
     /// IOMMU group number (checked against sysfs when given).
     #[serde(default)]
     pub iommu_group: Option<u32>,
     /// Identity the bitstream must report.
     pub expected: ExpectedIds,
+    /// The simulated board instead of a real one.
+    #[serde(default)]
+    pub simulated: Option<SimulatedBoard>,
+}
+
+impl BoardConfig {
+    /// The board's name in messages: its PCI address, or `simulated board`.
+    pub fn name(&self) -> &str {
+        match &self.pci_address {
+            Some(a) => a.value.as_str(),
+            None => "simulated board",
+        }
+    }
+}
+
+/// How to start the simulated board (`board.simulated`). Relative paths are
+/// taken from the vfpga source tree.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatedBoard {
+    /// The Python with cocotb (default `.venv/bin/python`, made by
+    /// `scripts/setup`).
+    #[serde(default)]
+    pub python: Option<PathBuf>,
+    /// The launcher (default `rtl/shell/usp/tb/board.py`).
+    #[serde(default)]
+    pub launcher: Option<PathBuf>,
+    /// Where the simulator build is cached (default `target/simboard`).
+    #[serde(default)]
+    pub build_dir: Option<PathBuf>,
+    /// The shell's WRITE_CONFIRM parameter (default true).
+    #[serde(default)]
+    pub write_confirm: Option<bool>,
 }
 
 /// vfio-user server options.
@@ -481,18 +517,36 @@ fn validate(cfg: &Config, path: &Path) -> Result<(), ConfigError> {
             "a lockstep side cannot itself be `lockstep`".into(),
         );
     }
-    if let Some(b) = &cfg.board
-        && !is_pci_address(&b.pci_address.value)
-    {
-        return invalid(
-            path,
-            &b.pci_address,
-            "board.pci_address",
-            format!(
-                "`{}` is not a PCI address like 0000:01:00.0",
-                b.pci_address.value
-            ),
-        );
+    if let Some(b) = &cfg.board {
+        match (&b.pci_address, &b.simulated) {
+            (Some(a), None) if !is_pci_address(&a.value) => {
+                return invalid(
+                    path,
+                    a,
+                    "board.pci_address",
+                    format!("`{}` is not a PCI address like 0000:01:00.0", a.value),
+                );
+            }
+            (Some(a), Some(_)) => {
+                return invalid(
+                    path,
+                    a,
+                    "board",
+                    "give either `pci_address` (a real board) or `simulated` (the simulated board), not both"
+                        .into(),
+                );
+            }
+            (None, None) => {
+                return invalid(
+                    path,
+                    &cfg.backend,
+                    "board",
+                    "the `board:` section needs `pci_address` (a real board) or `simulated: {}` (the simulated board)"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
     }
     Ok(())
 }

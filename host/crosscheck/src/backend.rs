@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::{Deserialize, Serialize};
 use vfpga_device::{Bar, Device, DeviceError, DmaPort, IrqSink};
+use vfpga_hw::BoardDevice;
 use vfpga_model::{Model, ModelConfig};
 use vfpga_sim::{Clocking, PipeReq, SimDevice, SimOptions};
 
-use crate::lockstep::WaitAccess;
+use crate::lockstep::{LockstepOptions, WaitAccess};
 
 use crate::lockstep::Factory;
 
@@ -26,6 +27,10 @@ pub enum Impl {
     Model,
     /// The RTL under Verilator, explicit clocking.
     Sim,
+    /// The simulated board: the PCIe shell and the core at the TLP level
+    /// (Icarus, cocotbext-pcie's root complex) under `vfpga-hw`'s board
+    /// layer, the code a real board runs.
+    Board,
 }
 
 impl Impl {
@@ -34,6 +39,7 @@ impl Impl {
         match self {
             Impl::Model => "model",
             Impl::Sim => "sim",
+            Impl::Board => "board",
         }
     }
 }
@@ -99,6 +105,22 @@ impl Pair {
     pub fn needs_sim(&self) -> bool {
         self.reference == Impl::Sim || self.checked == Impl::Sim
     }
+
+    /// Whether a side is the simulated board.
+    pub fn has_board(&self) -> bool {
+        self.reference == Impl::Board || self.checked == Impl::Board
+    }
+
+    /// The lockstep options this pair needs: a board side reaches guest
+    /// memory through a shared file and bypasses its DMA port.
+    pub fn options(&self) -> LockstepOptions {
+        let board = self.has_board();
+        LockstepOptions {
+            shared_guest_memory: board,
+            port_dirty_log: !board,
+            ..LockstepOptions::default()
+        }
+    }
 }
 
 impl std::fmt::Display for Pair {
@@ -118,6 +140,8 @@ pub enum AnyDevice {
     Model(Box<Model>),
     /// The RTL.
     Sim(SimDevice),
+    /// The simulated board.
+    Board(Box<BoardDevice>),
 }
 
 impl AnyDevice {
@@ -125,6 +149,7 @@ impl AnyDevice {
         match self {
             AnyDevice::Model(d) => d.as_ref(),
             AnyDevice::Sim(d) => d,
+            AnyDevice::Board(d) => d.as_ref(),
         }
     }
 
@@ -132,6 +157,7 @@ impl AnyDevice {
         match self {
             AnyDevice::Model(d) => d.as_mut(),
             AnyDevice::Sim(d) => d,
+            AnyDevice::Board(d) => d.as_mut(),
         }
     }
 }
@@ -230,11 +256,21 @@ impl SideDevice for SimDevice {
     }
 }
 
+/// The board's hardware reset is a function-level reset through the shell
+/// (which resets the core); back-to-back accesses are TLPs one after the
+/// other (posted writes do not wait).
+impl SideDevice for BoardDevice {
+    fn hardware_reset(&mut self) -> Result<(), DeviceError> {
+        self.function_reset().map_err(DeviceError::from)
+    }
+}
+
 impl SideDevice for AnyDevice {
     fn hardware_reset(&mut self) -> Result<(), DeviceError> {
         match self {
             AnyDevice::Model(d) => d.hardware_reset(),
             AnyDevice::Sim(d) => d.hardware_reset(),
+            AnyDevice::Board(d) => d.hardware_reset(),
         }
     }
 
@@ -245,6 +281,7 @@ impl SideDevice for AnyDevice {
         match self {
             AnyDevice::Model(d) => d.mmio_back_to_back(accesses),
             AnyDevice::Sim(d) => d.mmio_back_to_back(accesses),
+            AnyDevice::Board(d) => d.mmio_back_to_back(accesses),
         }
     }
 }
@@ -307,6 +344,16 @@ pub fn faulty_factory(
                 },
             };
             Ok(AnyDevice::Sim(SimDevice::new(o, dma, irq)?))
+        }
+        Impl::Board => {
+            let o = vfpga_hw::SimBoardOptions::new(devmem_pages, DMALOG_MAX_PAGES);
+            let expected = vfpga_config::ExpectedIds {
+                vendor_id: vfpga_regs::consts::PCI_VENDOR_ID as u16,
+                device_id: vfpga_regs::consts::PCI_DEVICE_ID as u16,
+                rtl_version: vfpga_regs::consts::RTL_VERSION,
+            };
+            let b = BoardDevice::simulated(&o, &expected, dma, irq)?;
+            Ok(AnyDevice::Board(Box::new(b)))
         }
     })
 }

@@ -52,8 +52,18 @@ pub fn run_with<A: Device + SideDevice, B: Device + SideDevice>(
     reference: Factory<A>,
     checked: Factory<B>,
 ) -> Outcome {
+    run_with_options(sc, LockstepOptions::default(), reference, checked)
+}
+
+/// [`run_with`] with lockstep options.
+pub fn run_with_options<A: Device + SideDevice, B: Device + SideDevice>(
+    sc: &Scenario,
+    opts: LockstepOptions,
+    reference: Factory<A>,
+    checked: Factory<B>,
+) -> Outcome {
     let mut stats = RunStats::default();
-    let mut ls = match Lockstep::new(sc.guest, LockstepOptions::default(), reference, checked) {
+    let mut ls = match Lockstep::new(sc.guest, opts, reference, checked) {
         Ok(l) => l,
         Err(e) => {
             return Outcome {
@@ -86,9 +96,19 @@ pub fn x_seed(sc: &Scenario) -> u32 {
 }
 
 /// Runs `sc` on `pair`; `vcd` names the RTL waveform when the pair has one.
+/// A pair with the simulated board runs the scenario without slow memory
+/// ([`Scenario::without_slow_memory`]).
 pub fn run_pair(sc: &Scenario, pair: Pair, vcd: Option<PathBuf>) -> Outcome {
-    run_with(
+    let stripped;
+    let sc = if pair.has_board() {
+        stripped = sc.clone().without_slow_memory();
+        &stripped
+    } else {
+        sc
+    };
+    run_with_options(
         sc,
+        pair.options(),
         faulty_factory(
             pair.reference,
             sc.devmem_pages,
@@ -398,7 +418,7 @@ pub fn has_op(sc: &Scenario, f: impl Fn(&Op) -> bool) -> bool {
 pub fn lockstep(pair: Pair, sc: &Scenario) -> Result<Lockstep<AnyDevice, AnyDevice>, DeviceError> {
     Lockstep::new(
         sc.guest,
-        LockstepOptions::default(),
+        pair.options(),
         factory(pair.reference, sc.devmem_pages, None, x_seed(sc)),
         factory(pair.checked, sc.devmem_pages, None, x_seed(sc)),
     )

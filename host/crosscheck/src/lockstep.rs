@@ -430,6 +430,14 @@ pub struct LockstepOptions {
     pub align_units: u64,
     /// Operations kept as context of a divergence.
     pub history: usize,
+    /// Give each side fast guest memory in a shared mapping of a file (a
+    /// side that reaches guest memory through the file, as the simulated
+    /// board does, needs it). Slow memory stays process memory.
+    pub shared_guest_memory: bool,
+    /// Compare the DMA ports' dirty logs. Off when a side's DMA bypasses its
+    /// port (the simulated board writes guest memory directly, as a board
+    /// does through the IOMMU; its own DMA write log is still compared).
+    pub port_dirty_log: bool,
 }
 
 impl Default for LockstepOptions {
@@ -439,6 +447,8 @@ impl Default for LockstepOptions {
             settle_units_checked: 1 << 26,
             align_units: 1 << 20,
             history: 24,
+            shared_guest_memory: false,
+            port_dirty_log: true,
         }
     }
 }
@@ -459,9 +469,17 @@ pub struct Side<D> {
 }
 
 impl<D: Device> Side<D> {
-    fn new(layout: &GuestLayout, mut factory: Factory<D>) -> Result<Self, DeviceError> {
+    fn new(
+        layout: &GuestLayout,
+        shared: bool,
+        mut factory: Factory<D>,
+    ) -> Result<Self, DeviceError> {
         let dma = DmaPort::new();
-        let mem = Arc::new(SlowMemory::new(layout.len as usize, layout.slow));
+        let mem = Arc::new(match (shared, layout.slow) {
+            (true, None) => SlowMemory::shared(layout.len as usize)
+                .map_err(|e| backend("shared guest memory", e))?,
+            _ => SlowMemory::new(layout.len as usize, layout.slow),
+        });
         let gate = mem.gate();
         dma.map(layout.base, mem.clone(), Perm::RW)
             .map_err(|e| backend("guest memory mapping", e))?;
@@ -546,8 +564,8 @@ impl<A: Device, B: Device> Lockstep<A, B> {
         reference: Factory<A>,
         checked: Factory<B>,
     ) -> Result<Self, DeviceError> {
-        let a = Side::new(&layout, reference)?;
-        let b = Side::new(&layout, checked)?;
+        let a = Side::new(&layout, opts.shared_guest_memory, reference)?;
+        let b = Side::new(&layout, opts.shared_guest_memory, checked)?;
         let ia = a.dev.info().identity;
         let ib = b.dev.info().identity;
         if ia != ib {
@@ -1005,7 +1023,7 @@ impl<A: Device, B: Device> Lockstep<A, B> {
         self.compare_guest_memory()?;
         let la = self.a.dma.dirty_log_take();
         let lb = self.b.dma.dirty_log_take();
-        if la != lb {
+        if self.opts.port_dirty_log && la != lb {
             return Err(self.diverge(Effect::GuestDirtyLog {
                 expected: la,
                 actual: lb,

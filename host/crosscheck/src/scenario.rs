@@ -185,6 +185,27 @@ pub struct Scenario {
     pub ops: Vec<Op>,
 }
 
+impl Scenario {
+    /// The scenario for a pair whose DMA does not go through the lockstep's
+    /// guest memory (the simulated board reaches it through its file, as a
+    /// board reaches guest memory through the IOMMU): fast memory, and
+    /// without the operations that hold a DMA access (`DmaWait`, a reset
+    /// inside a DMA wait).
+    pub fn without_slow_memory(mut self) -> Scenario {
+        self.guest.slow = None;
+        self.ops.retain(|op| {
+            !matches!(
+                op,
+                Op::DmaWait { .. }
+                    | Op::HwReset {
+                        at: ResetPoint::DmaWait { .. }
+                    }
+            )
+        });
+        self
+    }
+}
+
 /// Host-side driver state (what a guest driver keeps).
 #[derive(Debug, Clone, Default)]
 struct Driver {

@@ -19,7 +19,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
-use vfpga_device::{DmaFault, GuestMemory, VecMemory};
+use vfpga_device::{DmaFault, GuestMemory, MmapMemory, VecMemory};
 
 use crate::scenario::Rng;
 
@@ -206,15 +206,47 @@ impl Gate {
 /// [`SlowSpec`] it is plain memory that never pends.
 #[derive(Debug)]
 pub struct SlowMemory {
-    inner: VecMemory,
+    inner: Inner,
     gate: Gate,
+}
+
+/// Where the bytes are.
+#[derive(Debug)]
+enum Inner {
+    /// Process memory.
+    Vec(VecMemory),
+    /// A shared mapping of an unlinked file, which another process (the
+    /// simulated board) can map too.
+    Shared(MmapMemory),
+}
+
+impl Inner {
+    fn mem(&self) -> &dyn GuestMemory {
+        match self {
+            Inner::Vec(m) => m,
+            Inner::Shared(m) => m,
+        }
+    }
 }
 
 impl SlowMemory {
     /// `len` bytes of zeroed memory, slow as `spec` says (`None`: fast).
     pub fn new(len: usize, spec: Option<SlowSpec>) -> Self {
+        SlowMemory::with_inner(Inner::Vec(VecMemory::new(len)), spec)
+    }
+
+    /// `len` bytes of zeroed, fast memory in a shared mapping of an unlinked
+    /// temporary file (see [`GuestMemory::shared_file`]).
+    pub fn shared(len: usize) -> std::io::Result<Self> {
+        let f = tempfile::tempfile()?;
+        f.set_len(len as u64)?;
+        let m = MmapMemory::map_file(&f, 0, len)?;
+        Ok(SlowMemory::with_inner(Inner::Shared(m), None))
+    }
+
+    fn with_inner(inner: Inner, spec: Option<SlowSpec>) -> Self {
         SlowMemory {
-            inner: VecMemory::new(len),
+            inner,
             gate: Gate(Arc::new(Mutex::new(GateInner {
                 spec,
                 rng: Rng::new(spec.map_or(0, |s| s.seed)),
@@ -240,27 +272,44 @@ impl SlowMemory {
 
     /// A copy of the contents.
     pub fn snapshot(&self) -> Vec<u8> {
-        self.inner.snapshot()
+        match &self.inner {
+            Inner::Vec(m) => m.snapshot(),
+            Inner::Shared(m) => {
+                let mut b = vec![0u8; m.len() as usize];
+                if let Err(e) = m.read(0, &mut b) {
+                    tracing::warn!("guest memory snapshot: {e}");
+                }
+                b
+            }
+        }
     }
 }
 
 impl GuestMemory for SlowMemory {
     fn len(&self) -> u64 {
-        self.inner.len()
+        self.inner.mem().len()
+    }
+
+    fn host_addr(&self) -> Option<std::ptr::NonNull<u8>> {
+        self.inner.mem().host_addr()
+    }
+
+    fn shared_file(&self) -> Option<(std::os::fd::BorrowedFd<'_>, u64)> {
+        self.inner.mem().shared_file()
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaFault> {
         if self.gate.attempt(false, offset, buf.len()) {
             return Err(DmaFault::Pending { iova: offset });
         }
-        self.inner.read(offset, buf)
+        self.inner.mem().read(offset, buf)
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaFault> {
         if self.gate.attempt(true, offset, data.len()) {
             return Err(DmaFault::Pending { iova: offset });
         }
-        self.inner.write(offset, data)
+        self.inner.mem().write(offset, data)
     }
 
     fn may_pend(&self) -> bool {

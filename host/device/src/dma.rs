@@ -38,6 +38,13 @@ pub trait GuestMemory: Send + Sync + std::fmt::Debug {
     fn host_addr(&self) -> Option<std::ptr::NonNull<u8>> {
         None
     }
+    /// The file behind the region and the file offset of its first byte,
+    /// when the region is a shared mapping of a file another process can map
+    /// too (a simulated board reaches guest memory this way, as a real device
+    /// reaches it through the IOMMU). `None` (the default) otherwise.
+    fn shared_file(&self) -> Option<(std::os::fd::BorrowedFd<'_>, u64)> {
+        None
+    }
     /// Whether an access may answer [`DmaFault::Pending`] instead of
     /// completing (memory reached by messages to a peer, such as vfio-user
     /// DMA_READ/DMA_WRITE). `false` (the default): every access completes
@@ -513,6 +520,9 @@ impl GuestMemory for VecMemory {
 #[derive(Debug)]
 pub struct MmapMemory {
     map: memmap2::MmapRaw,
+    /// The mapped file and the offset of the mapping in it (see
+    /// [`GuestMemory::shared_file`]).
+    file: Option<(std::os::fd::OwnedFd, u64)>,
     /// Offset of the first page found missing (`usize::MAX`: none).
     lost_from: std::sync::atomic::AtomicUsize,
 }
@@ -541,8 +551,13 @@ impl MmapMemory {
             .offset(offset)
             .len(len)
             .map_raw(file)?;
+        let file = match md.is_file() {
+            true => Some((std::os::fd::AsFd::as_fd(file).try_clone_to_owned()?, offset)),
+            false => None,
+        };
         Ok(MmapMemory {
             map,
+            file,
             lost_from: std::sync::atomic::AtomicUsize::new(usize::MAX),
         })
     }
@@ -600,6 +615,11 @@ impl GuestMemory for MmapMemory {
 
     fn host_addr(&self) -> Option<std::ptr::NonNull<u8>> {
         std::ptr::NonNull::new(self.map.as_mut_ptr())
+    }
+
+    fn shared_file(&self) -> Option<(std::os::fd::BorrowedFd<'_>, u64)> {
+        use std::os::fd::AsFd;
+        self.file.as_ref().map(|(f, o)| (f.as_fd(), *o))
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaFault> {

@@ -116,6 +116,11 @@ pub enum DeviceError {
     /// A path that is not built yet.
     #[error("not implemented yet: {0}")]
     NotImplemented(&'static str),
+    /// The device is gone (link down, surprise removal) or was reset behind
+    /// the driver's back: its state is lost. The text says what was seen
+    /// and what had been saved.
+    #[error("{0}")]
+    Lost(String),
 }
 
 /// Static description of a device instance.

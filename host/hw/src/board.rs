@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use vfpga_regs::{Status, consts, fields, offsets};
 
 use crate::error::{HwError, version_string};
 use crate::irq::IrqForwarder;
+use crate::simboard::{SimEvent, SimStats};
 
 /// Size of the register window at the start of BAR0 (the rest is the MSI-X
 /// table and PBA, which belong to the kernel).
@@ -37,10 +39,47 @@ pub(crate) trait Bottom: Send + fmt::Debug {
     /// Writes the low `width` bytes of `value` at `offset` (same rules as `read`).
     fn write(&mut self, bar: Bar, offset: u64, width: usize, value: u64) -> Result<(), HwError>;
 
+    /// Reads `buf.len()` bytes of `bar` at `offset` (inside the BAR; the
+    /// caller checked) in as few bus transactions as this bottom can issue.
+    /// The default splits the range into naturally aligned reads of at most
+    /// 8 bytes.
+    fn read_bulk(&mut self, bar: Bar, offset: u64, buf: &mut [u8]) -> Result<(), HwError> {
+        let mut at = 0;
+        for (o, w) in pieces(offset, buf.len(), 8) {
+            let v = self.read(bar, o, w)?;
+            buf[at..at + w].copy_from_slice(&v.to_le_bytes()[..w]);
+            at += w;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` to `bar` at `offset`, as `read_bulk` reads.
+    fn write_bulk(&mut self, bar: Bar, offset: u64, data: &[u8]) -> Result<(), HwError> {
+        let mut at = 0;
+        for (o, w) in pieces(offset, data.len(), 8) {
+            let mut b = [0u8; 8];
+            b[..w].copy_from_slice(&data[at..at + w]);
+            self.write(bar, o, w, u64::from_le_bytes(b))?;
+            at += w;
+        }
+        Ok(())
+    }
+
+    /// Reads `width` (1, 2 or 4) bytes of PCI configuration space at
+    /// `offset` (naturally aligned). A function that does not answer reads
+    /// all ones, as on a PCI bus.
+    fn config_read(&mut self, offset: u16, width: usize) -> Result<u32, HwError>;
+
+    /// Writes the low `width` bytes of `value` to configuration space.
+    fn config_write(&mut self, offset: u16, width: usize, value: u32) -> Result<(), HwError>;
+
     /// Alignment the IOMMU needs for IOVAs, lengths and host addresses.
     fn iommu_alignment(&self) -> u64;
 
     /// Maps `[addr, addr+len)` of this process at `iova` for the device.
+    /// `file`, when the memory is a shared mapping of a file, is that file
+    /// and the offset of `addr` in it (a bottom in another process maps the
+    /// same pages through it).
     ///
     /// # Safety
     ///
@@ -56,6 +95,7 @@ pub(crate) trait Bottom: Send + fmt::Debug {
         len: u64,
         addr: NonNull<u8>,
         perm: Perm,
+        file: Option<(BorrowedFd<'_>, u64)>,
     ) -> Result<(), HwError>;
 
     /// Removes the mapping made at `iova` with `len`.
@@ -80,6 +120,20 @@ pub(crate) trait Bottom: Send + fmt::Debug {
     fn advance(&mut self, _budget: u64) -> Result<Option<Progress>, HwError> {
         Ok(None)
     }
+
+    /// Injects an event from outside the driver (the simulated board only).
+    fn sim_event(&mut self, _ev: SimEvent) -> Result<(), HwError> {
+        Err(HwError::NotBuilt(
+            "events are injected only into the simulated board",
+        ))
+    }
+
+    /// The simulator's counters (the simulated board only).
+    fn sim_stats(&mut self) -> Result<SimStats, HwError> {
+        Err(HwError::NotBuilt(
+            "counters exist only on the simulated board",
+        ))
+    }
 }
 
 impl<T: Bottom + ?Sized> Bottom for Box<T> {
@@ -92,6 +146,18 @@ impl<T: Bottom + ?Sized> Bottom for Box<T> {
     fn write(&mut self, bar: Bar, offset: u64, width: usize, value: u64) -> Result<(), HwError> {
         (**self).write(bar, offset, width, value)
     }
+    fn read_bulk(&mut self, bar: Bar, offset: u64, buf: &mut [u8]) -> Result<(), HwError> {
+        (**self).read_bulk(bar, offset, buf)
+    }
+    fn write_bulk(&mut self, bar: Bar, offset: u64, data: &[u8]) -> Result<(), HwError> {
+        (**self).write_bulk(bar, offset, data)
+    }
+    fn config_read(&mut self, offset: u16, width: usize) -> Result<u32, HwError> {
+        (**self).config_read(offset, width)
+    }
+    fn config_write(&mut self, offset: u16, width: usize, value: u32) -> Result<(), HwError> {
+        (**self).config_write(offset, width, value)
+    }
     fn iommu_alignment(&self) -> u64 {
         (**self).iommu_alignment()
     }
@@ -101,10 +167,11 @@ impl<T: Bottom + ?Sized> Bottom for Box<T> {
         len: u64,
         addr: NonNull<u8>,
         perm: Perm,
+        file: Option<(BorrowedFd<'_>, u64)>,
     ) -> Result<(), HwError> {
         // SAFETY: the caller upholds `Bottom::dma_map`'s contract, which is
         // forwarded unchanged.
-        unsafe { (**self).dma_map(iova, len, addr, perm) }
+        unsafe { (**self).dma_map(iova, len, addr, perm, file) }
     }
     fn dma_unmap(&mut self, iova: u64, len: u64) -> Result<(), HwError> {
         (**self).dma_unmap(iova, len)
@@ -124,6 +191,12 @@ impl<T: Bottom + ?Sized> Bottom for Box<T> {
     fn advance(&mut self, budget: u64) -> Result<Option<Progress>, HwError> {
         (**self).advance(budget)
     }
+    fn sim_event(&mut self, ev: SimEvent) -> Result<(), HwError> {
+        (**self).sim_event(ev)
+    }
+    fn sim_stats(&mut self) -> Result<SimStats, HwError> {
+        (**self).sim_stats()
+    }
 }
 
 #[derive(Debug)]
@@ -131,6 +204,23 @@ struct IommuMap {
     len: u64,
     /// Keeps the memory alive while the IOMMU mapping exists.
     mem: Arc<dyn GuestMemory>,
+}
+
+/// Splits `[offset, offset+len)` into naturally aligned accesses of at most
+/// `max` bytes (the bus needs aligned accesses; the seam does not).
+pub(crate) fn pieces(offset: u64, len: usize, max: usize) -> Vec<(u64, usize)> {
+    let mut out = Vec::new();
+    let mut o = offset;
+    let end = offset + len as u64;
+    while o < end {
+        let mut w = max;
+        while w > 1 && (!o.is_multiple_of(w as u64) || o + w as u64 > end) {
+            w /= 2;
+        }
+        out.push((o, w));
+        o += w as u64;
+    }
+    out
 }
 
 /// A board above some bottom. `BoardDevice` is `Board<Box<dyn Bottom>>`.
@@ -144,7 +234,28 @@ pub(crate) struct Board<B: Bottom> {
     dma: DmaPort,
     iommu: BTreeMap<u64, IommuMap>,
     irq: Option<IrqForwarder>,
+    /// The eventfds MSI-X is routed to (shared with the forwarding thread),
+    /// routed again after a function reset.
+    irq_fds: Option<Arc<Vec<EventFd>>>,
+    /// Set once the device is found lost; every later access fails with it.
+    lost: Option<String>,
+    /// `advance` calls since the last liveness check.
+    since_check: u32,
 }
+
+/// PCI command register bits vfpga sets: memory decoding and bus mastering.
+const CMD_MEMORY: u32 = 1 << 1;
+const CMD_MASTER: u32 = 1 << 2;
+/// Configuration space offsets and the MSI-X capability ID (PCI Local Bus 3.0, §6).
+const CFG_COMMAND: u16 = 0x04;
+const CFG_STATUS: u16 = 0x06;
+const CFG_CAP_PTR: u16 = 0x34;
+const STATUS_CAP_LIST: u32 = 1 << 4;
+const CAP_ID_MSIX: u32 = 0x11;
+/// How long a reset device may take to read its identity again.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// `advance` calls between two liveness checks of a device that runs.
+const CHECK_EVERY: u32 = 256;
 
 impl<B: Bottom> Board<B> {
     /// Checks identity and version, maps the DMA port's memory, routes MSI-X.
@@ -169,11 +280,201 @@ impl<B: Bottom> Board<B> {
             dma,
             iommu: BTreeMap::new(),
             irq: None,
+            irq_fds: None,
+            lost: None,
+            since_check: 0,
         };
+        b.check_config_space(expected)?;
+        // Bus mastering only once the function is reset and ready: a device
+        // a previous owner left running must not reach this owner's memory.
+        b.set_command(CMD_MEMORY)?;
+        if let Err(e) = b.bottom.reset() {
+            tracing::warn!(addr = %b.addr, "function reset at open failed ({e}); using CTRL.SOFT_RESET");
+            b.bottom.write(
+                Bar::Regs,
+                offsets::CTRL.into(),
+                4,
+                fields::ctrl::SOFT_RESET.set(0, 1).into(),
+            )?;
+        }
+        b.wait_ready()?;
         b.identify(expected, devmem_size)?;
+        b.set_command(CMD_MEMORY | CMD_MASTER)?;
         b.sync_dma()?;
         b.route_irqs(irq)?;
         Ok(b)
+    }
+
+    fn cfg(&mut self, offset: u16, width: usize) -> Result<u32, HwError> {
+        self.bottom.config_read(offset, width)
+    }
+
+    /// Sets the command register's memory and bus-master bits to `bits`
+    /// (other bits kept).
+    fn set_command(&mut self, bits: u32) -> Result<(), HwError> {
+        let cmd = self.cfg(CFG_COMMAND, 2)?;
+        if cmd == 0xffff {
+            return Err(self.mark_lost("configuration space reads all ones".into()));
+        }
+        let v = (cmd & !(CMD_MEMORY | CMD_MASTER)) | bits;
+        self.bottom.config_write(CFG_COMMAND, 2, v)
+    }
+
+    /// The configuration space checks: vendor and device ID as
+    /// `board.expected` says, and an MSI-X capability with the datasheet's
+    /// vector count, table and PBA (both in BAR0 at `MSIX_TABLE_OFFSET` and
+    /// `MSIX_PBA_OFFSET`, behind the register window).
+    fn check_config_space(&mut self, expected: &ExpectedIds) -> Result<(), HwError> {
+        let bad = |addr: &str, what: String| HwError::ConfigSpace {
+            addr: addr.to_string(),
+            what,
+        };
+        let (vendor, device) = (self.cfg(0x00, 2)?, self.cfg(0x02, 2)?);
+        if vendor == 0xffff {
+            return Err(self.mark_lost(
+                "configuration space reads all ones: the function does not answer".into(),
+            ));
+        }
+        if (vendor, device) != (expected.vendor_id.into(), expected.device_id.into()) {
+            return Err(bad(
+                &self.addr,
+                format!(
+                    "vendor:device is {vendor:04x}:{device:04x}, board.expected says {:04x}:{:04x}",
+                    expected.vendor_id, expected.device_id
+                ),
+            ));
+        }
+        if self.cfg(CFG_STATUS, 2)? & STATUS_CAP_LIST == 0 {
+            return Err(bad(
+                &self.addr,
+                "no capability list, so no MSI-X capability".into(),
+            ));
+        }
+        let mut at = self.cfg(CFG_CAP_PTR, 1)? & 0xfc;
+        let mut msix = None;
+        // A list longer than configuration space can hold is corrupt.
+        for _ in 0..48 {
+            if at < 0x40 {
+                break;
+            }
+            let head = self.cfg(at as u16, 2)?;
+            if head & 0xff == CAP_ID_MSIX {
+                msix = Some(at as u16);
+                break;
+            }
+            at = (head >> 8) & 0xfc;
+        }
+        let Some(cap) = msix else {
+            return Err(bad(
+                &self.addr,
+                "no MSI-X capability in the capability list".into(),
+            ));
+        };
+        let vectors = (self.cfg(cap + 2, 2)? & 0x7ff) + 1;
+        if vectors < consts::NUM_VECTORS {
+            return Err(bad(
+                &self.addr,
+                format!(
+                    "MSI-X has {vectors} vectors, the datasheet needs {}",
+                    consts::NUM_VECTORS
+                ),
+            ));
+        }
+        for (what, off, want) in [
+            ("table", cap + 4, consts::MSIX_TABLE_OFFSET),
+            ("PBA", cap + 8, consts::MSIX_PBA_OFFSET),
+        ] {
+            let v = self.cfg(off, 4)?;
+            let (bir, offset) = (v & 7, v & !7);
+            if (bir, offset) != (0, want) {
+                return Err(bad(
+                    &self.addr,
+                    format!(
+                        "the MSI-X {what} is in BAR{bir} at {offset:#x}; the datasheet puts it in BAR0 at {want:#x} (check the PCIe IP's MSI-X settings against the shell's documentation)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until a reset function answers and is idle.
+    fn wait_ready(&mut self) -> Result<(), HwError> {
+        let t0 = std::time::Instant::now();
+        loop {
+            let id = self.bottom.read(Bar::Regs, offsets::ID.into(), 4)? as u32;
+            // Anything but all ones answers (what it says is `identify`'s).
+            if id != u32::MAX {
+                let idle = match self.bottom.advance(u64::MAX)? {
+                    Some(p) => p.idle,
+                    None => {
+                        let st = self.bottom.read(Bar::Regs, offsets::STATUS.into(), 4)? as u32;
+                        !Status::from_bits_retain(st).contains(Status::BUSY)
+                    }
+                };
+                if idle {
+                    return Ok(());
+                }
+            }
+            if t0.elapsed() > READY_TIMEOUT {
+                return Err(self.mark_lost(format!(
+                    "not ready {READY_TIMEOUT:?} after reset (ID reads {id:#010x})"
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+    }
+
+    /// Records that the device is lost and returns the error saying so.
+    fn mark_lost(&mut self, what: String) -> HwError {
+        if self.lost.is_none() {
+            tracing::error!(addr = %self.addr, "device lost: {what}");
+            self.lost = Some(what);
+        }
+        self.lost_error()
+    }
+
+    fn lost_error(&self) -> HwError {
+        HwError::Lost {
+            addr: self.addr.clone(),
+            what: self.lost.clone().unwrap_or_default(),
+        }
+    }
+
+    /// Whether the function still answers and still has the command bits
+    /// vfpga set: all ones means link down or removal; memory decoding or bus
+    /// mastering off means a reset (FLR, hot reset) nobody here asked for.
+    fn check_alive(&mut self) -> Result<(), HwError> {
+        if self.lost.is_some() {
+            return Err(self.lost_error());
+        }
+        let cmd = self.cfg(CFG_COMMAND, 2)?;
+        if cmd == 0xffff {
+            return Err(self.mark_lost(
+                "configuration space reads all ones (link down or surprise removal)".into(),
+            ));
+        }
+        if cmd & (CMD_MEMORY | CMD_MASTER) != (CMD_MEMORY | CMD_MASTER) {
+            return Err(self.mark_lost(format!(
+                "the function was reset behind vfpga's back (command register {cmd:#06x}: memory decoding or bus mastering off); its registers and rings are back at reset values"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A BAR0 value of all ones is either a register's value or a function
+    /// that no longer answers; the ID register tells which.
+    fn check_all_ones(&mut self, v: u32) -> Result<(), HwError> {
+        if v != u32::MAX {
+            return Ok(());
+        }
+        let id = self.bottom.read(Bar::Regs, offsets::ID.into(), 4)? as u32;
+        if id != consts::DEVICE_MAGIC {
+            return Err(self.mark_lost(format!(
+                "BAR0 reads all ones and ID reads {id:#010x} (link down or surprise removal)"
+            )));
+        }
+        Ok(())
     }
 
     fn err(&self, source: DeviceError) -> HwError {
@@ -317,7 +618,10 @@ impl<B: Bottom> Board<B> {
             // `dma_unmap` of this exact range succeeded, and `bottom` (whose
             // drop closes the container and so removes every mapping) is
             // dropped before `iommu`.
-            unsafe { self.bottom.dma_map(iova, len, host, perm)? };
+            unsafe {
+                self.bottom
+                    .dma_map(iova, len, host, perm, mem.shared_file())?
+            };
             self.iommu.insert(iova, IommuMap { len, mem });
             tracing::debug!(addr = %self.addr, iova, len, "IOMMU mapped");
         }
@@ -341,19 +645,31 @@ impl<B: Bottom> Board<B> {
             .map_err(|e| irq_err("eventfd", e.into()))?;
         let refs: Vec<&EventFd> = fds.iter().collect();
         self.bottom.enable_msix(&refs)?;
-        let fwd = IrqForwarder::start(fds, sink)
+        let fds = Arc::new(fds);
+        let fwd = IrqForwarder::start(fds.clone(), sink)
             .map_err(|e| irq_err("starting the forwarding thread", e))?;
         self.irq = Some(fwd);
+        self.irq_fds = Some(fds);
         Ok(())
     }
 
-    /// Function-level reset, then the identity is read again.
+    /// Function-level reset, then: wait until ready, identity read again,
+    /// bus mastering and MSI-X back on. Ends a "lost" condition the reset
+    /// recovered from.
     pub(crate) fn reset(&mut self) -> Result<(), HwError> {
+        self.set_command(CMD_MEMORY)?;
         self.bottom.reset()?;
+        self.lost = None;
+        self.wait_ready()?;
         self.check_identity().map_err(|source| HwError::Identity {
             addr: self.addr.clone(),
             source,
         })?;
+        self.set_command(CMD_MEMORY | CMD_MASTER)?;
+        if let Some(fds) = self.irq_fds.clone() {
+            let refs: Vec<&EventFd> = fds.iter().collect();
+            self.bottom.enable_msix(&refs)?;
+        }
         Ok(())
     }
 
@@ -361,25 +677,12 @@ impl<B: Bottom> Board<B> {
         &self.addr
     }
 
-    pub(crate) fn iommu_mappings(&self) -> Vec<(u64, u64)> {
-        self.iommu.iter().map(|(i, m)| (*i, m.len)).collect()
+    pub(crate) fn bottom_mut(&mut self) -> &mut B {
+        &mut self.bottom
     }
 
-    /// Splits `[offset, offset+len)` into naturally aligned accesses of at
-    /// most `max` bytes (the bus needs aligned accesses; the seam does not).
-    fn pieces(offset: u64, len: usize, max: usize) -> Vec<(u64, usize)> {
-        let mut out = Vec::new();
-        let mut o = offset;
-        let end = offset + len as u64;
-        while o < end {
-            let mut w = max;
-            while w > 1 && (!o.is_multiple_of(w as u64) || o + w as u64 > end) {
-                w /= 2;
-            }
-            out.push((o, w));
-            o += w as u64;
-        }
-        out
+    pub(crate) fn iommu_mappings(&self) -> Vec<(u64, u64)> {
+        self.iommu.iter().map(|(i, m)| (*i, m.len)).collect()
     }
 
     fn check(&self, bar: Bar, offset: u64, len: usize) -> Result<(), DeviceError> {
@@ -432,6 +735,9 @@ impl<B: Bottom> Device for Board<B> {
 
     fn mmio_read(&mut self, bar: Bar, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
         self.check(bar, offset, data.len())?;
+        if self.lost.is_some() {
+            return Err(self.lost_error().into());
+        }
         match bar {
             Bar::Regs if !Self::regs_ok(offset, data.len()) => data.fill(0xff),
             Bar::Regs => {
@@ -439,18 +745,12 @@ impl<B: Bottom> Device for Board<B> {
                     let v = self
                         .bottom
                         .read(bar, offset + 4 * i as u64, 4)
-                        .map_err(to_dev)?;
-                    chunk.copy_from_slice(&(v as u32).to_le_bytes());
+                        .map_err(to_dev)? as u32;
+                    self.check_all_ones(v).map_err(to_dev)?;
+                    chunk.copy_from_slice(&v.to_le_bytes());
                 }
             }
-            Bar::DevMem => {
-                let mut at = 0;
-                for (o, w) in Self::pieces(offset, data.len(), 8) {
-                    let v = self.bottom.read(bar, o, w).map_err(to_dev)?;
-                    data[at..at + w].copy_from_slice(&v.to_le_bytes()[..w]);
-                    at += w;
-                }
-            }
+            Bar::DevMem => self.bulk(offset, BulkBuf::Read(data)).map_err(to_dev)?,
         }
         Ok(())
     }
@@ -459,11 +759,19 @@ impl<B: Bottom> Device for Board<B> {
     /// make the device use new guest memory) the IOMMU is brought in step
     /// with the DMA port, so a VMM's DMA_MAP is in the IOMMU before the
     /// device is told about the memory. A removed mapping stays alive (its
-    /// memory is held) until that sync unmaps it.
+    /// memory is held) until that sync unmaps it. Before a `CTRL` write
+    /// (quiesce, resume, reset, enable) the function is checked alive, so a
+    /// quiesce never "succeeds" on a device that reads all ones or was reset.
     fn mmio_write(&mut self, bar: Bar, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
         self.check(bar, offset, data.len())?;
+        if self.lost.is_some() {
+            return Err(self.lost_error().into());
+        }
         if bar == Bar::Regs {
             self.sync_dma().map_err(to_dev)?;
+            if offset == u64::from(offsets::CTRL) {
+                self.check_alive().map_err(to_dev)?;
+            }
         }
         match bar {
             Bar::Regs if !Self::regs_ok(offset, data.len()) => {}
@@ -476,27 +784,29 @@ impl<B: Bottom> Device for Board<B> {
                         .map_err(to_dev)?;
                 }
             }
-            Bar::DevMem => {
-                let mut at = 0;
-                for (o, w) in Self::pieces(offset, data.len(), 8) {
-                    let mut b = [0u8; 8];
-                    b[..w].copy_from_slice(&data[at..at + w]);
-                    self.bottom
-                        .write(bar, o, w, u64::from_le_bytes(b))
-                        .map_err(to_dev)?;
-                    at += w;
-                }
-            }
+            Bar::DevMem => self.bulk(offset, BulkBuf::Write(data)).map_err(to_dev)?,
         }
         Ok(())
     }
 
     /// A board runs by itself: this only yields, and reports whether the
-    /// device is idle (not busy, or quiesced, or halted). A stand-in is
-    /// advanced by `budget`.
+    /// device is idle (not busy, or quiesced, or halted). A stand-in or the
+    /// simulated board is advanced by `budget`. Every `CHECK_EVERY` calls the
+    /// function is checked alive.
     fn advance(&mut self, budget: u64) -> Result<Progress, DeviceError> {
-        if let Some(p) = self.bottom.advance(budget).map_err(to_dev)? {
-            return Ok(p);
+        if self.lost.is_some() {
+            return Err(self.lost_error().into());
+        }
+        self.since_check += 1;
+        if self.since_check >= CHECK_EVERY {
+            self.since_check = 0;
+            self.check_alive().map_err(to_dev)?;
+        }
+        match self.bottom.advance(budget) {
+            Ok(Some(p)) => return Ok(p),
+            Ok(None) => {}
+            Err(HwError::Lost { what, .. }) => return Err(self.mark_lost(what).into()),
+            Err(e) => return Err(e.into()),
         }
         std::thread::yield_now();
         let st = self.status()?;
@@ -504,8 +814,7 @@ impl<B: Bottom> Device for Board<B> {
         Ok(Progress { used: 0, idle })
     }
 
-    /// One pass of naturally aligned accesses of up to 8 bytes (the
-    /// provided version's 8-byte chunks would be unaligned on the bus).
+    /// In bulk (the bottom's widest transfers), never one word per access.
     fn devmem_read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
         if buf.is_empty() {
             return Ok(());
@@ -519,6 +828,58 @@ impl<B: Bottom> Device for Board<B> {
             return Ok(());
         }
         self.mmio_write(Bar::DevMem, offset, data)
+    }
+}
+
+/// A device-memory transfer's buffer.
+enum BulkBuf<'a> {
+    Read(&'a mut [u8]),
+    Write(&'a [u8]),
+}
+
+/// Device memory moves in pieces of this size, so that a device lost in the
+/// middle of a large transfer is reported with how much had moved.
+const BULK_PIECE: usize = 1 << 20;
+
+impl<B: Bottom> Board<B> {
+    fn bulk(&mut self, offset: u64, buf: BulkBuf<'_>) -> Result<(), HwError> {
+        let (len, kind) = match &buf {
+            BulkBuf::Read(b) => (b.len(), "read"),
+            BulkBuf::Write(b) => (b.len(), "written"),
+        };
+        if len > BULK_PIECE {
+            self.check_alive()?;
+        }
+        let mut done = 0;
+        let mut buf = buf;
+        while done < len {
+            let n = BULK_PIECE.min(len - done);
+            let at = offset + done as u64;
+            let r = match &mut buf {
+                BulkBuf::Read(b) => self
+                    .bottom
+                    .read_bulk(Bar::DevMem, at, &mut b[done..done + n]),
+                BulkBuf::Write(b) => self.bottom.write_bulk(Bar::DevMem, at, &b[done..done + n]),
+            };
+            r?;
+            // All ones is what a function that stopped answering reads as.
+            let suspect = match &buf {
+                BulkBuf::Read(b) => b[done..done + n].iter().all(|&x| x == 0xff),
+                BulkBuf::Write(_) => false,
+            };
+            if (len > BULK_PIECE || suspect)
+                && let Err(e) = self.check_alive()
+            {
+                let what = format!(
+                    "{}; {done} of {len} bytes of device memory at {offset:#x} had been {kind} before it was seen",
+                    self.lost.clone().unwrap_or_else(|| e.to_string())
+                );
+                self.lost = Some(what);
+                return Err(self.lost_error());
+            }
+            done += n;
+        }
+        Ok(())
     }
 }
 
@@ -542,6 +903,13 @@ mod tests {
     #[derive(Debug)]
     struct FakeBottom {
         dev: FakeDevice,
+        config: crate::standin::ConfigSpace,
+        /// Configuration-space bytes replaced after the fact (offset, value).
+        config_overrides: HashMap<u16, u32>,
+        /// What happened, in order: `reset`, `cmd=<value>`.
+        events: Log<String>,
+        /// Set: the function stops answering (reads all ones, writes dropped).
+        gone: Arc<std::sync::atomic::AtomicBool>,
         overrides: HashMap<u32, u32>,
         accesses: Log<(Bar, u64, usize)>,
         maps: Log<(u64, u64, usize)>,
@@ -556,6 +924,13 @@ mod tests {
         fn new(pages: u32) -> Self {
             FakeBottom {
                 dev: FakeDevice::new(pages),
+                config: crate::standin::ConfigSpace::new(
+                    consts::PCI_VENDOR_ID as u16,
+                    consts::PCI_DEVICE_ID as u16,
+                ),
+                config_overrides: HashMap::new(),
+                events: Log::default(),
+                gone: Arc::default(),
                 overrides: HashMap::new(),
                 accesses: Log::default(),
                 maps: Log::default(),
@@ -577,6 +952,9 @@ mod tests {
                 "unaligned {offset:#x}/{width}"
             );
             lock(&self.accesses).push((bar, offset, width));
+            if self.gone.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(u64::MAX >> (64 - 8 * width));
+            }
             if bar == Bar::Regs
                 && let Some(v) = self.overrides.get(&(offset as u32))
             {
@@ -610,6 +988,22 @@ mod tests {
                     source,
                 })
         }
+        fn config_read(&mut self, offset: u16, width: usize) -> Result<u32, HwError> {
+            if self.gone.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(u32::MAX >> (32 - 8 * width));
+            }
+            if let Some(v) = self.config_overrides.get(&offset) {
+                return Ok(*v);
+            }
+            Ok(self.config.read(offset, width))
+        }
+        fn config_write(&mut self, offset: u16, width: usize, value: u32) -> Result<(), HwError> {
+            if offset == 0x04 {
+                lock(&self.events).push(format!("cmd={value:#x}"));
+            }
+            self.config.write(offset, width, value);
+            Ok(())
+        }
         fn iommu_alignment(&self) -> u64 {
             4096
         }
@@ -619,6 +1013,7 @@ mod tests {
             len: u64,
             addr: NonNull<u8>,
             _perm: Perm,
+            _file: Option<(std::os::fd::BorrowedFd<'_>, u64)>,
         ) -> Result<(), HwError> {
             lock(&self.maps).push((iova, len, addr.as_ptr() as usize));
             Ok(())
@@ -639,6 +1034,8 @@ mod tests {
             Ok(())
         }
         fn reset(&mut self) -> Result<(), HwError> {
+            lock(&self.events).push("reset".into());
+            self.config.reset();
             self.dev = FakeDevice::new(self.dev.info().identity.devmem_pages);
             Ok(())
         }
@@ -764,6 +1161,14 @@ mod tests {
         let mut exp = expected();
         exp.device_id = 0x9999;
         let e = open(FakeBottom::new(PAGES), &exp).expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            "VFIO device 0000:01:00.0: configuration space: vendor:device is 1234:4650, board.expected says 1234:9999"
+        );
+        // Configuration space as expected, the core's PCI_ID register not.
+        let mut fb = FakeBottom::new(PAGES);
+        fb.overrides.insert(offsets::PCI_ID, 0x9999_1234);
+        let e = open(fb, &expected()).expect_err("refused");
         assert!(matches!(e, HwError::Identity { .. }), "{e}");
         let e = Board::new(
             FakeBottom::new(PAGES),
@@ -862,5 +1267,134 @@ mod tests {
         }
         drop(b);
         assert!(lock(&fds).is_empty(), "MSI-X disabled on close");
+    }
+
+    #[test]
+    fn the_pci_ids_checked_are_the_configs() {
+        // A bitstream built with its own IDs (the core's PCI_VENDOR_ID /
+        // PCI_DEVICE_ID parameters) and a config that says so: accepted.
+        let ids = |fb: &mut FakeBottom| {
+            fb.config = crate::standin::ConfigSpace::new(0x10ee, 0x9038);
+            fb.overrides.insert(offsets::PCI_ID, 0x9038_10ee);
+        };
+        let mut exp = expected();
+        (exp.vendor_id, exp.device_id) = (0x10ee, 0x9038);
+        let mut fb = FakeBottom::new(PAGES);
+        ids(&mut fb);
+        let b = open(fb, &exp).expect("the configured IDs are accepted");
+        assert_eq!(
+            (b.info().identity.vendor_id, b.info().identity.device_id),
+            (0x10ee, 0x9038)
+        );
+        // The same bitstream with the default config: refused, naming both.
+        let mut fb = FakeBottom::new(PAGES);
+        ids(&mut fb);
+        let e = open(fb, &expected()).expect_err("refused");
+        assert!(
+            e.to_string()
+                .ends_with("vendor:device is 10ee:9038, board.expected says 1234:4650"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_msix_capability_must_locate_the_datasheets_table_and_pba() {
+        let cap = 0x40u16;
+        for (off, value, says) in [
+            (
+                cap + 4,
+                0x1000,
+                "the MSI-X table is in BAR0 at 0x1000; the datasheet puts it in BAR0 at 0x2000",
+            ),
+            (
+                cap + 8,
+                0x3002,
+                "the MSI-X PBA is in BAR2 at 0x3000; the datasheet puts it in BAR0 at 0x3000",
+            ),
+            (cap + 2, 0, "MSI-X has 1 vectors, the datasheet needs 2"),
+            (cap, 0x05, "no MSI-X capability in the capability list"),
+        ] {
+            let mut fb = FakeBottom::new(PAGES);
+            fb.config_overrides.insert(off, value);
+            let e = open(fb, &expected()).expect_err("refused");
+            assert!(e.to_string().contains(says), "{e}");
+            assert!(matches!(e, HwError::ConfigSpace { .. }), "{e}");
+        }
+    }
+
+    #[test]
+    fn bus_mastering_is_enabled_only_after_the_reset_and_once_ready() {
+        let fb = FakeBottom::new(PAGES);
+        let events = fb.events.clone();
+        let acc = fb.accesses.clone();
+        let mut b = open(fb, &expected()).expect("opens");
+        let ev = lock(&events).clone();
+        let reset = ev
+            .iter()
+            .position(|e| e == "reset")
+            .expect("a reset at open");
+        let master = ev
+            .iter()
+            .position(|e| e == "cmd=0x6")
+            .expect("bus mastering enabled");
+        assert!(reset < master, "{ev:?}");
+        assert_eq!(
+            ev[..reset],
+            ["cmd=0x2".to_string()],
+            "only memory decoding before the reset: {ev:?}"
+        );
+        assert!(!lock(&acc).is_empty());
+        // A function reset later: off, reset, ready, on again.
+        lock(&events).clear();
+        b.reset().expect("reset");
+        assert_eq!(*lock(&events), ["cmd=0x2", "reset", "cmd=0x6"]);
+    }
+
+    #[test]
+    fn a_function_that_stops_answering_is_lost_never_quiesced() {
+        let fb = FakeBottom::new(PAGES);
+        let gone = fb.gone.clone();
+        let mut b = open(fb, &expected()).expect("opens");
+        b.write_reg(offsets::SCRATCH, 7).expect("write");
+        gone.store(true, std::sync::atomic::Ordering::Relaxed);
+        // All ones reads as QUIESCED: without the check this "succeeded".
+        let e = b.quiesce().expect_err("lost");
+        assert!(matches!(e, DeviceError::Lost(_)), "{e:?}");
+        assert!(e.to_string().contains("device lost"), "{e}");
+        // From then on every access says so at once.
+        let e = b.read_reg(offsets::STATUS).expect_err("lost");
+        assert!(matches!(e, DeviceError::Lost(_)), "{e:?}");
+        let e = b.advance(100).expect_err("lost");
+        assert!(matches!(e, DeviceError::Lost(_)), "{e:?}");
+    }
+
+    #[test]
+    fn a_reset_behind_the_drivers_back_is_lost() {
+        let fb = FakeBottom::new(PAGES);
+        let mut b = open(fb, &expected()).expect("opens");
+        // An FLR nobody here asked for clears the command register.
+        b.bottom_mut().config.reset();
+        b.bottom_mut().dev = FakeDevice::new(PAGES);
+        let e = b.quiesce().expect_err("lost");
+        assert!(e.to_string().contains("reset behind vfpga's back"), "{e}");
+        // A function reset of our own recovers it.
+        b.reset().expect("reset");
+        b.quiesce().expect("quiesce");
+    }
+
+    #[test]
+    fn device_memory_lost_mid_transfer_says_how_much_had_moved() {
+        let fb = FakeBottom::new(PAGES);
+        let gone = fb.gone.clone();
+        let mut b = open(fb, &expected()).expect("opens");
+        let mut buf = vec![0u8; 8192];
+        b.devmem_read(0, &mut buf).expect("read");
+        gone.store(true, std::sync::atomic::Ordering::Relaxed);
+        let e = b.devmem_read(0, &mut buf).expect_err("lost");
+        assert!(
+            e.to_string()
+                .contains("0 of 8192 bytes of device memory at 0x0 had been read"),
+            "{e}"
+        );
     }
 }

@@ -368,7 +368,17 @@ fn check_board(host: &Host, input: &DoctorInput, out: &mut Vec<Finding>) -> Opti
         }
         return None;
     };
-    let addr = board.pci_address.value.as_str();
+    let Some(addr) = board.pci_address.as_ref().map(|a| a.value.as_str()) else {
+        for n in names {
+            out.push(finding(
+                n,
+                Status::Skip,
+                "the simulated board (board.simulated) has no PCI device on this host".into(),
+                "nothing to do: the simulated board needs only scripts/setup (cocotb, Icarus)",
+            ));
+        }
+        return None;
+    };
     let dev = host.path(&format!("/sys/bus/pci/devices/{addr}"));
     if !dev.exists() {
         out.push(finding(

@@ -125,6 +125,36 @@ pub enum HwError {
         #[source]
         source: std::io::Error,
     },
+    /// PCI configuration space does not describe a vfpga function as the
+    /// datasheet and the config say.
+    #[error("VFIO device {addr}: configuration space: {what}")]
+    ConfigSpace {
+        /// PCI address.
+        addr: String,
+        /// What differs.
+        what: String,
+    },
+    /// The device stopped answering (link down, surprise removal) or was
+    /// reset behind vfpga's back (FLR, hot reset): its state is gone.
+    #[error("{addr}: device lost: {what}")]
+    Lost {
+        /// PCI address.
+        addr: String,
+        /// What was seen, and what had been saved.
+        what: String,
+    },
+    /// The simulated board could not be started or stopped answering.
+    #[error("simulated board: {what}")]
+    SimBoard {
+        /// What failed.
+        what: String,
+        /// Why, when an OS error says more.
+        #[source]
+        source: Option<std::io::Error>,
+    },
+    /// A path that is not built.
+    #[error("not built: {0}")]
+    NotBuilt(&'static str),
     /// A register access through the seam failed.
     #[error("VFIO device {addr}: register access failed")]
     Device {
@@ -138,6 +168,12 @@ pub enum HwError {
 
 impl From<HwError> for DeviceError {
     fn from(e: HwError) -> Self {
+        if let HwError::Lost { .. } = e {
+            return DeviceError::Lost(e.to_string());
+        }
+        if let HwError::Device { source, .. } = e {
+            return source;
+        }
         DeviceError::Backend {
             msg: e.to_string(),
             source: Some(Box::new(e)),

@@ -22,14 +22,14 @@ pub(crate) struct IrqForwarder {
 
 impl IrqForwarder {
     /// Starts forwarding `fds[v]` to vector `v` of `sink`.
-    pub(crate) fn start(fds: Vec<EventFd>, sink: Arc<dyn IrqSink>) -> std::io::Result<Self> {
+    pub(crate) fn start(fds: Arc<Vec<EventFd>>, sink: Arc<dyn IrqSink>) -> std::io::Result<Self> {
         let stop = Arc::new(EventFd::from_flags(
             EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
         )?);
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("vfpga-hw-irq".into())
-            .spawn(move || forward(&fds, &stop2, sink.as_ref()))?;
+            .spawn(move || forward(fds.as_slice(), &stop2, sink.as_ref()))?;
         Ok(IrqForwarder {
             stop,
             thread: Some(thread),

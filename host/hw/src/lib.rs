@@ -32,10 +32,12 @@ mod board;
 pub mod doctor;
 mod error;
 mod irq;
+mod simboard;
 mod standin;
 mod vfio;
 
 pub use error::{HwError, version_string};
+pub use simboard::{SimBoardOptions, SimEvent, SimHello, SimStats, source_tree};
 pub use vfio::preflight;
 
 use board::{Board, Bottom};
@@ -56,13 +58,21 @@ impl BoardDevice {
     /// bitstream whose identity or RTL major.minor differ from this build and
     /// `cfg.expected`, maps `dma`'s memory into the IOMMU and routes MSI-X to
     /// `irq`.
+    ///
+    /// With `board.simulated` instead of `board.pci_address`, starts the
+    /// simulated board ([`BoardDevice::simulated`]) with `dmalog_pages`.
     pub fn open(
         cfg: &BoardConfig,
         devmem_size: u64,
+        dmalog_pages: u32,
         dma: DmaPort,
         irq: Arc<dyn IrqSink>,
     ) -> Result<BoardDevice, HwError> {
-        let addr = cfg.pci_address.value.as_str();
+        if let Some(sim) = &cfg.simulated {
+            let o = SimBoardOptions::from_config(sim, devmem_size, dmalog_pages);
+            return BoardDevice::simulated(&o, &cfg.expected, dma, irq);
+        }
+        let addr = cfg.name();
         let (sysfs, group) = preflight(&doctor::Host::system(), cfg)?;
         tracing::info!(addr, group, "opening board");
         let bottom: Box<dyn Bottom> = Box::new(VfioBottom::open(&sysfs, addr)?);
@@ -90,6 +100,36 @@ impl BoardDevice {
         let bottom: Box<dyn Bottom> = Box::new(StandIn::new(make)?);
         let inner = Board::new(bottom, "stand-in", expected, devmem_size, dma, irq)?;
         Ok(BoardDevice { inner })
+    }
+
+    /// The simulated board (see `simboard` in this crate's source and
+    /// `bitstream-docs/usp-shell.md`): the shell and the core simulated at
+    /// the TLP level, started with `opts`, under the same board layer as a
+    /// real board. Guest memory must be file-backed shared memory
+    /// ([`vfpga_device::MmapMemory`] on a memfd).
+    pub fn simulated(
+        opts: &SimBoardOptions,
+        expected: &vfpga_config::ExpectedIds,
+        dma: DmaPort,
+        irq: Arc<dyn IrqSink>,
+    ) -> Result<BoardDevice, HwError> {
+        let bottom = simboard::SimBoardBottom::launch(opts)?;
+        let devmem = bottom.hello().bar2_len;
+        let bottom: Box<dyn Bottom> = Box::new(bottom);
+        let inner = Board::new(bottom, "simulated board", expected, devmem, dma, irq)?;
+        Ok(BoardDevice { inner })
+    }
+
+    /// Injects an event from outside the driver into the simulated board
+    /// (FLR, hot reset, link down/up, surprise removal); an error on any
+    /// other board.
+    pub fn sim_event(&mut self, ev: SimEvent) -> Result<(), HwError> {
+        self.inner.bottom_mut().sim_event(ev)
+    }
+
+    /// The simulated board's counters; an error on any other board.
+    pub fn sim_stats(&mut self) -> Result<SimStats, HwError> {
+        self.inner.bottom_mut().sim_stats()
     }
 
     /// Re-syncs the IOMMU with the DMA port's mappings (after the VMM mapped

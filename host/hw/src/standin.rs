@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use nix::sys::eventfd::EventFd;
 use vfpga_device::{Bar, Device, IrqSink, Perm, Progress};
+use vfpga_regs::{consts, fields, offsets};
 
 use crate::board::Bottom;
 use crate::error::HwError;
@@ -48,6 +49,54 @@ pub(crate) struct StandIn {
     dev: Box<dyn Device>,
     sink: Arc<EventfdSink>,
     maps: Vec<(u64, u64)>,
+    config: ConfigSpace,
+}
+
+/// The configuration space a vfpga function built as the datasheet says
+/// presents (what the shell's PCIe IP is configured to): IDs from `PCI_ID`,
+/// a command register, and one MSI-X capability locating the table and PBA.
+#[derive(Debug)]
+pub(crate) struct ConfigSpace([u8; 256]);
+
+impl ConfigSpace {
+    const MSIX_AT: usize = 0x40;
+
+    pub(crate) fn new(vendor: u16, device: u16) -> Self {
+        let mut c = [0u8; 256];
+        c[0..2].copy_from_slice(&vendor.to_le_bytes());
+        c[2..4].copy_from_slice(&device.to_le_bytes());
+        c[6] = 1 << 4; // status: capability list
+        c[0x34] = Self::MSIX_AT as u8;
+        let m = Self::MSIX_AT;
+        c[m] = 0x11;
+        c[m + 2..m + 4].copy_from_slice(&((consts::NUM_VECTORS - 1) as u16).to_le_bytes());
+        c[m + 4..m + 8].copy_from_slice(&consts::MSIX_TABLE_OFFSET.to_le_bytes());
+        c[m + 8..m + 12].copy_from_slice(&consts::MSIX_PBA_OFFSET.to_le_bytes());
+        ConfigSpace(c)
+    }
+
+    pub(crate) fn read(&self, offset: u16, width: usize) -> u32 {
+        let o = usize::from(offset);
+        let mut b = [0u8; 4];
+        if let Some(src) = self.0.get(o..o + width) {
+            b[..width].copy_from_slice(src);
+        } else {
+            return u32::MAX;
+        }
+        u32::from_le_bytes(b)
+    }
+
+    /// Only the command register's memory and bus-master bits are writable.
+    pub(crate) fn write(&mut self, offset: u16, width: usize, value: u32) {
+        if offset == 0x04 && width >= 1 {
+            self.0[4] = (value as u8) & 0x06;
+        }
+    }
+
+    /// A function reset clears the command register.
+    pub(crate) fn reset(&mut self) {
+        self.0[4] = 0;
+    }
 }
 
 impl std::fmt::Debug for StandIn {
@@ -67,14 +116,20 @@ impl StandIn {
         F: FnOnce(Arc<dyn IrqSink>) -> Result<Box<dyn Device>, vfpga_device::DeviceError>,
     {
         let sink = Arc::new(EventfdSink::default());
-        let dev = make(sink.clone()).map_err(|source| HwError::Device {
+        let mut dev = make(sink.clone()).map_err(|source| HwError::Device {
             addr: "stand-in".into(),
             source,
         })?;
+        let id = dev.read_reg(offsets::PCI_ID).map_err(Self::err)?;
+        let config = ConfigSpace::new(
+            fields::pci_id::VENDOR.get(id) as u16,
+            fields::pci_id::DEVICE.get(id) as u16,
+        );
         Ok(StandIn {
             dev,
             sink,
             maps: Vec::new(),
+            config,
         })
     }
 
@@ -109,6 +164,15 @@ impl Bottom for StandIn {
             .map_err(Self::err)
     }
 
+    fn config_read(&mut self, offset: u16, width: usize) -> Result<u32, HwError> {
+        Ok(self.config.read(offset, width))
+    }
+
+    fn config_write(&mut self, offset: u16, width: usize, value: u32) -> Result<(), HwError> {
+        self.config.write(offset, width, value);
+        Ok(())
+    }
+
     fn iommu_alignment(&self) -> u64 {
         4096
     }
@@ -121,6 +185,7 @@ impl Bottom for StandIn {
         len: u64,
         _addr: NonNull<u8>,
         _perm: Perm,
+        _file: Option<(std::os::fd::BorrowedFd<'_>, u64)>,
     ) -> Result<(), HwError> {
         self.maps.push((iova, len));
         Ok(())
@@ -150,8 +215,10 @@ impl Bottom for StandIn {
         Ok(())
     }
 
-    /// A function reset of the stand-in is the device's soft reset.
+    /// A function reset of the stand-in is the device's soft reset (and the
+    /// command register cleared, as an FLR clears it).
     fn reset(&mut self) -> Result<(), HwError> {
+        self.config.reset();
         self.dev.soft_reset().map_err(Self::err)
     }
 

@@ -353,7 +353,7 @@ fn this_machine_without_iommu() {
     let addr = cfg
         .board
         .as_ref()
-        .map(|b| b.pci_address.value.clone())
+        .and_then(|b| b.pci_address.as_ref().map(|a| a.value.clone()))
         .expect("board");
     let r = run(&Host::system(), &DoctorInput::from_config(Some(&cfg)));
     assert_eq!(status_of(&r, "iommu"), Status::Fail, "{r}");

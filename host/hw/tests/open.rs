@@ -77,7 +77,7 @@ fn open_without_the_board_fails_with_one_line() {
         eprintln!("skipped: this machine has a device at 0000:01:00.0");
         return;
     }
-    let e = BoardDevice::open(&board(None), 1 << 20, DmaPort::new(), Arc::new(NoIrq))
+    let e = BoardDevice::open(&board(None), 1 << 20, 1024, DmaPort::new(), Arc::new(NoIrq))
         .expect_err("no board here");
     let s = e.to_string();
     assert!(s.starts_with("VFIO device 0000:01:00.0: "), "{s}");
