@@ -108,6 +108,8 @@ module vfpga_top #(
     localparam [31:0] VEC_ERR   = `VFPGA_VECTOR_ERR;
     localparam [31:0] CPL_BYTES = `VFPGA_CPL_BYTES;
     localparam [31:0] DESC_BYTES = `VFPGA_DESC_BYTES;
+    localparam [31:0] THR_MASK  = ((32'd1 << `VFPGA_DMA_THROTTLE_IDLE_WIDTH) - 32'd1)
+                                  << `VFPGA_DMA_THROTTLE_IDLE_LSB;
 
     // ------------------------------------------------------------------
     // Architectural state words (datasheet §9.2), stored raw: whatever the
@@ -130,6 +132,8 @@ module vfpga_top #(
     reg [31:0] r_dirty_sel;
     reg        r_log_enable, r_log_overflow;
     reg [31:0] r_log_base_lo, r_log_base_hi, r_log_pages, r_log_sel;
+    reg [31:0] r_throttle;         // DMA_THROTTLE (host machinery, not state)
+    reg [15:0] thr_cnt;            // idle cycles left after the last burst
 
     // ------------------------------------------------------------------
     // Derived values.
@@ -147,8 +151,11 @@ module vfpga_top #(
                                            || cur_op == `VFPGA_OPCODE_NOP);
     wire [1:0]  irq_deliv  = r_irq_pending[1:0] & ~r_irq_mask[1:0];
     wire        run_ok     = !s_quiesced && !s_quiescing;
-    wire        step_go    = run_ok && !halted && !irq_valid && (irq_deliv == 2'b00)
+    // A step is ready to start; it starts once the DMA_THROTTLE gap after
+    // the last burst has run out (datasheet §5.5).
+    wire        step_ready = run_ok && !halted && !irq_valid && (irq_deliv == 2'b00)
                              && (cpl_due ? cq_free : (cur_valid || fetch_ok));
+    wire        step_go    = step_ready && thr_cnt == 16'd0;
     wire [32:0] devmem_bytes = {devmem_pages[20:0], 12'd0};
     wire [31:0] dirty_groups = (devmem_pages[31:5] == 27'd0) ? 32'd1 : {5'd0, devmem_pages[31:5]};
     wire [31:0] log_groups   = (r_log_pages + 32'd31) >> 5;
@@ -219,7 +226,10 @@ module vfpga_top #(
     reg [63:0]  c_addr;            // completion / descriptor address
     reg [63:0]  mmio_rd;           // BAR0 read data being assembled
 
-    assign idle = (state == S_IDLE) && !irq_valid && !s_quiescing && !step_go
+    wire in_step = state == S_F_RSP || state == S_B_RD || state == S_B_CRC || state == S_B_WR
+                   || state == S_B_MARK || state == S_C_WR || state == S_C_MARK;
+
+    assign idle = (state == S_IDLE) && !irq_valid && !s_quiescing && !step_ready
                   && !(run_ok && irq_deliv != 2'b00);
 
     // ------------------------------------------------------------------
@@ -575,6 +585,8 @@ module vfpga_top #(
             r_log_base_hi    <= `VFPGA_REG_DMALOG_BASE_HI_RESET;
             r_log_pages      <= `VFPGA_REG_DMALOG_PAGES_RESET;
             r_log_sel        <= `VFPGA_REG_DMALOG_SEL_RESET;
+            r_throttle       <= `VFPGA_REG_DMA_THROTTLE_RESET;
+            thr_cnt          <= 16'd0;
         end
     endtask
 
@@ -762,6 +774,7 @@ module vfpga_top #(
                 `VFPGA_REG_DMALOG_BASE_HI:   rd = r_log_base_hi;
                 `VFPGA_REG_DMALOG_PAGES:     rd = r_log_pages;
                 `VFPGA_REG_DMALOG_SEL:       rd = r_log_sel;
+                `VFPGA_REG_DMA_THROTTLE:     rd = r_throttle;
                 `VFPGA_REG_DMALOG_BITS: begin
                     if (r_log_sel < log_groups) begin
                         bml_start     <= 1'b1;
@@ -859,6 +872,7 @@ module vfpga_top #(
                 `VFPGA_REG_DMALOG_BASE_HI: if (!r_log_enable) r_log_base_hi <= v;
                 `VFPGA_REG_DMALOG_PAGES:   if (!r_log_enable) r_log_pages <= (v > dmalog_max) ? dmalog_max : v;
                 `VFPGA_REG_DMALOG_SEL:     r_log_sel <= v;
+                `VFPGA_REG_DMA_THROTTLE:   r_throttle <= v & THR_MASK;
                 `VFPGA_REG_STATE_IDX:      r_state_idx <= v;
                 `VFPGA_REG_STATE_DATA: begin
                     if (q && r_state_idx < `VFPGA_STATE_WORDS) begin
@@ -930,6 +944,7 @@ module vfpga_top #(
                 state <= S_C_WR;
             end else if (cur_valid) begin
                 step_kind <= 2'd1;
+                thr_cnt   <= r_throttle[15:0];   // the gap that follows this burst
                 s = {r_cur_src_hi, r_cur_src_lo} + {32'd0, r_cur_done};
                 d = {r_cur_dst_hi, r_cur_dst_lo} + {32'd0, r_cur_done};
                 n = burst_len(cur_op, r_cur_len - r_cur_done, s[11:0], d[11:0]);
@@ -1123,6 +1138,11 @@ module vfpga_top #(
 
             // Timer: counts device cycles while not quiesced.
             if (!s_quiesced) r_timer <= r_timer + 64'd1;
+
+            // DMA_THROTTLE gap (loaded when a burst starts, see start_step):
+            // counts down outside steps; a quiesce ends it (timing, not state).
+            if (s_quiesced)                        thr_cnt <= 16'd0;
+            else if (thr_cnt != 16'd0 && !in_step) thr_cnt <= thr_cnt - 16'd1;
 
             // MMIO reads during a long DMA wait (see peek_ok).
             if (!in_dma_wait)                     dma_wait_cnt <= 5'd0;
@@ -1377,8 +1397,6 @@ module vfpga_top #(
 
     // ------------------------------------------------------------------
     // Step boundaries, for observers (the simulator's lockstep runs step by step).
-    wire in_step = state == S_F_RSP || state == S_B_RD || state == S_B_CRC || state == S_B_WR
-                   || state == S_B_MARK || state == S_C_WR || state == S_C_MARK;
     reg  was_in_step;
     always @(posedge clk) begin
         if (!rst_n) was_in_step <= 1'b0;
@@ -1425,7 +1443,8 @@ module vfpga_top #(
     end
 
     wire unused_ok = &{1'b0, mmio_req_addr[2:0], devmem_pages[31:21], dm_rsp_rdata[511:64],
-                       m_bar2, bmd_busy, bml_busy, m_addr[2:0], m_be[3:0], mmio_rd[63:32]};
+                       m_bar2, bmd_busy, bml_busy, m_addr[2:0], m_be[3:0], mmio_rd[63:32],
+                       r_throttle[31:16]};
 endmodule
 
 `default_nettype wire

@@ -332,6 +332,12 @@ pub struct Model {
     pub(crate) quiesce_req: bool,
     /// A deliberate bug ([`Fault`]); `None` unless injected for a test.
     pub(crate) fault: Option<Fault>,
+    /// `DMA_THROTTLE.IDLE`: units the engine idles after each burst
+    /// (datasheet §5.5). Host-side machinery, not state.
+    pub(crate) throttle: u32,
+    /// Idle units still owed by earlier bursts: [`Device::advance`] spends
+    /// them before the next step. Timing only; a quiesce or reset drops it.
+    pub(crate) throttle_debt: u64,
 }
 
 impl Model {
@@ -363,6 +369,8 @@ impl Model {
             dma_waiting: false,
             quiesce_req: false,
             fault: None,
+            throttle: 0,
+            throttle_debt: 0,
         })
     }
 
@@ -451,11 +459,15 @@ impl Model {
         self.tick(1);
         let s = self.engine_step();
         trace!(?s, "step");
+        if matches!(s, Step::Burst { .. } | Step::BurstFault { .. }) {
+            self.throttle_debt += u64::from(self.throttle);
+        }
         self.dma_waiting = matches!(s, Step::DmaWait { .. });
         if !self.dma_waiting && self.quiesce_req {
             debug!("quiesced after the DMA wait");
             self.quiesce_req = false;
             self.quiesced = true;
+            self.throttle_debt = 0;
         }
         self.deliver_irqs();
         s
@@ -1024,6 +1036,8 @@ impl Model {
         self.cpl_retry = None;
         self.dma_waiting = false;
         self.quiesce_req = false;
+        self.throttle = 0;
+        self.throttle_debt = 0;
     }
 
     fn devmem_check(&self, offset: u64, len: usize) -> Result<std::ops::Range<usize>, DeviceError> {
@@ -1112,14 +1126,30 @@ impl Device for Model {
     /// to do). Stops early when the device has nothing to do, after that one
     /// idle tick. With [`ModelConfig::batch_bursts`], consecutive bursts of
     /// one descriptor may run as one copy; they still count one unit each.
+    /// With `DMA_THROTTLE.IDLE` = *t*, every burst is followed by *t* idle
+    /// units (timer ticks, no step), so a burst costs 1 + *t* units.
     fn advance(&mut self, budget: u64) -> Result<Progress, DeviceError> {
         let mut used = 0;
         while used < budget && !self.quiesced {
+            if self.throttle_debt > 0 {
+                if !self.has_work() {
+                    // The gap runs out while there is nothing to do anyway.
+                    self.throttle_debt = 0;
+                    continue;
+                }
+                let k = self.throttle_debt.min(budget - used);
+                self.tick(k);
+                self.throttle_debt -= k;
+                used += k;
+                continue;
+            }
+            let per_burst = 1 + u64::from(self.throttle);
             if self.cfg.batch_bursts
-                && budget - used >= 2
-                && let Some(k) = self.try_batch(budget - used)
+                && (budget - used) / per_burst >= 2
+                && let Some(k) = self.try_batch((budget - used) / per_burst)
             {
                 used += k;
+                self.throttle_debt += k * u64::from(self.throttle);
                 continue;
             }
             let s = self.step();

@@ -120,6 +120,7 @@ impl Model {
             offsets::DMALOG_BASE_HI => (self.dmalog.base >> 32) as u32,
             offsets::DMALOG_PAGES => self.dmalog.pages,
             offsets::DMALOG_SEL => self.dmalog.sel,
+            offsets::DMA_THROTTLE => self.throttle,
             offsets::DMALOG_BITS => {
                 // DMALOG_SEL is stored as written; a read at or past the last
                 // group returns 0 and starts over at group 0.
@@ -220,6 +221,10 @@ impl Model {
                 self.dmalog.sel = v;
                 return;
             }
+            offsets::DMA_THROTTLE => {
+                self.throttle = fields::dma_throttle::IDLE.get(v);
+                return;
+            }
             _ => {}
         }
         if self.quiesced {
@@ -295,6 +300,8 @@ impl Model {
                 } else {
                     tracing::debug!("quiesced");
                     self.quiesced = true;
+                    // The idle gap after a burst is timing, not state.
+                    self.throttle_debt = 0;
                 }
             }
         }

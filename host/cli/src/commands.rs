@@ -39,6 +39,7 @@ pub fn demo(
     json: Option<PathBuf>,
     plot: Option<PathBuf>,
     in_process: bool,
+    (workload, descriptors, precopy): (crate::WorkloadArg, Option<u64>, &crate::PrecopyArgs),
 ) -> u8 {
     let cfg = match load_config(common) {
         Ok(c) => c,
@@ -51,6 +52,8 @@ pub fn demo(
         json.as_deref(),
         plot.as_deref(),
         in_process,
+        (workload, descriptors),
+        precopy,
     )
 }
 
@@ -78,6 +81,7 @@ pub fn migrate(
     incoming: Option<String>,
     backend: Option<BackendArg>,
     in_process: bool,
+    precopy: &crate::PrecopyArgs,
 ) -> u8 {
     let cfg = match load_config(common) {
         Ok(c) => c,
@@ -90,6 +94,7 @@ pub fn migrate(
         to.as_deref(),
         incoming.as_deref(),
         in_process,
+        precopy,
     )
 }
 

@@ -18,6 +18,8 @@ pub fn run(
     json: Option<&Path>,
     plot: Option<&Path>,
     in_process: bool,
+    (workload, descriptors): (crate::WorkloadArg, Option<u64>),
+    precopy: &crate::PrecopyArgs,
 ) -> u8 {
     // Output files are checked before the run, not after it.
     for p in json.iter().chain(plot.iter()) {
@@ -45,8 +47,22 @@ pub fn run(
             }
         },
     };
-    let devmem = cfg.map(|c| c.device.devmem_size.value.0).unwrap_or(1 << 20);
-    let mut opts = DemoOptions::new(kind, devmem);
+    let mut opts = match workload {
+        crate::WorkloadArg::Mixed => {
+            let devmem = cfg.map(|c| c.device.devmem_size.value.0).unwrap_or(1 << 20);
+            DemoOptions::new(kind, devmem)
+        }
+        // Its own device and guest sizes: the figures it is built around.
+        crate::WorkloadArg::DirtyDevmem => DemoOptions::dirty(kind),
+    };
+    if let Err(e) = precopy.apply(&mut opts.source) {
+        eprintln!("vfpga demo: {e}");
+        return EXIT_USAGE;
+    }
+    if let Some(n) = descriptors {
+        opts.descriptors = n;
+    }
+    let devmem = opts.devmem;
     opts.placement = match Placement::for_cli(in_process) {
         Ok(p) => p,
         Err(e) => {
@@ -55,11 +71,29 @@ pub fn run(
         }
     };
     println!(
-        "vfpga demo: {} backend, {} KiB device memory, {} descriptors, {}; reference run, then live migration over TCP",
+        "vfpga demo: {} backend, {} KiB device memory, {} descriptors ({}), {}; reference run, then live migration over TCP",
         kind.name(),
         devmem >> 10,
         opts.descriptors,
+        opts.mix.name(),
         opts.placement.describe()
+    );
+    let p = &opts.source.policy;
+    println!(
+        "pre-copy: downtime limit {} ms, link {}, at most {} passes, auto-converge {}",
+        p.downtime_limit.as_millis(),
+        opts.source
+            .link
+            .map_or("unlimited".to_string(), |l| format!(
+                "{} MiB/s",
+                l.bytes_per_sec >> 20
+            )),
+        p.max_passes,
+        if p.auto_converge.is_some() {
+            "on"
+        } else {
+            "off"
+        }
     );
     let report = match demo::run(&opts) {
         Ok(r) => r,

@@ -69,6 +69,71 @@ impl BackendArg {
     }
 }
 
+/// The demo's workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WorkloadArg {
+    /// Copies both ways, CRC32C and fills.
+    Mixed,
+    /// Large back-to-back writes into device memory over a 4 MiB/s link with
+    /// a 20 ms downtime limit: a device that dirties faster than the link
+    /// drains (converges only with auto-converge).
+    DirtyDevmem,
+}
+
+/// Pre-copy knobs of `demo` and `migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct PrecopyArgs {
+    /// Pre-copy ends once the bytes left, at the bandwidth the last pass
+    /// measured, would take at most this long [default: 300, or the
+    /// workload's]
+    #[arg(long, value_name = "MS")]
+    pub downtime_limit: Option<u64>,
+    /// Rate-limit the migration link to this many MiB/s (the guest runs
+    /// meanwhile) [default: none, or the workload's]
+    #[arg(long, value_name = "MIB_PER_S")]
+    pub max_bandwidth: Option<u64>,
+    /// Fallback: end pre-copy after this many passes whatever is left
+    /// [default: 8]
+    #[arg(long, value_name = "N")]
+    pub max_passes: Option<u32>,
+    /// Never throttle the device's DMA (auto-converge off): a device that
+    /// dirties faster than the link drains then ends on the pass limit.
+    #[arg(long)]
+    pub no_auto_converge: bool,
+}
+
+impl PrecopyArgs {
+    /// Applies the knobs given to `o`.
+    pub fn apply(&self, o: &mut vfpga_vmm::live::SourceOptions) -> Result<(), String> {
+        if let Some(ms) = self.downtime_limit {
+            o.policy.downtime_limit = std::time::Duration::from_millis(ms);
+        }
+        if let Some(n) = self.max_passes {
+            if n == 0 {
+                return Err("--max-passes must be at least 1".into());
+            }
+            o.policy.max_passes = n;
+        }
+        if let Some(mib) = self.max_bandwidth {
+            let bytes_per_sec = mib
+                .checked_mul(1 << 20)
+                .filter(|&b| b > 0)
+                .ok_or("--max-bandwidth must be from 1 MiB/s to 2^44 MiB/s")?;
+            let units = o.link.map_or(vfpga_vmm::live::DEVICE_UNITS_PER_SEC, |l| {
+                l.device_units_per_sec
+            });
+            o.link = Some(vfpga_vmm::live::Link {
+                bytes_per_sec,
+                device_units_per_sec: units,
+            });
+        }
+        if self.no_auto_converge {
+            o.policy.auto_converge = None;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the device to a VMM over vfio-user on a UNIX socket.
@@ -111,9 +176,17 @@ enum Command {
             value_enum,
             value_delimiter = ',',
             value_name = "FORM,FORM,...",
-            conflicts_with_all = ["backend", "plot"]
+            conflicts_with_all = ["backend", "plot", "descriptors"]
         )]
         chain: Vec<BackendArg>,
+        /// The guest workload.
+        #[arg(long, value_enum, value_name = "NAME", default_value = "mixed")]
+        workload: WorkloadArg,
+        /// Descriptors in the workload [default: the workload's]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        descriptors: Option<u64>,
+        #[command(flatten)]
+        precopy: PrecopyArgs,
     },
     /// Cross-host live migration of the built-in seeded workload: run one side
     /// on each host.
@@ -141,6 +214,8 @@ enum Command {
         /// Run the device in this process instead of a `vfpga serve` child.
         #[arg(long)]
         in_process: bool,
+        #[command(flatten)]
+        precopy: PrecopyArgs,
     },
     /// Cross-check the reference model against the RTL in lockstep, or merge
     /// the JSON summaries of shards.
@@ -193,15 +268,29 @@ fn main() -> ExitCode {
             json,
             plot,
             in_process,
+            workload,
+            descriptors,
+            precopy,
             ..
-        } => commands::demo(&common, log_format, backend, json, plot, in_process),
+        } => commands::demo(
+            &common,
+            log_format,
+            backend,
+            json,
+            plot,
+            in_process,
+            (workload, descriptors, &precopy),
+        ),
         Command::Migrate {
             common,
             to,
             incoming,
             backend,
             in_process,
-        } => commands::migrate(&common, log_format, to, incoming, backend, in_process),
+            precopy,
+        } => commands::migrate(
+            &common, log_format, to, incoming, backend, in_process, &precopy,
+        ),
         Command::Crosscheck { common, args } => commands::crosscheck(&common, log_format, &args),
         Command::Doctor { common, json } => commands::doctor(&common, json),
         Command::Bench(args) => bench::run(&args),

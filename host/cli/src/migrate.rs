@@ -68,6 +68,7 @@ pub fn run(
     to: Option<&str>,
     incoming: Option<&str>,
     in_process: bool,
+    precopy: &crate::PrecopyArgs,
 ) -> u8 {
     let kind = match kind_of(cfg, backend) {
         Ok(k) => k,
@@ -78,6 +79,10 @@ pub fn run(
     };
     let devmem = cfg.map(|c| c.device.devmem_size.value.0).unwrap_or(1 << 20);
     let mut opts = DemoOptions::new(kind, devmem);
+    if let Err(e) = precopy.apply(&mut opts.source) {
+        eprintln!("vfpga migrate: {e}");
+        return EXIT_USAGE;
+    }
     opts.placement = match Placement::for_cli(in_process) {
         Ok(p) => p,
         Err(e) => {
@@ -117,8 +122,19 @@ struct Shown {
 
 fn line(p: &Pass) -> String {
     format!(
-        "source: pre-copy pass {:>2}: device {:>9} bytes, guest {:>5} pages, {:>4} descriptors meanwhile; {} bytes pending",
-        p.pass, p.device_bytes, p.guest_pages, p.descriptors_during, p.pending_bytes
+        "source: pre-copy pass {:>2}: device {:>9} bytes, guest {:>5} pages, {:>4} descriptors meanwhile; {} bytes left, {:.1} MiB/s, estimated downtime {:.1} ms{}",
+        p.pass,
+        p.device_bytes,
+        p.guest_pages,
+        p.descriptors_during,
+        p.remaining_bytes,
+        p.bandwidth_mib_s,
+        p.estimated_downtime_ms,
+        if p.throttle > 0 {
+            format!(", DMA throttle {}", p.throttle)
+        } else {
+            String::new()
+        }
     )
 }
 
@@ -245,10 +261,11 @@ fn source(opts: &DemoOptions, addr: &str) -> u8 {
     match r {
         Ok(rep) => {
             println!(
-                "source: stop-and-copy: device {} bytes, guest {} pages ({}); {} descriptors verified here; the guest now runs on the destination",
+                "source: stop-and-copy: device {} bytes, guest {} pages (pre-copy ended: {}{}); {} descriptors verified here; the guest now runs on the destination",
                 rep.stop_copy_device_bytes,
                 rep.stop_copy_guest_pages,
-                rep.stop_reason,
+                rep.stop_detail,
+                throttle_text(&rep.throttle_steps),
                 wl.stats().verified
             );
             EXIT_OK
@@ -275,6 +292,22 @@ fn source(opts: &DemoOptions, addr: &str) -> u8 {
             code
         }
     }
+}
+
+/// `, DMA throttled 16 after pass 1, 64 after pass 2`, or nothing.
+pub fn throttle_text(steps: &[vfpga_vmm::live::ThrottleStep]) -> String {
+    steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            format!(
+                "{}{} after pass {}",
+                if i == 0 { ", DMA throttled " } else { ", " },
+                s.value,
+                s.after_pass
+            )
+        })
+        .collect()
 }
 
 fn destination(opts: &DemoOptions, addr: &str) -> u8 {

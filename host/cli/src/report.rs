@@ -9,28 +9,50 @@ pub fn text(r: &DemoReport) -> String {
     let mut s = format!(
         "vfpga demo: live migration of the {} backend mid-workload\n\
          devices: {}\n\
-         device memory {} KiB, workload {} descriptors (copies, CRC32C, fills; {} with interrupts)\n",
+         device memory {} KiB, workload {} descriptors ({}; {} with interrupts)\n",
         r.backend,
         r.devices,
         r.devmem_bytes >> 10,
         r.descriptors,
+        if r.workload == "dirty-devmem" {
+            "16-64 KiB fills and copies into device memory"
+        } else {
+            "copies, CRC32C, fills"
+        },
         r.irqs_wanted
     );
+    s.push_str(&format!(
+        "pre-copy: downtime limit {:.0} ms, link {}\n",
+        r.downtime_limit_ms,
+        r.link_bytes_per_sec
+            .map_or("unlimited".to_string(), |b| format!("{} MiB/s", b >> 20))
+    ));
     for p in &r.passes {
         s.push_str(&format!(
-            "  pre-copy pass {:>2}: device {:>9} bytes, guest {:>5} pages, {:>4} descriptors completed meanwhile\n",
-            p.pass, p.device_bytes, p.guest_pages, p.descriptors_during
+            "  pre-copy pass {:>2}: device {:>9} bytes, guest {:>5} pages, {:>4} descriptors completed meanwhile; {:>8} bytes left, est. downtime {:>7.1} ms{}\n",
+            p.pass,
+            p.device_bytes,
+            p.guest_pages,
+            p.descriptors_during,
+            p.remaining_bytes,
+            p.estimated_downtime_ms,
+            if p.throttle > 0 {
+                format!(", DMA throttle {}", p.throttle)
+            } else {
+                String::new()
+            }
         ));
     }
     s.push_str(&format!(
-        "  stop-and-copy   : device {:>9} bytes, guest {:>5} pages (pre-copy ended: {})\n\
+        "  stop-and-copy   : device {:>9} bytes, guest {:>5} pages (pre-copy ended: {}{})\n\
          descriptors verified: {} on the source, {} on the destination\n\
          interrupts: {} received, {} wanted\n\
          downtime {:.3} ms (device stopped on the source -> running on the destination)\n\
          migration {:.1} ms, total {:.1} ms\n",
         r.stop_copy_device_bytes,
         r.stop_copy_guest_pages,
-        r.stop_reason,
+        r.stop_detail,
+        crate::migrate::throttle_text(&r.throttle_steps),
         r.verified_on_source,
         r.verified_on_destination,
         r.irqs_received,
@@ -161,6 +183,10 @@ mod tests {
                     descriptors_during: 10,
                     at_ms: 5.0,
                     pending_bytes: 4096,
+                    remaining_bytes: 16384,
+                    bandwidth_mib_s: 200.0,
+                    estimated_downtime_ms: 0.08,
+                    throttle: 0,
                 },
                 Pass {
                     pass: 1,
@@ -169,9 +195,22 @@ mod tests {
                     descriptors_during: 2,
                     at_ms: 6.0,
                     pending_bytes: 0,
+                    remaining_bytes: 4096,
+                    bandwidth_mib_s: 100.0,
+                    estimated_downtime_ms: 0.04,
+                    throttle: 16,
                 },
             ],
             stop_reason: "converged".into(),
+            stop_detail: "converged (estimated downtime 0.0 ms <= limit 300 ms at 100.0 MiB/s)"
+                .into(),
+            downtime_limit_ms: 300.0,
+            link_bytes_per_sec: None,
+            throttle_steps: vec![vfpga_vmm::live::ThrottleStep {
+                after_pass: 0,
+                value: 16,
+            }],
+            workload: "mixed".into(),
             stop_copy_device_bytes: 512,
             stop_copy_guest_pages: 1,
             stopped_at_ms: 6.5,
@@ -192,7 +231,12 @@ mod tests {
     fn text_names_passes_downtime_and_verdict() {
         let t = text(&report(true));
         assert!(t.contains("pre-copy pass  1"), "{t}");
-        assert!(t.contains("pre-copy ended: converged"), "{t}");
+        assert!(
+            t.contains("pre-copy ended: converged (estimated downtime 0.0 ms <= limit 300 ms"),
+            "{t}"
+        );
+        assert!(t.contains("DMA throttled 16 after pass 0"), "{t}");
+        assert!(t.contains(", DMA throttle 16\n"), "{t}");
         assert!(t.contains("downtime 0.750 ms"), "{t}");
         assert!(t.ends_with("PASS\n"), "{t}");
         assert!(text(&report(false)).ends_with("FAIL: memory differs\n"));

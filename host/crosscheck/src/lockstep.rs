@@ -1188,6 +1188,8 @@ impl<A: Device, B: Device> Lockstep<A, B> {
         }
         let log_on =
             self.a.dev.read_reg(offsets::DMALOG_CTRL)? & vfpga_regs::DmalogCtrl::ENABLE.bits() != 0;
+        // The DMA rate limit is host policy, not state: carried over too.
+        let throttle = self.a.dev.read_reg(offsets::DMA_THROTTLE)?;
         let refused = |e: DeviceError| Effect::TransplantRefused {
             direction,
             error: verdict(&e),
@@ -1211,8 +1213,8 @@ impl<A: Device, B: Device> Lockstep<A, B> {
         self.transplants += 1;
         // Host-side machinery (not state): the same on both sides again, as
         // a VMM re-programs it on a destination.
-        resync_machinery(&mut self.a.dev, window, log_on)?;
-        resync_machinery(&mut self.b.dev, window, log_on)?;
+        resync_machinery(&mut self.a.dev, window, log_on, throttle)?;
+        resync_machinery(&mut self.b.dev, window, log_on, throttle)?;
         self.aligned = true;
         self.check_point(true)
     }
@@ -1495,8 +1497,10 @@ fn resync_machinery<D: Device>(
     dev: &mut D,
     window: [u32; 3],
     log_on: bool,
+    throttle: u32,
 ) -> Result<(), DeviceError> {
     dev.take_dirty_pages()?;
+    dev.write_reg(offsets::DMA_THROTTLE, throttle)?;
     // Off, and the sticky OVERFLOW cleared (write 1 to clear).
     dev.write_reg(
         offsets::DMALOG_CTRL,

@@ -987,7 +987,7 @@ impl Gen {
             });
         }
         if self.r.pct(45) {
-            v.push(match self.r.below(11) {
+            v.push(match self.r.below(12) {
                 0 | 1 => reg_access("DIRTY_BITS", 4, None),
                 2 => reg_access("DMALOG_BITS", 4, None),
                 3 => reg_access("STATE_DATA", 4, None),
@@ -997,6 +997,7 @@ impl Gen {
                 7 => reg_access("DIRTY_SEL", 4, Some(self.r.below(4))),
                 8 => reg_access("DMALOG_CTRL", 4, Some(self.r.below(2))),
                 9 => reg_access("STATE_CTRL", 4, Some(1)),
+                10 => reg_access("DMA_THROTTLE", 4, Some(self.small_throttle().into())),
                 _ => WaitAccess {
                     bar2: true,
                     offset: self.r.below(self.devmem / 8) * 8,
@@ -1452,6 +1453,48 @@ impl Gen {
         ops.push(Op::Resume);
     }
 
+    /// A `DMA_THROTTLE` value a whole scenario can run under (the gap is
+    /// paid after every burst: it slows both sides, the RTL by cycles).
+    fn small_throttle(&mut self) -> u32 {
+        self.r.pick(&[0u32, 0, 1, 2, 3, 8, 17, 32])
+    }
+
+    /// Programs the DMA rate limit. A large value (up to the field and
+    /// beyond it: the upper bits read 0) is read back, runs the checked
+    /// side a little (into a gap), quiesces there (a quiesce ends the gap)
+    /// and is then replaced by a value a scenario can run under.
+    fn throttle(&mut self, ops: &mut Vec<Op>) {
+        let reg = || "DMA_THROTTLE".to_string();
+        if self.r.pct(30) {
+            let big = self
+                .r
+                .pick(&[0xffffu32, 0xffff_ffff, 0x1_0000, 0x8000, 1000])
+                ^ (self.r.below(2) as u32);
+            ops.push(Op::WriteReg {
+                reg: reg(),
+                value: big,
+            });
+            ops.push(Op::ReadReg { reg: reg() });
+            ops.push(Op::RunChecked {
+                units: self.r.below(300),
+            });
+            ops.push(Op::Quiesce);
+            if self.r.pct(50) {
+                ops.push(Op::WriteReg {
+                    reg: reg(),
+                    value: self.r.below(1 << 16) as u32,
+                });
+            }
+            // Written while quiesced (host machinery), before the engine runs.
+            let value = self.small_throttle();
+            ops.push(Op::WriteReg { reg: reg(), value });
+            ops.push(Op::Resume);
+            return;
+        }
+        let value = self.small_throttle();
+        ops.push(Op::WriteReg { reg: reg(), value });
+    }
+
     fn one(&mut self, ops: &mut Vec<Op>) {
         if self.slow.is_none() && self.r.pct(8) {
             self.racing_burst(ops);
@@ -1546,6 +1589,7 @@ impl Gen {
                 }
                 ops.push(Op::Resume);
             }
+            72..=73 if self.r.pct(50) => self.throttle(ops),
             72..=79 => {
                 let (reg, value) = match self.r.below(7) {
                     0 => ("IRQ_MASK", self.r.below(4) as u32),
@@ -1651,6 +1695,33 @@ mod tests {
         };
         assert_eq!(op, Op::Submit { descs: vec![want] });
         assert_eq!(serde_json::to_string(&op).expect("json"), j);
+    }
+
+    /// The DMA rate limit is written like every other register: 0, values
+    /// scenarios run under, and large ones (also beyond its field).
+    #[test]
+    fn generator_writes_the_dma_throttle_small_and_large() {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut during_wait = 0;
+        for seed in 0..300 {
+            for op in &generate(seed, 16).ops {
+                match op {
+                    Op::WriteReg { reg, value } if reg == "DMA_THROTTLE" => {
+                        seen.insert(*value);
+                    }
+                    Op::DmaWait { accesses, .. } => {
+                        let o = u64::from(offsets::DMA_THROTTLE);
+                        during_wait += accesses.iter().filter(|a| a.offset == o).count();
+                    }
+                    _ => {}
+                }
+            }
+        }
+        assert!(seen.contains(&0), "{seen:?}");
+        assert!(seen.iter().any(|&v| (1..=32).contains(&v)), "{seen:?}");
+        assert!(seen.iter().any(|&v| v >= 0xffff), "{seen:?}");
+        assert!(seen.iter().any(|&v| v > 0xffff), "{seen:?}");
+        assert!(during_wait > 0);
     }
 
     #[test]

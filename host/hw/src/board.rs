@@ -1135,16 +1135,26 @@ mod tests {
         let mut fb = FakeBottom::new(PAGES);
         fb.overrides.insert(offsets::RTL_VERSION, 0x0002_0100);
         let e = open(fb, &expected()).expect_err("refused");
+        let this = |v: u32| {
+            use vfpga_regs::fields::rtl_version::{MAJOR, MINOR, PATCH};
+            format!("{}.{}.{}", MAJOR.get(v), MINOR.get(v), PATCH.get(v))
+        };
         assert_eq!(
             e.to_string(),
-            "VFIO device 0000:01:00.0: bitstream RTL version 2.1.0 refused: this host understands 1.0.0 (major.minor must match)"
+            format!(
+                "VFIO device 0000:01:00.0: bitstream RTL version 2.1.0 refused: this host understands {} (major.minor must match)",
+                this(consts::RTL_VERSION)
+            )
         );
         let mut exp = expected();
-        exp.rtl_version = 0x0001_0100;
+        exp.rtl_version = consts::RTL_VERSION + 0x100;
         let e = open(FakeBottom::new(PAGES), &exp).expect_err("refused");
         assert!(
-            e.to_string()
-                .contains("RTL version 1.0.0 refused: the config expects 1.1.0"),
+            e.to_string().contains(&format!(
+                "RTL version {} refused: the config expects {}",
+                this(consts::RTL_VERSION),
+                this(exp.rtl_version)
+            )),
             "{e}"
         );
         // A patch-level difference is accepted.

@@ -16,7 +16,8 @@ fn board_config(group: Option<u32>) -> vfpga_config::Config {
         .map(|g| format!("  iommu_group: {g}\n"))
         .unwrap_or_default();
     let text = format!(
-        "backend: board\nboard:\n  pci_address: \"{ADDR}\"\n{g}  expected: {{vendor_id: 0x1234, device_id: 0x4650, rtl_version: 0x10000}}\ndevice:\n  devmem_size: 1MiB\n"
+        "backend: board\nboard:\n  pci_address: \"{ADDR}\"\n{g}  expected: {{vendor_id: 0x1234, device_id: 0x4650, rtl_version: {:#x}}}\ndevice:\n  devmem_size: 1MiB\n",
+        vfpga_regs::consts::RTL_VERSION
     );
     vfpga_config::parse(&text, Path::new("test.yaml")).expect("test config parses")
 }

@@ -15,7 +15,8 @@ fn board(group: Option<u32>) -> vfpga_config::BoardConfig {
         .map(|g| format!("  iommu_group: {g}\n"))
         .unwrap_or_default();
     let text = format!(
-        "backend: board\nboard:\n  pci_address: \"0000:01:00.0\"\n{g}  expected: {{vendor_id: 0x1234, device_id: 0x4650, rtl_version: 0x10000}}\n"
+        "backend: board\nboard:\n  pci_address: \"0000:01:00.0\"\n{g}  expected: {{vendor_id: 0x1234, device_id: 0x4650, rtl_version: {:#x}}}\n",
+        vfpga_regs::consts::RTL_VERSION
     );
     vfpga_config::parse(&text, Path::new("t.yaml"))
         .expect("parses")

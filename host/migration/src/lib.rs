@@ -15,6 +15,9 @@
 //!   [`vfpga_device::Device`] and the sessions.
 //! - [`v1`]: the v1 migration region (`vfio_device_migration_info` plus a
 //!   data window), served from the same engine.
+//! - [`converge`]: when pre-copy ends (a downtime limit from the measured
+//!   bandwidth, a pass limit as fallback) and auto-converge (raising the
+//!   device's DMA throttle step by step).
 //! - [`dirty`]: DMA logging (`DMA_LOGGING_START/STOP/REPORT`) over the host
 //!   [`vfpga_device::DmaPort`] or the device's own DMA write log.
 //!
@@ -61,6 +64,7 @@
 //! gives back a running device with its state intact, and a new session
 //! starts a fresh, complete stream.
 
+pub mod converge;
 pub mod crc;
 pub mod dirty;
 pub mod engine;

@@ -84,6 +84,7 @@ fn expected_after_write(off: u32, v: u32, before: u32) -> u32 {
         offsets::DMALOG_PAGES => v.min(consts::MAX_DMALOG_PAGES),
         offsets::DMALOG_SEL | offsets::STATE_IDX => v,
         offsets::STATE_CTRL => 0,
+        offsets::DMA_THROTTLE => vfpga_regs::fields::dma_throttle::IDLE.get(v),
         _ => before,
     }
 }

@@ -23,10 +23,10 @@ use vfpga_device::Device;
 use vfpga_regs::consts;
 
 use crate::backend::Kind;
-use crate::live::{self, Guest, LiveError, Pass, SourceOptions};
+use crate::live::{self, Guest, Link, LiveError, Pass, SourceOptions, ThrottleStep};
 use crate::server::Launch;
 use crate::vm::{self, Placement};
-use crate::workload::{Layout, Workload};
+use crate::workload::{Layout, Mix, Workload};
 
 /// Demo parameters.
 #[derive(Debug, Clone)]
@@ -45,6 +45,8 @@ pub struct DemoOptions {
     pub seed: u64,
     /// Fraction of the workload done before migrating.
     pub migrate_at: f64,
+    /// What the workload's descriptors do.
+    pub mix: Mix,
     /// Source options.
     pub source: SourceOptions,
 }
@@ -67,8 +69,36 @@ impl DemoOptions {
             },
             seed: 0x5eed_2026,
             migrate_at: 0.3,
+            mix: Mix::Mixed,
             source: SourceOptions::default(),
         }
+    }
+
+    /// The workload that outpaces its link: 256 KiB of device memory
+    /// rewritten by back-to-back fills and copies ([`Mix::DirtyDevmem`]),
+    /// 1 MiB of guest memory, a 4 MiB/s link (the device in this process
+    /// runs 256 Ki units per second of link time) and a 20 ms downtime
+    /// limit, 8 passes at most. Unthrottled, every pass leaves the whole
+    /// device memory dirty (about 60 ms at 4 MiB/s): pre-copy ends on the
+    /// pass limit. With auto-converge (a step after every pass that leaves
+    /// half of what it sent), the throttle brings it under the limit.
+    pub fn dirty(kind: Kind) -> Self {
+        let mut o = DemoOptions::new(kind, 256 << 10);
+        o.guest_mem = 1 << 20;
+        o.descriptors = 1000;
+        o.migrate_at = 0.2;
+        o.mix = Mix::DirtyDevmem;
+        o.source.link = Some(Link {
+            bytes_per_sec: 4 << 20,
+            device_units_per_sec: 256 << 10,
+        });
+        o.source.policy.downtime_limit = std::time::Duration::from_millis(20);
+        o.source.policy.max_passes = 8;
+        o.source.policy.stall_passes = 0;
+        if let Some(ac) = o.source.policy.auto_converge.as_mut() {
+            ac.high_passes = 1;
+        }
+        o
     }
 
     /// The guest layout both sides of a migration use.
@@ -162,14 +192,26 @@ pub struct DemoReport {
     pub devmem_bytes: u64,
     /// Descriptors in the workload.
     pub descriptors: u64,
+    /// What they do (`mixed`, `dirty-devmem`).
+    pub workload: String,
     /// Descriptors verified on the source.
     pub verified_on_source: u64,
     /// Descriptors verified on the destination.
     pub verified_on_destination: u64,
     /// Pre-copy passes.
     pub passes: Vec<Pass>,
-    /// Why pre-copy ended: `converged`, `max-passes` or `not-converging`.
+    /// Why pre-copy ended: `converged`, `byte-budget`, `pass-limit` or
+    /// `not-converging`.
     pub stop_reason: String,
+    /// The same in words, with the figures.
+    pub stop_detail: String,
+    /// The downtime limit pre-copy aimed at.
+    #[serde(serialize_with = "crate::ms")]
+    pub downtime_limit_ms: f64,
+    /// Link rate limit, bytes per second (`null`: none).
+    pub link_bytes_per_sec: Option<u64>,
+    /// Auto-converge steps (`DMA_THROTTLE` raised after a pass).
+    pub throttle_steps: Vec<ThrottleStep>,
     /// Device bytes after the stop.
     pub stop_copy_device_bytes: u64,
     /// Guest pages after the stop.
@@ -229,7 +271,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, LiveError> {
     let t_ref = Instant::now();
     let ref_guest = Guest::new(layout)?;
     let mut ref_dev = vm::open(&opts.placement, opts.kind, opts.devmem, &ref_guest)?;
-    let mut ref_wl = Workload::new(layout, opts.seed, opts.descriptors);
+    let mut ref_wl = Workload::with_mix(layout, opts.seed, opts.descriptors, opts.mix);
     let mut ref_ring = ref_wl.start(ref_dev.dev(), &ref_guest.dma)?;
     run_to_end(
         ref_dev.dev(),
@@ -288,7 +330,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, LiveError> {
     let src_guest = Guest::new(layout)?;
     let mut src_dev = vm::open(&opts.placement, opts.kind, opts.devmem, &src_guest)?;
     let src_where = src_dev.describe();
-    let mut wl = Workload::new(layout, opts.seed, opts.descriptors);
+    let mut wl = Workload::with_mix(layout, opts.seed, opts.descriptors, opts.mix);
     let mut ring = wl.start(src_dev.dev(), &src_guest.dma)?;
     let switch_at = (opts.descriptors as f64 * opts.migrate_at) as u64;
     let before = wl.stats().verified;
@@ -368,10 +410,15 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, LiveError> {
         ),
         devmem_bytes: opts.devmem,
         descriptors: opts.descriptors,
+        workload: opts.mix.name().into(),
         verified_on_source,
         verified_on_destination,
         passes: src.passes,
         stop_reason: src.stop_reason,
+        stop_detail: src.stop_detail,
+        downtime_limit_ms: src.downtime_limit_ms,
+        link_bytes_per_sec: opts.source.link.map(|l| l.bytes_per_sec),
+        throttle_steps: src.throttle_steps,
         stop_copy_device_bytes: src.stop_copy_device_bytes,
         stop_copy_guest_pages: src.stop_copy_guest_pages,
         stopped_at_ms: src.stopped_at_ms,
@@ -404,5 +451,33 @@ mod tests {
             r.passes.iter().skip(1).any(|p| p.descriptors_during > 0)
                 || r.passes[0].descriptors_during > 0
         );
+    }
+
+    /// The workload that outpaces its link: without auto-converge pre-copy
+    /// never gets under the downtime limit and ends on the pass limit; with
+    /// it, the source throttles the device's DMA step by step and pre-copy
+    /// converges. Both runs are bit-exact. The devices are models in this
+    /// process, so how much a pass dirties follows the link time (device
+    /// units per second of link), not this machine's speed; the reason each
+    /// run ended is asserted, not a timing.
+    #[test]
+    fn a_device_that_outpaces_the_link_converges_only_when_throttled() {
+        let mut o = DemoOptions::dirty(Kind::Model);
+        o.placement = Placement::Local;
+        let mut before = o.clone();
+        before.source.policy.auto_converge = None;
+        let r = run(&before).unwrap();
+        assert!(r.pass, "{r:?}");
+        assert_eq!(r.stop_reason, "pass-limit", "{}", r.stop_detail);
+        assert!(r.throttle_steps.is_empty());
+        assert!(r.passes.iter().all(|p| p.throttle == 0));
+
+        let r = run(&o).unwrap();
+        assert!(r.pass, "{r:?}");
+        assert_eq!(r.stop_reason, "converged", "{}", r.stop_detail);
+        assert!(!r.throttle_steps.is_empty(), "{r:?}");
+        let steps: Vec<u32> = r.throttle_steps.iter().map(|s| s.value).collect();
+        assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+        assert!(r.passes.last().is_some_and(|p| p.throttle > 0));
     }
 }

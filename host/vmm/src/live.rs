@@ -3,8 +3,10 @@
 //! The source plays QEMU's part for a VFIO device with pre-copy: it starts
 //! dirty logging of guest memory, sends every guest page, moves the device to
 //! PRE_COPY and streams device data pass after pass while the guest workload
-//! keeps running, follows the migration engine's convergence advice, then
-//! stops the device (STOP_COPY), sends what is left (remaining device data,
+//! keeps running, ends pre-copy once the bytes left fit a downtime limit at
+//! the bandwidth it measures (raising the device's DMA throttle step by step
+//! when the device dirties faster than the link drains; a pass limit is the
+//! fallback), then stops the device (STOP_COPY), sends what is left (remaining device data,
 //! the guest pages dirtied since the last pass, the guest driver's state) and
 //! waits for the destination's verdict. The destination loads everything into
 //! a fresh device that stays in RESUMING until the stream is complete and
@@ -15,12 +17,12 @@
 //! refuses the stream never runs its device.
 
 use std::io::{Read, Write};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use vfpga_device::ring::RingDriver;
 use vfpga_migration::MigState;
-use vfpga_migration::save::{ConvergencePolicy, StopReason};
+use vfpga_migration::converge::{Convergence, DowntimePolicy, EndReason, PassSample, Verdict};
 use vfpga_regs::{IrqStatus, offsets};
 
 use crate::channel::{self, ChannelError, MAX_PAGES_PER_RECORD, PAGE, Record};
@@ -71,6 +73,25 @@ pub struct Pass {
     /// Device bytes stop-and-copy would still send after this pass
     /// (MIG_DATA_SIZE).
     pub pending_bytes: u64,
+    /// All bytes stop-and-copy would send after this pass: `pending_bytes`
+    /// and the guest pages dirtied since they were last sent.
+    pub remaining_bytes: u64,
+    /// Bandwidth the pass measured (bytes sent / link time), MiB/s.
+    pub bandwidth_mib_s: f64,
+    /// `remaining_bytes` at that bandwidth: the downtime stopping now would
+    /// cost, in ms.
+    pub estimated_downtime_ms: f64,
+    /// The device's `DMA_THROTTLE` during the pass (0 = not throttled).
+    pub throttle: u32,
+}
+
+/// One auto-converge step: the source raised the device's DMA throttle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ThrottleStep {
+    /// After this pass.
+    pub after_pass: u32,
+    /// New `DMA_THROTTLE.IDLE` (idle cycles after each DMA burst).
+    pub value: u32,
 }
 
 /// What the source reports while it migrates (for progress displays).
@@ -98,8 +119,17 @@ pub struct SourceReport {
     pub stop_copy_device_bytes: u64,
     /// Guest pages sent after the device stopped.
     pub stop_copy_guest_pages: u64,
-    /// Why pre-copy ended: `converged`, `max-passes` or `not-converging`.
+    /// Why pre-copy ended: `converged`, `byte-budget`, `pass-limit` or
+    /// `not-converging`.
     pub stop_reason: String,
+    /// The same in words, with the figures (e.g. `converged (estimated
+    /// downtime 3.1 ms <= limit 300 ms at 95.0 MiB/s)`).
+    pub stop_detail: String,
+    /// The downtime limit pre-copy aimed at, ms.
+    #[serde(serialize_with = "crate::ms")]
+    pub downtime_limit_ms: f64,
+    /// Auto-converge steps, in order.
+    pub throttle_steps: Vec<ThrottleStep>,
     /// Source device stopped (µs since the epoch).
     pub stopped_at_us: u64,
     /// Milliseconds since the migration started when the device stopped.
@@ -160,13 +190,34 @@ impl DestReport {
     }
 }
 
+/// A migration link slower than the machine, as QEMU's `max-bandwidth`
+/// makes one: the source sends no faster than `bytes_per_sec`, and the
+/// guest keeps running for as long as the link is busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    /// Link rate, bytes per second.
+    pub bytes_per_sec: u64,
+    /// How fast a device in this process runs while the link is busy, in
+    /// its units ([`vfpga_device::Device::advance`]) per second of link
+    /// time: the guest runs that many units per pass, so what a pass dirties
+    /// follows the link time, not this machine's speed. A device in a server
+    /// runs on its own, in real time.
+    pub device_units_per_sec: u64,
+}
+
+/// [`Link::device_units_per_sec`] when a link rate is set without one.
+pub const DEVICE_UNITS_PER_SEC: u64 = 256 << 10;
+
 /// Source options.
 #[derive(Debug, Clone, Copy)]
 pub struct SourceOptions {
-    /// Pre-copy convergence policy.
-    pub policy: ConvergencePolicy,
+    /// When pre-copy ends, and auto-converge.
+    pub policy: DowntimePolicy,
+    /// A rate-limited link; `None`: as fast as the connection goes, the
+    /// guest running `descriptors_per_pass` between passes.
+    pub link: Option<Link>,
     /// Descriptors the guest completes between two passes (it keeps running;
-    /// fewer when the workload ends first).
+    /// fewer when the workload ends first). Without a [`Link`] only.
     pub descriptors_per_pass: u64,
     /// Device units per workload round.
     pub budget: u64,
@@ -177,11 +228,11 @@ pub struct SourceOptions {
 impl Default for SourceOptions {
     fn default() -> Self {
         SourceOptions {
-            policy: ConvergencePolicy {
-                downtime_bytes: 64 << 10,
-                max_dirty_passes: 8,
-                stall_passes: 3,
+            policy: DowntimePolicy {
+                max_passes: 8,
+                ..DowntimePolicy::default()
             },
+            link: None,
             descriptors_per_pass: 50,
             budget: 256,
             fail_after_passes: None,
@@ -255,36 +306,6 @@ fn drain_device_counted(
     }
 }
 
-/// The VMM's pre-copy convergence decision, from what a vfio-user device
-/// tells a VMM: MIG_DATA_SIZE (the bytes stop-and-copy would read now).
-#[derive(Debug, Default)]
-struct Convergence {
-    history: Vec<u64>,
-}
-
-impl Convergence {
-    /// After dirty pass `pass` (0 = the full pass), with `left` bytes of
-    /// device data for stop-and-copy: stop now, and why?
-    fn decide(&mut self, pass: u32, left: u64, p: &ConvergencePolicy) -> Option<StopReason> {
-        if pass == 0 {
-            return None;
-        }
-        self.history.push(left);
-        if left <= p.downtime_bytes {
-            return Some(StopReason::Converged);
-        }
-        if self.history.len() >= p.max_dirty_passes as usize {
-            return Some(StopReason::MaxPasses);
-        }
-        let k = p.stall_passes as usize;
-        let h = &self.history;
-        if k > 0 && h.len() > k && h[h.len() - k - 1..].windows(2).all(|w| w[1] >= w[0]) {
-            return Some(StopReason::NotConverging);
-        }
-        None
-    }
-}
-
 /// Rounds without a completion after which a workload is declared stuck (a
 /// hang guard: a working device completes within a few rounds).
 pub const STUCK_ROUNDS: u64 = 2_000_000;
@@ -313,6 +334,44 @@ pub fn run_for(
                 wl.in_flight()
             )));
         }
+    }
+    Ok(())
+}
+
+/// The guest runs while the link carries a pass of `link_time`: a device
+/// in this process runs `link_time * device_units_per_sec` units, a device
+/// in a server runs on its own meanwhile; then the source waits for the
+/// link until `t_pass + link_time`.
+fn run_while_sending(
+    dev: &mut dyn VmDevice,
+    wl: &mut Workload,
+    ring: &mut RingDriver,
+    budget: u64,
+    link: &Link,
+    link_time: Duration,
+    t_pass: Instant,
+) -> Result<(), LiveError> {
+    let deadline = t_pass + link_time;
+    let d = dev.dev();
+    if d.info().self_running {
+        while !wl.done() && Instant::now() < deadline {
+            wl.pump(d, ring, budget)?;
+        }
+    } else {
+        let mut left = (link_time.as_secs_f64() * link.device_units_per_sec as f64) as u64;
+        while left > 0 && !wl.done() {
+            wl.submit(d, ring)?;
+            let p = d.advance(budget.min(left))?;
+            wl.collect(d, ring)?;
+            if p.used == 0 {
+                break;
+            }
+            left = left.saturating_sub(p.used);
+        }
+    }
+    let now = Instant::now();
+    if now < deadline {
+        std::thread::sleep(deadline - now);
     }
     Ok(())
 }
@@ -352,6 +411,10 @@ pub fn migrate_out_with_progress<S: Read + Write>(
             tracing::error!("source could not return to RUNNING after a failed migration: {e}");
             dev.reset()?;
         }
+        // The guest goes on here, at full speed again.
+        if let Err(e) = dev.dev().write_reg(offsets::DMA_THROTTLE, 0) {
+            tracing::warn!("clearing the DMA throttle after a failed migration: {e}");
+        }
     }
     r
 }
@@ -371,26 +434,49 @@ fn migrate_out_inner<S: Read + Write>(
     dev.dirty_start(guest)?;
     dev.set_state(MigState::PreCopy)?;
     let mut passes = Vec::new();
-    let all: Vec<u64> = guest.pages().collect();
-    let mut guest_pages = send_pages(conn, guest, 0, &all)?;
-    progress(Progress::Sending {
-        pass: 0,
-        bytes: guest_pages * PAGE as u64,
-    });
+    let mut to_send: Vec<u64> = guest.pages().collect();
     let mut pass = 0u32;
-    let mut conv = Convergence::default();
-    let stop_reason;
-    loop {
+    let mut conv = Convergence::new(opts.policy);
+    let mut throttle = 0u32;
+    let mut throttle_steps = Vec::new();
+    let (end, leftover) = loop {
+        let t_pass = Instant::now();
+        let guest_pages = send_pages(conn, guest, pass, &to_send)?;
         let base = guest_pages * PAGE as u64;
+        progress(Progress::Sending { pass, bytes: base });
         let device_bytes = drain_device(dev, conn, &mut |b| {
             progress(Progress::Sending {
                 pass,
                 bytes: base + b,
             })
         })?;
+        let sent = base + device_bytes;
+        let send_time = t_pass.elapsed();
         let before = wl.stats().verified;
-        run_for(dev.dev(), wl, ring, opts.budget, opts.descriptors_per_pass)?;
+        // How long the link was busy with this pass: the bandwidth the
+        // downtime estimate uses.
+        let transfer = match &opts.link {
+            None => {
+                run_for(dev.dev(), wl, ring, opts.budget, opts.descriptors_per_pass)?;
+                send_time
+            }
+            Some(link) => {
+                let link_time =
+                    Duration::from_secs_f64(sent as f64 / link.bytes_per_sec.max(1) as f64);
+                run_while_sending(dev, wl, ring, opts.budget, link, link_time, t_pass)?;
+                send_time.max(link_time)
+            }
+        };
+        let dirty = dev.dirty_take(guest)?;
         let left = dev.stop_copy_size()?;
+        let remaining = left + dirty.len() as u64 * PAGE as u64;
+        let verdict = conv.after_pass(&PassSample {
+            pass,
+            bytes_sent: sent,
+            transfer,
+            remaining,
+        });
+        let bw = conv.bandwidth().unwrap_or(0.0);
         passes.push(Pass {
             pass,
             device_bytes,
@@ -398,8 +484,21 @@ fn migrate_out_inner<S: Read + Write>(
             descriptors_during: wl.stats().verified - before,
             at_ms: ms(Instant::now()),
             pending_bytes: left,
+            remaining_bytes: remaining,
+            bandwidth_mib_s: bw / f64::from(1u32 << 20),
+            estimated_downtime_ms: conv
+                .estimate(remaining)
+                .map_or(f64::INFINITY, |d| d.as_secs_f64() * 1000.0),
+            throttle,
         });
         if let Some(p) = passes.last() {
+            tracing::debug!(
+                pass,
+                remaining,
+                bandwidth_mib_s = p.bandwidth_mib_s,
+                estimated_ms = p.estimated_downtime_ms,
+                "pre-copy pass"
+            );
             progress(Progress::PassDone(p));
         }
         if opts.fail_after_passes == Some(pass) {
@@ -407,14 +506,31 @@ fn migrate_out_inner<S: Read + Write>(
                 "injected failure after pass {pass}"
             )));
         }
-        if let Some(r) = conv.decide(pass, left, &opts.policy) {
-            stop_reason = r.name().to_string();
-            break;
+        match verdict {
+            Verdict::Stop(r) => break (r, dirty),
+            Verdict::Continue { throttle: t } => {
+                if let Some(t) = t {
+                    // Auto-converge: slow the device's DMA down, through its
+                    // register, as a VMM does (a BAR0 region write).
+                    dev.dev().write_reg(offsets::DMA_THROTTLE, t)?;
+                    tracing::info!(
+                        after_pass = pass,
+                        throttle = t,
+                        "auto-converge: device DMA throttled (idle cycles per burst)"
+                    );
+                    throttle = t;
+                    throttle_steps.push(ThrottleStep {
+                        after_pass: pass,
+                        value: t,
+                    });
+                }
+            }
         }
         pass += 1;
-        let dirty = dev.dirty_take(guest)?;
-        guest_pages = send_pages(conn, guest, pass, &dirty)?;
-    }
+        to_send = dirty;
+    };
+    tracing::info!(reason = %end, "pre-copy ended");
+    let stop_reason = end.name().to_string();
     // Stop-and-copy: the device quiesces, the guest stops with it.
     let t_stop = Instant::now();
     let stopped_at_us = now_us();
@@ -441,12 +557,23 @@ fn migrate_out_inner<S: Read + Write>(
         &mut times,
     )?;
     times.device_stream_ms = lap(&mut t);
-    let mut last = dev.dirty_take(guest)?;
+    let mut last = leftover;
+    last.extend(dev.dirty_take(guest)?);
     last.extend(guest.layout.driver_pages());
     last.sort_unstable();
     last.dedup();
     let stop_copy_guest_pages = send_pages(conn, guest, u32::MAX, &last)?;
     times.records += stop_copy_guest_pages.div_ceil(MAX_PAGES_PER_RECORD as u64);
+    if let Some(link) = &opts.link {
+        // The rate-limited link carries the rest too: the downtime it costs.
+        let bytes = stop_copy_device_bytes + stop_copy_guest_pages * PAGE as u64;
+        let done =
+            t_stop + Duration::from_secs_f64(bytes as f64 / link.bytes_per_sec.max(1) as f64);
+        let now = Instant::now();
+        if now < done {
+            std::thread::sleep(done - now);
+        }
+    }
     times.guest_pages_ms = lap(&mut t);
     let snap = serde_json::to_vec(&wl.snapshot())
         .map_err(|e| LiveError::Protocol(format!("encoding the workload snapshot: {e}")))?;
@@ -473,10 +600,17 @@ fn migrate_out_inner<S: Read + Write>(
         stop_copy_device_bytes,
         stop_copy_guest_pages,
         stop_reason,
+        stop_detail: end_detail(&end),
+        downtime_limit_ms: opts.policy.downtime_limit.as_secs_f64() * 1000.0,
+        throttle_steps,
         stopped_at_us,
         stopped_at_ms: ms(t_stop),
         stop_copy: times,
     })
+}
+
+fn end_detail(r: &EndReason) -> String {
+    r.to_string()
 }
 
 /// The migrated VM on the destination.
@@ -594,6 +728,9 @@ fn migrate_in_inner<S: Read + Write>(
     // The device runs from here: the end of the downtime window.
     let resumed_at_us = now_us();
     let restore_resume_ms = t_restore.elapsed().as_secs_f64() * 1000.0;
+    // A throttle the source applied is host policy, not device state: it
+    // did not travel, and this side runs the device at full speed.
+    dev.dev().write_reg(offsets::DMA_THROTTLE, 0)?;
     Ok((
         snap,
         DestReport {
@@ -612,30 +749,4 @@ pub fn ack_irqs<D: vfpga_device::Device + ?Sized>(
     dev: &mut D,
 ) -> Result<(), vfpga_device::DeviceError> {
     dev.write_reg(offsets::IRQ_STATUS, IrqStatus::all().bits())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn convergence_follows_the_policy() {
-        let p = ConvergencePolicy {
-            downtime_bytes: 100,
-            max_dirty_passes: 4,
-            stall_passes: 2,
-        };
-        let mut c = Convergence::default();
-        assert_eq!(c.decide(0, 5, &p), None, "never after the full pass");
-        assert_eq!(c.decide(1, 100, &p), Some(StopReason::Converged));
-        let mut c = Convergence::default();
-        assert_eq!(c.decide(1, 500, &p), None);
-        assert_eq!(c.decide(2, 400, &p), None);
-        assert_eq!(c.decide(3, 450, &p), None);
-        assert_eq!(c.decide(4, 300, &p), Some(StopReason::MaxPasses));
-        let mut c = Convergence::default();
-        assert_eq!(c.decide(1, 300, &p), None);
-        assert_eq!(c.decide(2, 300, &p), None);
-        assert_eq!(c.decide(3, 310, &p), Some(StopReason::NotConverging));
-    }
 }

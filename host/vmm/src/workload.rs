@@ -57,6 +57,29 @@ impl Layout {
     }
 }
 
+/// What the workload's descriptors do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mix {
+    /// Copies both ways, CRC32C and fills, up to 12 KiB each.
+    #[default]
+    Mixed,
+    /// Large fills (three in four) and host-to-device copies of 16-64 KiB
+    /// into device memory: dirties device memory as fast as the engine runs
+    /// (a device that outpaces a slow migration link).
+    DirtyDevmem,
+}
+
+impl Mix {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mix::Mixed => "mixed",
+            Mix::DirtyDevmem => "dirty-devmem",
+        }
+    }
+}
+
 /// SplitMix64: a tiny deterministic generator whose state is one `u64`, so
 /// the workload's position in its sequence migrates with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +178,9 @@ pub struct Snapshot {
     pub stats: Stats,
     /// Descriptors with the IRQ flag submitted so far.
     pub irq_wanted: u64,
+    /// What the descriptors do.
+    #[serde(default)]
+    pub mix: Mix,
 }
 
 /// The workload: generator, shadow memories, and descriptors in flight.
@@ -172,6 +198,7 @@ pub struct Workload {
     devmem: Vec<u8>,
     stats: Stats,
     irq_wanted: u64,
+    mix: Mix,
 }
 
 const MAX_LEN: u64 = 12 * 1024;
@@ -179,6 +206,11 @@ const MAX_LEN: u64 = 12 * 1024;
 impl Workload {
     /// A workload of `total` descriptors generated from `seed`.
     pub fn new(layout: Layout, seed: u64, total: u64) -> Self {
+        Self::with_mix(layout, seed, total, Mix::Mixed)
+    }
+
+    /// A workload of `total` descriptors of `mix` generated from `seed`.
+    pub fn with_mix(layout: Layout, seed: u64, total: u64, mix: Mix) -> Self {
         let mut rng = Rng(seed);
         let guest: Vec<u8> = (0..layout.data_size()).map(|_| rng.next() as u8).collect();
         Workload {
@@ -192,6 +224,7 @@ impl Workload {
             devmem: vec![0; layout.devmem as usize],
             stats: Stats::default(),
             irq_wanted: 0,
+            mix,
         }
     }
 
@@ -203,6 +236,7 @@ impl Workload {
             total: self.total,
             stats: self.stats,
             irq_wanted: self.irq_wanted,
+            mix: self.mix,
         }
     }
 
@@ -210,7 +244,7 @@ impl Workload {
     /// memories and the descriptors still in flight come out exactly as the
     /// source had them.
     pub fn from_snapshot(layout: Layout, snap: &Snapshot) -> Self {
-        let mut w = Workload::new(layout, snap.seed, snap.total);
+        let mut w = Workload::with_mix(layout, snap.seed, snap.total, snap.mix);
         let submitted = snap.stats.submitted.min(snap.total);
         for i in 0..submitted {
             let d = w.generate();
@@ -268,6 +302,9 @@ impl Workload {
     }
 
     fn generate(&mut self) -> Desc {
+        if self.mix == Mix::DirtyDevmem {
+            return self.generate_dirty();
+        }
         let l = self.layout;
         let data = l.data_size();
         let dm = l.devmem;
@@ -305,6 +342,30 @@ impl Workload {
         };
         let mut d = Desc::new(op, tag, src, dst, len as u32, pattern);
         if self.rng.below(4) == 0 {
+            d = d.with_irq();
+        }
+        d
+    }
+
+    /// [`Mix::DirtyDevmem`]: a large write into device memory.
+    fn generate_dirty(&mut self) -> Desc {
+        let l = self.layout;
+        let data = l.data_size();
+        let dm = l.devmem;
+        let max = (64 << 10).min(data / 2).min(dm).max(1);
+        let min = (16 << 10).min(max);
+        let len = min + self.rng.below(max - min + 1);
+        let tag = self.next_tag;
+        self.next_tag = self.next_tag.wrapping_add(1);
+        let pattern = self.rng.next() as u32;
+        let dst = self.rng.below(dm - len + 1);
+        let mut d = if self.rng.below(4) == 0 {
+            let src = l.data_base() + self.rng.below(data - len + 1);
+            Desc::new(Opcode::CopyH2d, tag, src, dst, len as u32, pattern)
+        } else {
+            Desc::new(Opcode::FillDev, tag, 0, dst, len as u32, pattern)
+        };
+        if self.rng.below(8) == 0 {
             d = d.with_irq();
         }
         d
