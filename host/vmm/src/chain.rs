@@ -78,7 +78,7 @@ impl ChainOptions {
     /// being prepared and its pre-copy passes run.
     pub fn segment(kind: Kind) -> u64 {
         match kind {
-            Kind::Board => 40,
+            Kind::Board => 48,
             Kind::Model | Kind::Sim => 160,
         }
     }
@@ -87,8 +87,10 @@ impl ChainOptions {
         Layout {
             base: 0x1_0000_0000,
             size: self.guest_mem,
-            sq_entries: 16,
-            cq_entries: 16,
+            // A small ring: a free-running form completes at most this
+            // many descriptors past the point the VMM stops submitting.
+            sq_entries: 4,
+            cq_entries: 4,
             devmem: self.devmem,
         }
     }
