@@ -57,16 +57,6 @@ fn board(dma: DmaPort, irq: Arc<IrqLog>) -> Result<Option<Box<dyn Device>>, HilE
 type Maker =
     fn(DmaPort, Arc<dyn vfpga_device::IrqSink>) -> Result<Option<Box<dyn Device>>, HilError>;
 
-/// What this build of vfpga expects a board to report.
-fn expected() -> vfpga_config::ExpectedIds {
-    use vfpga_regs::consts;
-    vfpga_config::ExpectedIds {
-        vendor_id: consts::PCI_VENDOR_ID as u16,
-        device_id: consts::PCI_DEVICE_ID as u16,
-        rtl_version: consts::RTL_VERSION,
-    }
-}
-
 /// The board path (`vfpga_hw::BoardDevice` above the bottom: access rules,
 /// identity checks, IOMMU bookkeeping, MSI-X through eventfds and the
 /// forwarding thread) with `make`'s device standing in for the board.
@@ -93,7 +83,7 @@ fn stand_in(
                 Err(vfpga_device::DeviceError::NotImplemented("stand-in failed"))
             }
         },
-        &expected(),
+        &vfpga_hw::this_build_ids(),
         u64::from(pages) * 4096,
         dma,
         irq,
@@ -145,7 +135,7 @@ fn board_path_sim(dma: DmaPort, irq: Arc<IrqLog>) -> Result<Option<Box<dyn Devic
 /// reason when cocotb or Icarus is missing.
 fn simulated_board(dma: DmaPort, irq: Arc<IrqLog>) -> Result<Option<Box<dyn Device>>, HilError> {
     let o = vfpga_hw::SimBoardOptions::new(vfpga_hil::MIN_DEVMEM_PAGES, 1024);
-    let dev = vfpga_hw::BoardDevice::simulated(&o, &expected(), dma, irq)
+    let dev = vfpga_hw::BoardDevice::simulated(&o, &vfpga_hw::this_build_ids(), dma, irq)
         .map_err(|e| setup("simulated board", e))?;
     Ok(Some(Box::new(dev)))
 }

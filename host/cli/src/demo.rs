@@ -97,28 +97,13 @@ pub fn run(
     );
     let report = match demo::run(&opts) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!(
-                "vfpga demo: could not run: {}",
-                vfpga_device::error_chain(&e)
-            );
-            return EXIT_USAGE;
-        }
+        Err(e) => return could_not_run(&e),
     };
     print!("{}", crate::report::text(&report));
-    if let Some(p) = json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(t) => {
-                if let Err(e) = std::fs::write(p, t + "\n") {
-                    eprintln!("vfpga demo: cannot write {}: {e}", p.display());
-                    return EXIT_USAGE;
-                }
-            }
-            Err(e) => {
-                eprintln!("vfpga demo: cannot encode the report: {e}");
-                return EXIT_USAGE;
-            }
-        }
+    if let Some(p) = json
+        && let Err(code) = write_json(p, &report)
+    {
+        return code;
     }
     if let Some(p) = plot
         && let Err(e) = std::fs::write(p, crate::report::svg(&report))
@@ -156,13 +141,7 @@ pub fn chain(forms: &[BackendArg], json: Option<&Path>, in_process: bool) -> u8 
     );
     let r = match chain::run(&o) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!(
-                "vfpga demo: could not run: {}",
-                vfpga_device::error_chain(&e)
-            );
-            return EXIT_USAGE;
-        }
+        Err(e) => return could_not_run(&e),
     };
     for h in &r.hops {
         println!(
@@ -193,18 +172,30 @@ pub fn chain(forms: &[BackendArg], json: Option<&Path>, in_process: bool) -> u8 
         ),
         Some(f) => println!("FAIL: {f}"),
     }
-    if let Some(p) = json {
-        let t = match serde_json::to_string_pretty(&r) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("vfpga demo: cannot encode the report: {e}");
-                return EXIT_USAGE;
-            }
-        };
-        if let Err(e) = std::fs::write(p, t + "\n") {
-            eprintln!("vfpga demo: cannot write {}: {e}", p.display());
-            return EXIT_USAGE;
-        }
+    if let Some(p) = json
+        && let Err(code) = write_json(p, &r)
+    {
+        return code;
     }
     if r.pass { EXIT_OK } else { EXIT_FAILED }
+}
+
+fn could_not_run(e: &vfpga_vmm::live::LiveError) -> u8 {
+    eprintln!(
+        "vfpga demo: could not run: {}",
+        vfpga_device::error_chain(e)
+    );
+    EXIT_USAGE
+}
+
+/// Writes `report` as pretty JSON to `p`; the exit status on failure.
+fn write_json(p: &Path, report: &impl serde::Serialize) -> Result<(), u8> {
+    let t = serde_json::to_string_pretty(report).map_err(|e| {
+        eprintln!("vfpga demo: cannot encode the report: {e}");
+        EXIT_USAGE
+    })?;
+    std::fs::write(p, t + "\n").map_err(|e| {
+        eprintln!("vfpga demo: cannot write {}: {e}", p.display());
+        EXIT_USAGE
+    })
 }

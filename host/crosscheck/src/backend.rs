@@ -347,12 +347,7 @@ pub fn faulty_factory(
         }
         Impl::Board => {
             let o = vfpga_hw::SimBoardOptions::new(devmem_pages, DMALOG_MAX_PAGES);
-            let expected = vfpga_config::ExpectedIds {
-                vendor_id: vfpga_regs::consts::PCI_VENDOR_ID as u16,
-                device_id: vfpga_regs::consts::PCI_DEVICE_ID as u16,
-                rtl_version: vfpga_regs::consts::RTL_VERSION,
-            };
-            let b = BoardDevice::simulated(&o, &expected, dma, irq)?;
+            let b = BoardDevice::simulated(&o, &vfpga_hw::this_build_ids(), dma, irq)?;
             Ok(AnyDevice::Board(Box::new(b)))
         }
     })

@@ -41,6 +41,18 @@ pub use simboard::{SimBoardOptions, SimEvent, SimHello, SimStats, source_tree};
 pub use vfio::preflight;
 
 use board::{Board, Bottom};
+
+/// The identity this build expects a vfpga bitstream to report (the
+/// generated `PCI_VENDOR_ID`, `PCI_DEVICE_ID` and `RTL_VERSION`): what the
+/// simulated board and the stand-ins are opened against.
+pub fn this_build_ids() -> vfpga_config::ExpectedIds {
+    use vfpga_regs::consts;
+    vfpga_config::ExpectedIds {
+        vendor_id: consts::PCI_VENDOR_ID as u16,
+        device_id: consts::PCI_DEVICE_ID as u16,
+        rtl_version: consts::RTL_VERSION,
+    }
+}
 use standin::StandIn;
 use vfio::VfioBottom;
 

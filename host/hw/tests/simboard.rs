@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use vfpga_config::ExpectedIds;
 use vfpga_device::ring::{Desc, RingDriver};
 use vfpga_device::{Device, DeviceError, DmaPort, IrqLog, MmapMemory, Perm};
 use vfpga_hw::{BoardDevice, SimBoardOptions, SimEvent};
@@ -19,14 +18,6 @@ use vfpga_regs::{CplStatus, Opcode, consts, offsets};
 const BASE: u64 = 0x1_0000_0000;
 const LEN: u64 = 1 << 20;
 const PAGES: u32 = 4;
-
-fn expected() -> ExpectedIds {
-    ExpectedIds {
-        vendor_id: consts::PCI_VENDOR_ID as u16,
-        device_id: consts::PCI_DEVICE_ID as u16,
-        rtl_version: consts::RTL_VERSION,
-    }
-}
 
 fn guest() -> DmaPort {
     let f = tempfile::tempfile().expect("tempfile");
@@ -39,7 +30,7 @@ fn guest() -> DmaPort {
 
 fn open(dma: &DmaPort, irq: &Arc<IrqLog>) -> BoardDevice {
     let o = SimBoardOptions::new(PAGES, 1024);
-    match BoardDevice::simulated(&o, &expected(), dma.clone(), irq.clone()) {
+    match BoardDevice::simulated(&o, &vfpga_hw::this_build_ids(), dma.clone(), irq.clone()) {
         Ok(b) => b,
         Err(e) => panic!("{}", vfpga_device::error_chain(&e)),
     }

@@ -40,16 +40,6 @@ impl Kind {
 /// DMA-log pages of the simulated board the VMM opens.
 pub const BOARD_DMALOG_PAGES: u32 = 1024;
 
-/// What this build expects a board to report.
-pub fn expected_ids() -> vfpga_config::ExpectedIds {
-    use vfpga_regs::consts;
-    vfpga_config::ExpectedIds {
-        vendor_id: consts::PCI_VENDOR_ID as u16,
-        device_id: consts::PCI_DEVICE_ID as u16,
-        rtl_version: consts::RTL_VERSION,
-    }
-}
-
 /// Why a device could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -120,7 +110,7 @@ fn open_with(
         Kind::Board => {
             let o = vfpga_hw::SimBoardOptions::new(devmem_pages, BOARD_DMALOG_PAGES);
             Ok(Box::new(
-                vfpga_hw::BoardDevice::simulated(&o, &expected_ids(), dma, irq)
+                vfpga_hw::BoardDevice::simulated(&o, &vfpga_hw::this_build_ids(), dma, irq)
                     .map_err(BackendError::Board)?,
             ))
         }

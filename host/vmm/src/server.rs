@@ -96,7 +96,7 @@ fn config_yaml(kind: Kind, devmem: u64) -> String {
     match kind {
         Kind::Sim => s.push_str("sim:\n  clock: free-running\n"),
         Kind::Board => {
-            let e = crate::backend::expected_ids();
+            let e = vfpga_hw::this_build_ids();
             s.push_str(&format!(
                 "  dmalog_max_pages: {}\nboard:\n  simulated: {{}}\n  expected: {{vendor_id: {:#x}, device_id: {:#x}, rtl_version: {:#x}}}\n",
                 crate::backend::BOARD_DMALOG_PAGES,
