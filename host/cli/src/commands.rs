@@ -90,6 +90,7 @@ pub fn migrate(
     logging::init(cfg.as_ref(), log_format);
     crate::migrate::run(
         cfg.as_ref(),
+        common.config.as_deref(),
         backend,
         to.as_deref(),
         incoming.as_deref(),

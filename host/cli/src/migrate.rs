@@ -23,6 +23,7 @@ use vfpga_device::error_chain;
 use vfpga_vmm::backend::Kind;
 use vfpga_vmm::demo::DemoOptions;
 use vfpga_vmm::live::{self, Guest, LiveError, Pass, Progress};
+use vfpga_vmm::server::Launch;
 use vfpga_vmm::vm::{self, Placement, VmDevice};
 use vfpga_vmm::workload::Workload;
 
@@ -44,11 +45,7 @@ fn kind_of(cfg: Option<&Config>, backend: Option<BackendArg>) -> Result<Kind, St
     match cfg.map(|c| c.backend.value) {
         None | Some(Backend::Sim) => Ok(Kind::Sim),
         Some(Backend::Model) => Ok(Kind::Model),
-        Some(Backend::Board)
-            if cfg.is_some_and(|c| c.board.as_ref().is_some_and(|b| b.simulated.is_some())) =>
-        {
-            Ok(Kind::Board)
-        }
+        Some(Backend::Board) => Ok(Kind::Board),
         Some(o) => Err(format!(
             "backend `{}` cannot be migrated by `vfpga migrate` yet",
             o.name()
@@ -64,6 +61,7 @@ fn fail(msg: impl std::fmt::Display, e: &LiveError) -> u8 {
 /// Runs `vfpga migrate`; returns the exit status.
 pub fn run(
     cfg: Option<&Config>,
+    config_path: Option<&std::path::Path>,
     backend: Option<BackendArg>,
     to: Option<&str>,
     incoming: Option<&str>,
@@ -90,6 +88,21 @@ pub fn run(
             return EXIT_USAGE;
         }
     };
+    // A board (real or simulated) is served as the user's config describes
+    // it: each side's `vfpga serve` child gets that file.
+    if kind == Kind::Board
+        && let (Some(path), Placement::Server(Launch::Process(exe))) =
+            (config_path, &opts.placement)
+    {
+        opts.placement = Placement::Server(Launch::WithConfig(exe.clone(), path.to_path_buf()));
+    } else if kind == Kind::Board
+        && cfg.is_some_and(|c| c.board.as_ref().is_some_and(|b| b.pci_address.is_some()))
+    {
+        eprintln!(
+            "vfpga migrate: a real board is served by a `vfpga serve` child with its config: drop --in-process"
+        );
+        return EXIT_USAGE;
+    }
     match (to, incoming) {
         (Some(t), None) => match parse_tcp(t) {
             Some(addr) => source(&opts, &addr),

@@ -110,3 +110,54 @@ fn a_vfio_user_client_runs_a_descriptor_on_the_simulated_board() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// `vfpga migrate` with a board config: each side's `vfpga serve` child
+/// gets the user's config file (here the simulated board, 16 KiB of device
+/// memory), and the destination verifies the workload.
+#[test]
+fn vfpga_migrate_serves_each_side_from_the_board_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("board.yaml");
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/board-sim.yaml"),
+    )
+    .unwrap()
+    .replace("devmem_size: 256KiB", "devmem_size: 16KiB");
+    std::fs::write(&cfg, text).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr = format!("tcp:127.0.0.1:{port}");
+    let (c2, a2) = (cfg.clone(), addr.clone());
+    let run = move |side: &str| {
+        Command::new(env!("CARGO_BIN_EXE_vfpga"))
+            .args(["migrate", "--config"])
+            .arg(&c2)
+            .args([side, &a2])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let dest = std::thread::spawn(move || run("--incoming"));
+    std::thread::sleep(Duration::from_secs(2));
+    let src = Command::new(env!("CARGO_BIN_EXE_vfpga"))
+        .args(["migrate", "--config"])
+        .arg(dir.path().join("board.yaml"))
+        .args(["--to", &format!("tcp:127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let dest = dest.join().unwrap();
+    let out = String::from_utf8_lossy(&dest.stdout);
+    assert!(
+        src.status.success(),
+        "source: {}",
+        String::from_utf8_lossy(&src.stderr)
+    );
+    assert!(
+        dest.status.success() && out.contains("PASS"),
+        "destination: {out}"
+    );
+    assert!(out.contains("board backend"), "{out}");
+}

@@ -27,6 +27,9 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum Launch {
     /// `EXE serve --config CFG --socket SOCK`, one child process per device.
     Process(PathBuf),
+    /// The same with the user's own config file (`EXE`, `CONFIG`): a board,
+    /// real or simulated, is served as that file describes it.
+    WithConfig(PathBuf, PathBuf),
     /// A vfio-user server on threads of this process, over a UNIX socket.
     InThread,
 }
@@ -133,11 +136,17 @@ impl DeviceServer {
         let socket = dir.path().join("device.sock");
         let stderr = dir.path().join("server.log");
         let running = match launch {
-            Launch::Process(exe) => {
-                let cfg = dir.path().join("server.yaml");
-                std::fs::write(&cfg, config_yaml(kind, devmem)).map_err(|e| {
-                    ServerError::Start(format!("cannot write {}: {e}", cfg.display()))
-                })?;
+            Launch::Process(exe) | Launch::WithConfig(exe, _) => {
+                let cfg = match launch {
+                    Launch::WithConfig(_, given) => given.clone(),
+                    _ => {
+                        let cfg = dir.path().join("server.yaml");
+                        std::fs::write(&cfg, config_yaml(kind, devmem)).map_err(|e| {
+                            ServerError::Start(format!("cannot write {}: {e}", cfg.display()))
+                        })?;
+                        cfg
+                    }
+                };
                 let log = File::create(&stderr).map_err(|e| {
                     ServerError::Start(format!("cannot create {}: {e}", stderr.display()))
                 })?;

@@ -112,6 +112,9 @@ impl Placement {
         match self {
             Placement::Local => "in-process devices",
             Placement::Server(Launch::Process(_)) => "one `vfpga serve` process per device",
+            Placement::Server(Launch::WithConfig(..)) => {
+                "one `vfpga serve` process per device, with the given config"
+            }
             Placement::Server(Launch::InThread) => "one in-process vfio-user server per device",
         }
     }
