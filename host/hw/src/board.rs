@@ -44,25 +44,12 @@ pub(crate) trait Bottom: Send + fmt::Debug {
     /// The default splits the range into naturally aligned reads of at most
     /// 8 bytes.
     fn read_bulk(&mut self, bar: Bar, offset: u64, buf: &mut [u8]) -> Result<(), HwError> {
-        let mut at = 0;
-        for (o, w) in pieces(offset, buf.len(), 8) {
-            let v = self.read(bar, o, w)?;
-            buf[at..at + w].copy_from_slice(&v.to_le_bytes()[..w]);
-            at += w;
-        }
-        Ok(())
+        read_by_pieces(self, bar, offset, buf)
     }
 
     /// Writes `data` to `bar` at `offset`, as `read_bulk` reads.
     fn write_bulk(&mut self, bar: Bar, offset: u64, data: &[u8]) -> Result<(), HwError> {
-        let mut at = 0;
-        for (o, w) in pieces(offset, data.len(), 8) {
-            let mut b = [0u8; 8];
-            b[..w].copy_from_slice(&data[at..at + w]);
-            self.write(bar, o, w, u64::from_le_bytes(b))?;
-            at += w;
-        }
-        Ok(())
+        write_by_pieces(self, bar, offset, data)
     }
 
     /// Reads `width` (1, 2 or 4) bytes of PCI configuration space at
@@ -231,6 +218,40 @@ pub(crate) fn pieces(offset: u64, len: usize, max: usize) -> Vec<(u64, usize)> {
         o += w as u64;
     }
     out
+}
+
+/// `buf.len()` bytes of `bar` at `offset` as naturally aligned reads of at
+/// most 8 bytes (the default bulk path).
+pub(crate) fn read_by_pieces<B: Bottom + ?Sized>(
+    b: &mut B,
+    bar: Bar,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<(), HwError> {
+    let mut at = 0;
+    for (o, w) in pieces(offset, buf.len(), 8) {
+        let v = b.read(bar, o, w)?;
+        buf[at..at + w].copy_from_slice(&v.to_le_bytes()[..w]);
+        at += w;
+    }
+    Ok(())
+}
+
+/// `data` to `bar` at `offset` as naturally aligned writes of at most 8 bytes.
+pub(crate) fn write_by_pieces<B: Bottom + ?Sized>(
+    b: &mut B,
+    bar: Bar,
+    offset: u64,
+    data: &[u8],
+) -> Result<(), HwError> {
+    let mut at = 0;
+    for (o, w) in pieces(offset, data.len(), 8) {
+        let mut x = [0u8; 8];
+        x[..w].copy_from_slice(&data[at..at + w]);
+        b.write(bar, o, w, u64::from_le_bytes(x))?;
+        at += w;
+    }
+    Ok(())
 }
 
 /// A board above some bottom. `BoardDevice` is `Board<Box<dyn Bottom>>`.

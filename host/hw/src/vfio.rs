@@ -272,7 +272,7 @@ impl Bottom for VfioBottom {
     /// 8-byte ones), 8-byte pieces at the ragged ends.
     fn read_bulk(&mut self, bar: Bar, offset: u64, buf: &mut [u8]) -> Result<(), HwError> {
         let Some(p) = self.bar(bar).mapped(offset, buf.len()) else {
-            return bulk_by_pieces(self, bar, offset, BulkIo::Read(buf));
+            return crate::board::read_by_pieces(self, bar, offset, buf);
         };
         // SAFETY: `mapped` checked that [p, p+len) lies inside the live BAR
         // mapping; `buf` is a distinct allocation; `open` installed the
@@ -287,7 +287,7 @@ impl Bottom for VfioBottom {
 
     fn write_bulk(&mut self, bar: Bar, offset: u64, data: &[u8]) -> Result<(), HwError> {
         let Some(p) = self.bar(bar).mapped(offset, data.len()) else {
-            return bulk_by_pieces(self, bar, offset, BulkIo::Write(data));
+            return crate::board::write_by_pieces(self, bar, offset, data);
         };
         // SAFETY: as in `read_bulk`; the mapping is writable.
         unsafe { vfpga_device::shared_mem::copy_to(data, p) }.map_err(|_| HwError::Bar {
@@ -403,41 +403,6 @@ impl Bottom for VfioBottom {
             .reset()
             .map_err(self.io("function reset (VFIO_DEVICE_RESET)".into()))
     }
-}
-
-/// The default bulk path, for a BAR range that is not mapped.
-enum BulkIo<'a> {
-    Read(&'a mut [u8]),
-    Write(&'a [u8]),
-}
-
-fn bulk_by_pieces(
-    b: &mut VfioBottom,
-    bar: Bar,
-    offset: u64,
-    io: BulkIo<'_>,
-) -> Result<(), HwError> {
-    let len = match &io {
-        BulkIo::Read(x) => x.len(),
-        BulkIo::Write(x) => x.len(),
-    };
-    let mut at = 0;
-    let mut io = io;
-    for (o, w) in crate::board::pieces(offset, len, 8) {
-        match &mut io {
-            BulkIo::Read(buf) => {
-                let v = b.read(bar, o, w)?;
-                buf[at..at + w].copy_from_slice(&v.to_le_bytes()[..w]);
-            }
-            BulkIo::Write(data) => {
-                let mut x = [0u8; 8];
-                x[..w].copy_from_slice(&data[at..at + w]);
-                b.write(bar, o, w, u64::from_le_bytes(x))?;
-            }
-        }
-        at += w;
-    }
-    Ok(())
 }
 
 fn bar_index(bar: Bar) -> u8 {
