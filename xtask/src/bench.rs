@@ -221,34 +221,65 @@ struct Goal {
     bounded_by: &'static str,
 }
 
+/// What bounds a `vfpga serve` MMIO figure that misses.
+const MMIO_BOUND: &str = "the server's own work per request (one recvmsg, the session and device locks, the register access, one send; no allocation) over the echo's; the wake-up itself is the same for both in a given placement";
+
 const GOALS: &[Goal] = &[
     Goal {
         name: "serve_model_mmio_read_p50",
         on_value: false,
         at_most: true,
         bound: 1.15,
-        bounded_by: "on a quiet machine the request crosses threads in the server that sleep between requests, and each wake-up of an idle core costs tens of microseconds the one-thread echo floor never pays; with every core busy (load about 10) the same harness measured 1.05-1.14x for the model and 1.12-1.14x for the sim. Not profiled further: the hand-offs on the fast path are the next thing to remove",
+        bounded_by: MMIO_BOUND,
+    },
+    Goal {
+        name: "serve_model_mmio_read_p50_split",
+        on_value: false,
+        at_most: true,
+        bound: 1.15,
+        bounded_by: MMIO_BOUND,
     },
     Goal {
         name: "serve_model_mmio_write_p50",
         on_value: false,
         at_most: true,
         bound: 1.15,
-        bounded_by: "on a quiet machine the request crosses threads in the server that sleep between requests, and each wake-up of an idle core costs tens of microseconds the one-thread echo floor never pays; with every core busy (load about 10) the same harness measured 1.05-1.14x for the model and 1.12-1.14x for the sim. Not profiled further: the hand-offs on the fast path are the next thing to remove",
+        bounded_by: MMIO_BOUND,
+    },
+    Goal {
+        name: "serve_model_mmio_write_p50_split",
+        on_value: false,
+        at_most: true,
+        bound: 1.15,
+        bounded_by: MMIO_BOUND,
     },
     Goal {
         name: "serve_sim_mmio_read_p50",
         on_value: false,
         at_most: true,
         bound: 1.5,
-        bounded_by: "on a quiet machine the request crosses threads in the server that sleep between requests, and each wake-up of an idle core costs tens of microseconds the one-thread echo floor never pays; with every core busy (load about 10) the same harness measured 1.05-1.14x for the model and 1.12-1.14x for the sim. Not profiled further: the hand-offs on the fast path are the next thing to remove",
+        bounded_by: MMIO_BOUND,
+    },
+    Goal {
+        name: "serve_sim_mmio_read_p50_split",
+        on_value: false,
+        at_most: true,
+        bound: 1.5,
+        bounded_by: MMIO_BOUND,
     },
     Goal {
         name: "serve_sim_mmio_write_p50",
         on_value: false,
         at_most: true,
         bound: 1.5,
-        bounded_by: "on a quiet machine the request crosses threads in the server that sleep between requests, and each wake-up of an idle core costs tens of microseconds the one-thread echo floor never pays; with every core busy (load about 10) the same harness measured 1.05-1.14x for the model and 1.12-1.14x for the sim. Not profiled further: the hand-offs on the fast path are the next thing to remove",
+        bounded_by: MMIO_BOUND,
+    },
+    Goal {
+        name: "serve_sim_mmio_write_p50_split",
+        on_value: false,
+        at_most: true,
+        bound: 1.5,
+        bounded_by: MMIO_BOUND,
     },
     Goal {
         name: "serve_model_mig_data_read",

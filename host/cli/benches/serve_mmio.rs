@@ -4,9 +4,21 @@
 //! process, this binary run again, as the server under test is): 4-byte BAR0 REGION_READ (32-byte
 //! request, 36-byte reply) and REGION_WRITE (36-byte request, 32-byte
 //! reply), 5 rounds of 4,000 requests, server and echo alternating by round.
-//! Model always; the sim when this build has Verilator. Writes
-//! `target/bench/serve_{model,sim}_mmio_{read,write}_{p50,p99}.json` when
-//! `VFU_BENCH_JSON` names the directory.
+//! Model always; the sim when this build has Verilator.
+//!
+//! Where the kernel puts the two ends decides the figure more than anything
+//! the server does: a blocking round trip between two processes on one CPU
+//! costs a few microseconds, while one whose every wake-up crosses to an
+//! idle CPU pays an inter-processor interrupt each way (about 30 us per
+//! round trip on this kind of VM). Left to itself the scheduler keeps a
+//! pair wherever its first wake-ups put it, so an unpinned run is
+//! bimodal, and the echo and the server can land differently in the same
+//! run. Each placement is therefore measured with the server and its echo
+//! placed alike: `same` (client, server and echo on CPU 0), `split`
+//! (client on CPU 0, server and echo on CPU 1) and `unpinned` (for the
+//! record; no goal). Writes
+//! `target/bench/serve_{model,sim}_mmio_{read,write}_{p50,p99}[_split|_unpinned].json`
+//! when `VFU_BENCH_JSON` names the directory (no suffix: `same`).
 
 #![allow(clippy::unwrap_used, missing_docs)] // a benchmark binary
 
@@ -15,6 +27,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+use nix::unistd::Pid;
 use vfpga_regs::offsets;
 use vfpga_vfio_user::session::region;
 use vfpga_vfio_user::wire::{self, HEADER_LEN, Header, cmd};
@@ -23,6 +37,62 @@ const ROUNDS: usize = 5;
 const PER_ROUND: usize = 4000;
 
 mod common;
+
+/// Where the client, and the server with its echo, run.
+#[derive(Clone, Copy, PartialEq)]
+enum Placement {
+    /// Client, server and echo on the first allowed CPU.
+    Same,
+    /// Client on the first allowed CPU, server and echo on the second.
+    Split,
+    /// Wherever the scheduler puts them.
+    Unpinned,
+}
+
+impl Placement {
+    fn suffix(self) -> &'static str {
+        match self {
+            Placement::Same => "",
+            Placement::Split => "_split",
+            Placement::Unpinned => "_unpinned",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Placement::Same => "client, server and echo pinned to one CPU",
+            Placement::Split => {
+                "client pinned to one CPU, server and echo to another (every wake-up crosses CPUs)"
+            }
+            Placement::Unpinned => {
+                "unpinned: the scheduler keeps each pair where its first wake-ups put it, so this figure is bimodal (same-CPU or cross-CPU cost) and the echo may land differently from the server; no goal"
+            }
+        }
+    }
+}
+
+/// The CPUs this process may use (as it started).
+fn allowed() -> (CpuSet, Vec<usize>) {
+    let set = sched_getaffinity(Pid::from_raw(0)).unwrap();
+    let cpus = (0..CpuSet::count())
+        .filter(|&c| set.is_set(c).unwrap_or(false))
+        .collect();
+    (set, cpus)
+}
+
+/// Pins the calling thread (and what it spawns from now on) to `cpu`, or
+/// gives it back `all`.
+fn pin(cpu: Option<usize>, all: &CpuSet) {
+    let set = match cpu {
+        Some(c) => {
+            let mut s = CpuSet::new();
+            s.set(c).unwrap();
+            s
+        }
+        None => *all,
+    };
+    sched_setaffinity(Pid::from_raw(0), &set).unwrap();
+}
 
 fn serve(config: &str) -> common::Served {
     let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../config/{config}.yaml"));
@@ -168,8 +238,16 @@ fn write_json(name: &str, value: f64, bname: &str, bvalue: f64, notes: &str) {
     std::fs::write(format!("{dir}/{name}.json"), format!("{j:#}\n")).unwrap();
 }
 
-fn run(config: &str) {
+fn run(config: &str, placement: Placement, all: &CpuSet, cpus: &[usize]) {
+    let (client_cpu, server_cpu) = match placement {
+        Placement::Same => (Some(cpus[0]), Some(cpus[0])),
+        Placement::Split => (Some(cpus[0]), Some(cpus[1])),
+        Placement::Unpinned => (None, None),
+    };
+    // Children inherit the affinity of the thread that spawns them.
+    pin(server_cpu, all);
     let srv = serve(config);
+    pin(client_cpu, all);
     let mut s = connect(&srv.socket);
     let scratch = u64::from(offsets::SCRATCH);
     let rd = frame(
@@ -196,7 +274,9 @@ fn run(config: &str) {
         ("read", &rd, HEADER_LEN + 20),
         ("write", &wr, HEADER_LEN + 16),
     ] {
+        pin(server_cpu, all);
         let mut echo = echo(req.len(), reply);
+        pin(client_cpu, all);
         let e = &mut echo.conn;
         let (mut a, mut b) = (Vec::new(), Vec::new());
         // Warm up both.
@@ -207,16 +287,17 @@ fn run(config: &str) {
             time(e, req, reply, PER_ROUND, &mut b);
         }
         let note = format!(
-            "4-byte BAR0 REGION_{} through a `vfpga serve` process ({config} backend) from a blocking client, {ROUNDS}x{PER_ROUND} requests; baseline: a raw UNIX-socket echo of the same sizes in its own process (one blocking thread) ({} B request, {reply} B reply), rounds alternating",
+            "4-byte BAR0 REGION_{} through a `vfpga serve` process ({config} backend) from a blocking client, {ROUNDS}x{PER_ROUND} requests; baseline: a raw UNIX-socket echo of the same sizes in its own process (one blocking thread) ({} B request, {reply} B reply), rounds alternating; {}",
             what.to_uppercase(),
-            req.len()
+            req.len(),
+            placement.describe()
         );
         for q in [("p50", 0.5), ("p99", 0.99)] {
             let (x, y) = (percentile(&mut a, q.1), percentile(&mut b, q.1));
             write_json(
-                &format!("serve_{config}_mmio_{what}_{}", q.0),
+                &format!("serve_{config}_mmio_{what}_{}{}", q.0, placement.suffix()),
                 x,
-                &format!("raw_socket_echo_{what}_{}", q.0),
+                &format!("raw_socket_echo_{what}_{}{}", q.0, placement.suffix()),
                 y,
                 &note,
             );
@@ -234,6 +315,7 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
+    let (all, cpus) = allowed();
     for config in ["model", "sim"] {
         if !want.is_empty() && !want.iter().any(|w| config.contains(w.as_str())) {
             continue;
@@ -242,6 +324,13 @@ fn main() {
             println!("serve_sim: skipped (this build has no Verilator)");
             continue;
         }
-        run(config);
+        for p in [Placement::Same, Placement::Split, Placement::Unpinned] {
+            if p == Placement::Split && cpus.len() < 2 {
+                println!("serve_{config} split placement: skipped (one CPU allowed)");
+                continue;
+            }
+            run(config, p, &all, &cpus);
+            pin(None, &all);
+        }
     }
 }

@@ -87,6 +87,10 @@ const BUSY_WAIT: Duration = Duration::from_millis(1);
 const SCM_MAX_FD: usize = 253;
 /// Read buffer of a connection: small messages arrive whole in one call.
 const READ_BUF: usize = 64 * 1024;
+/// Largest payload or reply buffer a connection keeps for the next message
+/// (a register access needs a few dozen bytes; a large transfer's buffer is
+/// not kept).
+const SPARE_MAX: usize = 4096;
 /// How long a new client waits for the previous session's cleanup.
 const CLEANUP_WAIT: Duration = Duration::from_secs(30);
 /// How many new clients may wait for that cleanup at once (the rest are
@@ -513,7 +517,8 @@ impl Server {
                         // Here, without a hand-off: nothing it needs can
                         // wait for this thread, and the runner holds the
                         // device for one bounded `advance` at most.
-                        ctx.run(m)?;
+                        let payload = ctx.run_here(m)?;
+                        rd.give_back(payload);
                         continue;
                     }
                     queued.fetch_add(1, Ordering::AcqRel);
@@ -539,6 +544,11 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     /// Runs `m`, waiting for the device.
     fn run(&self, m: Message) -> Result<(), ServerError> {
+        self.run_here(m).map(drop)
+    }
+
+    /// Runs `m`, waiting for the device; gives back its payload buffer.
+    fn run_here(&self, m: Message) -> Result<Vec<u8>, ServerError> {
         let o = {
             let mut s = lock(self.session);
             let mut core = lock(&self.server.core);
@@ -556,16 +566,15 @@ impl Ctx<'_> {
             }
             s.handle(&mut core, &m.hdr, &m.payload, m.fds)
         };
-        self.finish(o)
+        self.finish(o)?;
+        Ok(m.payload)
     }
 
     fn finish(&self, o: session::Outcome) -> Result<(), ServerError> {
         // The reply first: the client's vCPU waits for it, the runner does not.
         if let Some(reply) = o.reply {
             send_all(self.stream, self.wlock, &reply)?;
-            if reply.capacity() >= session::RECYCLE_MIN {
-                lock(self.session).recycle(reply);
-            }
+            lock(self.session).recycle(reply);
         }
         if o.wake {
             self.server.runner.wake();
@@ -715,6 +724,8 @@ struct MsgReader {
     /// them): they were closed at once, and the message holding the byte
     /// before this offset is refused.
     fd_overflow: Option<u64>,
+    /// A handled message's payload buffer, to read the next one into.
+    spare: Vec<u8>,
 }
 
 impl MsgReader {
@@ -728,6 +739,15 @@ impl MsgReader {
             base: 0,
             fds: VecDeque::new(),
             fd_overflow: None,
+            spare: Vec::new(),
+        }
+    }
+
+    /// Takes back a handled message's payload buffer (a small one only: a
+    /// large message's buffer is not held for the connection's lifetime).
+    fn give_back(&mut self, payload: Vec<u8>) {
+        if payload.capacity() <= SPARE_MAX {
+            self.spare = payload;
         }
     }
 
@@ -838,7 +858,7 @@ impl MsgReader {
             };
             return Ok(Incoming::Fatal(hdr, e));
         }
-        if deadline.is_none() {
+        if deadline.is_none() && self.hi - self.lo < size {
             deadline = Some(Instant::now() + self.limits.message_timeout);
         }
         if !self.want(size, &mut deadline)? {
@@ -846,7 +866,11 @@ impl MsgReader {
         }
         let start = self.base + self.lo as u64;
         let end = start + size as u64;
-        let payload = self.buf[self.lo + HEADER_LEN..self.lo + size].to_vec();
+        // The payload goes into the buffer the last message gave back
+        // (`give_back`), so a small command costs no allocation.
+        let mut payload = std::mem::take(&mut self.spare);
+        payload.clear();
+        payload.extend_from_slice(&self.buf[self.lo + HEADER_LEN..self.lo + size]);
         self.lo += size;
         if self.lo == self.hi && self.buf.len() > READ_BUF {
             self.buf = vec![0u8; READ_BUF];
@@ -890,8 +914,10 @@ fn recv_with_fds(
     fds: &mut Vec<OwnedFd>,
     truncated: &mut bool,
 ) -> io::Result<usize> {
-    // Room for SCM_MAX_FD descriptors, aligned for cmsghdr.
-    let mut cbuf = [0u64; (SCM_MAX_FD * 4 + 64).div_ceil(8)];
+    // Room for SCM_MAX_FD descriptors, aligned for cmsghdr. Not zeroed (a
+    // kilobyte per read): the kernel writes the cmsgs it delivers and sets
+    // `msg_controllen` to their length, and only those bytes are read.
+    let mut cbuf = std::mem::MaybeUninit::<[u64; (SCM_MAX_FD * 4 + 64).div_ceil(8)]>::uninit();
     let mut iov = libc::iovec {
         iov_base: ptr.cast(),
         iov_len: len,
@@ -907,7 +933,8 @@ fn recv_with_fds(
         flags |= libc::MSG_DONTWAIT;
     }
     // SAFETY: `mh` points at `iov` (describing `len` writable bytes at `ptr`,
-    // which the caller guarantees) and at `cbuf`, both alive for the call.
+    // which the caller guarantees) and at `cbuf` (writable, uninitialized:
+    // the kernel only writes it), both alive for the call.
     let n = unsafe { libc::recvmsg(sock, &mut mh, flags) };
     if n < 0 {
         return Err(io::Error::last_os_error());
@@ -916,7 +943,8 @@ fn recv_with_fds(
         *truncated = true;
     }
     // SAFETY: the kernel filled `msg_control` with `msg_controllen` bytes of
-    // well-formed cmsgs; CMSG_FIRSTHDR/NXTHDR stay inside that range, and
+    // well-formed cmsgs (only those bytes of `cbuf` are initialized, and
+    // only they are read: CMSG_FIRSTHDR/NXTHDR stay inside that range), and
     // every SCM_RIGHTS entry is an fd the kernel just installed for us.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(&mh);

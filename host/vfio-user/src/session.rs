@@ -299,6 +299,8 @@ pub struct Negotiated {
 
 /// Smallest sent reply a session keeps for reuse ([`Session::recycle`]).
 pub const RECYCLE_MIN: usize = 64 << 10;
+/// Largest small reply a session keeps for reuse ([`Session::recycle`]).
+pub const SMALL_MAX: usize = 4096;
 
 /// One client session.
 #[derive(Debug)]
@@ -312,6 +314,9 @@ pub struct Session {
     /// A sent MIG_DATA_READ reply, kept to build the next one in (a
     /// megabyte is not allocated and zeroed again for every read).
     spare: Vec<u8>,
+    /// A sent small reply, kept to build the next region access's reply in
+    /// (a register access then costs no allocation).
+    small: Vec<u8>,
 }
 
 fn errno_of_engine(e: &EngineError) -> Errno {
@@ -365,15 +370,37 @@ impl Session {
             neg: None,
             head_room: false,
             spare: Vec::new(),
+            small: Vec::new(),
         }
     }
 
-    /// Takes back a reply once it is sent, to build the next MIG_DATA_READ
-    /// reply in (only replies of at least [`RECYCLE_MIN`] bytes are kept).
+    /// Takes back a reply once it is sent, to build the next one in: one of
+    /// at least [`RECYCLE_MIN`] bytes for MIG_DATA_READ, one of at most
+    /// [`SMALL_MAX`] bytes for region accesses; others are freed.
     pub fn recycle(&mut self, reply: Vec<u8>) {
         if reply.capacity() >= RECYCLE_MIN && reply.capacity() > self.spare.capacity() {
             self.spare = reply;
+        } else if reply.capacity() <= SMALL_MAX {
+            self.small = reply;
         }
+    }
+
+    /// A buffer of `HEADER_LEN + RegionAccess::LEN + count` bytes with the
+    /// access's fixed part written after the header's room (the reply to a
+    /// region access, built without another copy).
+    fn region_reply(&mut self, a: &wire::RegionAccess, count: usize) -> Vec<u8> {
+        let mut buf = if HEADER_LEN + wire::RegionAccess::LEN + count <= SMALL_MAX {
+            std::mem::take(&mut self.small)
+        } else {
+            Vec::new()
+        };
+        buf.clear();
+        buf.resize(HEADER_LEN + wire::RegionAccess::LEN + count, 0);
+        let mut fixed = [0u8; wire::RegionAccess::LEN];
+        a.encode_fixed(&mut fixed);
+        buf[HEADER_LEN..HEADER_LEN + wire::RegionAccess::LEN].copy_from_slice(&fixed);
+        self.head_room = true;
+        buf
     }
 
     /// The negotiated parameters, once VERSION succeeded.
@@ -479,14 +506,20 @@ impl Session {
             cmd::DEVICE_SET_IRQS => self.set_irqs(core, p, fds, out),
             cmd::REGION_READ => {
                 let a = wire::RegionAccess::decode_read(p, neg.max_xfer)?;
-                let mut data = vec![0u8; a.count as usize];
-                self.region_read(core, a.region, a.offset, &mut data)?;
-                Ok(a.encode(&data))
+                let mut buf = self.region_reply(&a, a.count as usize);
+                let at = HEADER_LEN + wire::RegionAccess::LEN;
+                let r = self.region_read(core, a.region, a.offset, &mut buf[at..]);
+                if let Err(e) = r {
+                    self.head_room = false;
+                    self.small = buf;
+                    return Err(e);
+                }
+                Ok(buf)
             }
             cmd::REGION_WRITE => {
                 let (a, data) = wire::RegionAccess::decode_write(p, neg.max_xfer)?;
                 self.region_write(core, a.region, a.offset, data, out)?;
-                Ok(a.encode(&[]))
+                Ok(self.region_reply(&a, 0))
             }
             cmd::REGION_WRITE_MULTI => {
                 let entries = wire::decode_write_multi(p)?;

@@ -1091,6 +1091,13 @@ impl RegionAccess {
             count: r.u32(12)?,
         })
     }
+    /// Writes the fixed part into `out` (exactly [`Self::LEN`] bytes).
+    pub fn encode_fixed(&self, out: &mut [u8; Self::LEN]) {
+        out[..8].copy_from_slice(&self.offset.to_le_bytes());
+        out[8..12].copy_from_slice(&self.region.to_le_bytes());
+        out[12..].copy_from_slice(&self.count.to_le_bytes());
+    }
+
     /// Encodes the fixed part followed by `data`.
     pub fn encode(&self, data: &[u8]) -> Vec<u8> {
         let mut w = Writer::with_capacity(Self::LEN + data.len());
