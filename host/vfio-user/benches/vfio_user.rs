@@ -7,16 +7,17 @@
 //! - `mig_data_read`: STOP_COPY save stream of a 64 MiB device read with
 //!   1 MiB MIG_DATA_READs vs a memcpy of the same number of bytes.
 //!
-//! After the criterion groups, the RTTs are sampled one by one (alternating
-//! the two sides) and p50/p99 written to `target/bench/*.json` when
-//! `VFU_BENCH_JSON` names the output directory.
+//! Both run the server inside this process, on a thread, for profiling
+//! the server's code; the round trip a VMM sees is measured against a
+//! `vfpga serve` process by `host/cli/benches/serve_mmio.rs`. After the
+//! criterion groups, the MIG_DATA_READ throughput is written to
+//! `target/bench/*.json` when `VFU_BENCH_JSON` names the output directory.
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
 use vfpga_device::DmaPort;
@@ -178,12 +179,6 @@ fn mig(c: &mut Criterion) {
     g.finish();
 }
 
-fn percentile(v: &mut [Duration], q: f64) -> f64 {
-    v.sort_unstable();
-    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
-    v[i].as_secs_f64() * 1e6
-}
-
 fn write_json(
     dir: &str,
     name: &str,
@@ -210,44 +205,6 @@ fn percentiles() {
     let Ok(dir) = std::env::var("VFU_BENCH_JSON") else {
         return;
     };
-    let srv = server(16);
-    let mut raw = Raw::new(&srv.path);
-    let mut echo = Echo::new();
-    let n = 20000;
-    let (mut a, mut b) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for _ in 0..1000 {
-        raw.rtt();
-        echo.rtt();
-    }
-    for _ in 0..n {
-        let t = Instant::now();
-        raw.rtt();
-        a.push(t.elapsed());
-        let t = Instant::now();
-        echo.rtt();
-        b.push(t.elapsed());
-    }
-    let (a50, b50) = (percentile(&mut a, 0.5), percentile(&mut b, 0.5));
-    let (a99, b99) = (percentile(&mut a, 0.99), percentile(&mut b, 0.99));
-    let note = "4-byte BAR0 REGION_READ through the vfio-user server on the model (32-byte request, 36-byte reply, raw blocking client) vs a raw UNIX-socket echo of the same sizes; 20000 samples alternating";
-    write_json(
-        &dir,
-        "vfio_user_mmio_rtt_p50",
-        a50,
-        "us",
-        "raw_socket_echo_p50",
-        b50,
-        note,
-    );
-    write_json(
-        &dir,
-        "vfio_user_mmio_rtt_p99",
-        a99,
-        "us",
-        "raw_socket_echo_p99",
-        b99,
-        note,
-    );
     // MIG_DATA_READ throughput from the criterion estimates of this run.
     let crit = std::env::var("CRITERION_DIR").unwrap_or_default();
     let mean = |g: &str, f: &str| -> Option<f64> {
