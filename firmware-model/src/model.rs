@@ -1176,4 +1176,23 @@ impl Device for Model {
         self.mark_dirty(offset, data.len() as u64);
         Ok(())
     }
+
+    /// What the trait's register walk does (`DIRTY_SEL` = 0, then one
+    /// `DIRTY_BITS` read per group, each returning and clearing it, §6),
+    /// done on the bitmap at once: a 256 MiB device has 2,048 groups, and
+    /// the walk's 2,049 register accesses sat in every migration's
+    /// stop-and-copy window. The effects are the same: the step a DMA wait
+    /// holds finishes first (neither register is served during one, §5.3),
+    /// every group is returned and cleared, and `DIRTY_SEL` wraps back to 0.
+    fn take_dirty_pages(&mut self) -> Result<Vec<u64>, DeviceError> {
+        if self.dma_waiting {
+            self.finish_waiting_step();
+        }
+        let mut out = vec![0u64; self.dirty.len().div_ceil(2)];
+        for (g, w) in self.dirty.iter_mut().enumerate() {
+            out[g / 2] |= u64::from(std::mem::take(w)) << ((g % 2) * 32);
+        }
+        self.dirty_sel = 0;
+        Ok(out)
+    }
 }
