@@ -305,9 +305,114 @@ fn run(config: &str, placement: Placement, all: &CpuSet, cpus: &[usize]) {
     }
 }
 
+/// Environment variable naming another vfio-user server binary (for
+/// example libvfio-user's sample `server`, built outside this repository)
+/// to compare with `vfpga serve` on the model by hand: started as `BIN
+/// SOCKET`, it must serve an 8-byte REGION_READ of BAR0 at offset 0.
+const PEER_ENV: &str = "VFPGA_BENCH_PEER_BIN";
+
+/// A peer server process on `socket` (killed on drop).
+struct Peer {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// The peer comparison (printed, not written as a figure: CI cannot fetch
+/// the peer): 8-byte BAR0 REGION_READs (32-byte request, 40-byte reply)
+/// through the peer and through `vfpga serve` (model), beside the echo of
+/// the same sizes, rounds alternating, in the pinned placements.
+fn peer_run(bin: &str, all: &CpuSet, cpus: &[usize]) {
+    let read8 = |offset: u64, id: u16| {
+        frame(
+            id,
+            cmd::REGION_READ,
+            &wire::RegionAccess {
+                offset,
+                region: region::BAR0,
+                count: 8,
+            }
+            .encode(&[]),
+        )
+    };
+    let reply = HEADER_LEN + 16 + 8;
+    for placement in [Placement::Same, Placement::Split] {
+        if placement == Placement::Split && cpus.len() < 2 {
+            continue;
+        }
+        let (client_cpu, server_cpu) = match placement {
+            Placement::Split => (cpus[0], cpus[1]),
+            _ => (cpus[0], cpus[0]),
+        };
+        pin(Some(server_cpu), all);
+        let socket =
+            std::env::temp_dir().join(format!("vfpga-bench-peer-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&socket);
+        let peer = Peer {
+            child: std::process::Command::new(bin)
+                .arg(&socket)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn the peer server"),
+            socket,
+        };
+        let srv = serve("model");
+        let req = read8(0, 2);
+        let mut echo = echo(req.len(), reply);
+        pin(Some(client_cpu), all);
+        let t0 = Instant::now();
+        while !peer.socket.exists() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the peer never listened"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut p = connect(&peer.socket);
+        let mut v = connect(&srv.socket);
+        let vreq = read8(u64::from(offsets::SCRATCH), 2);
+        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        time(&mut p, &req, reply, 500, &mut Vec::new());
+        time(&mut v, &vreq, reply, 500, &mut Vec::new());
+        time(&mut echo.conn, &req, reply, 500, &mut Vec::new());
+        for _ in 0..ROUNDS {
+            time(&mut p, &req, reply, PER_ROUND, &mut a);
+            time(&mut v, &vreq, reply, PER_ROUND, &mut b);
+            time(&mut echo.conn, &req, reply, PER_ROUND, &mut c);
+        }
+        for (q, f) in [("p50", 0.5), ("p99", 0.99)] {
+            let (x, y, z) = (
+                percentile(&mut a, f),
+                percentile(&mut b, f),
+                percentile(&mut c, f),
+            );
+            println!(
+                "{} 8-byte BAR0 read {q}: peer {x:.2} us ({:.3}x echo), vfpga serve (model) {y:.2} us ({:.3}x echo), echo {z:.2} us",
+                placement.describe(),
+                x / z,
+                y / z
+            );
+        }
+        pin(None, all);
+    }
+}
+
 fn main() {
     if let Ok(spec) = std::env::var(ECHO_ENV) {
         echo_server(&spec);
+        return;
+    }
+    if let Ok(bin) = std::env::var(PEER_ENV) {
+        let (all, cpus) = allowed();
+        peer_run(&bin, &all, &cpus);
         return;
     }
     // `cargo bench` passes `--bench`; a filter argument selects configs.
