@@ -1451,6 +1451,30 @@ impl Gen {
             ],
         });
         ops.push(Op::Resume);
+        // Each ring-index check (§9.3 step 4) with a later check failing
+        // too (ERR_CODE out of range, step 5): the index is the one named,
+        // so a check that found its fault must stop the later ones.
+        // 0xfff: the largest index the word's bits hold (no reserved bit
+        // set, which step 2 would name first).
+        // The words of a refused restore stay in the device, so the other
+        // indices are set back to 0 each time, and both ring sizes to 16
+        // (valid, and below the index tried).
+        let index = [sw::SQ_HEAD, sw::SQ_TAIL, sw::CQ_HEAD, sw::CQ_TAIL];
+        for w in index {
+            let mut set: Vec<(usize, u32)> = index.iter().map(|&i| (i, 0)).collect();
+            set.extend([(sw::SQ_SIZE, 16), (sw::CQ_SIZE, 16)]);
+            set.extend([(w, 0xfff), (sw::ERR_CODE, 0xff)]);
+            // A restore needs a quiesced device (the RESUME before may
+            // have let it run).
+            ops.push(Op::Quiesce);
+            ops.push(Op::RestoreMutated {
+                word: w,
+                xor: 0,
+                more: Vec::new(),
+                set,
+            });
+            ops.push(Op::Resume);
+        }
     }
 
     /// A `DMA_THROTTLE` value a whole scenario can run under (the gap is
