@@ -11,7 +11,7 @@ use vfpga_hw::BoardDevice;
 use vfpga_model::{Model, ModelConfig};
 use vfpga_sim::{Clocking, PipeReq, SimDevice, SimOptions};
 
-use crate::lockstep::{LockstepOptions, WaitAccess};
+use crate::lockstep::{LockstepOptions, RawAccess, WaitAccess};
 
 use crate::lockstep::Factory;
 
@@ -172,6 +172,15 @@ pub trait SideDevice: Device {
     /// its contents; both bitmaps and the DMA-log registers are cleared.
     fn hardware_reset(&mut self) -> Result<(), DeviceError>;
 
+    /// Presents `a` to the device's MMIO port as it is and returns the
+    /// response data; `None` where the device has no such port to drive
+    /// (the default: the accesses the [`Device`] seam cannot express then
+    /// go unchecked). The reference model answers what the datasheet says.
+    fn raw_access(&mut self, a: &RawAccess) -> Result<Option<u64>, DeviceError> {
+        let _ = a;
+        Ok(None)
+    }
+
     /// Issues `accesses` back to back: each `(access, gap)` is presented
     /// `gap` cycles after the previous one was accepted, without waiting for
     /// its response where the device has a port (the RTL). Returns the bytes
@@ -204,11 +213,21 @@ impl SideDevice for Model {
         self.power_on_reset();
         Ok(())
     }
+
+    /// The datasheet's answer ([`RawAccess::datasheet_answer`]).
+    fn raw_access(&mut self, a: &RawAccess) -> Result<Option<u64>, DeviceError> {
+        a.datasheet_answer(self).map(Some)
+    }
 }
 
 impl SideDevice for SimDevice {
     fn hardware_reset(&mut self) -> Result<(), DeviceError> {
         self.hw_reset(2)
+    }
+
+    /// On the RTL's MMIO port ([`SimDevice::mmio_raw`]).
+    fn raw_access(&mut self, a: &RawAccess) -> Result<Option<u64>, DeviceError> {
+        self.mmio_raw(a.bar2, a.write, a.addr, a.be).map(Some)
     }
 
     /// On the RTL's MMIO port, pipelined ([`SimDevice::mmio_pipelined`]).
@@ -274,6 +293,14 @@ impl SideDevice for AnyDevice {
         }
     }
 
+    fn raw_access(&mut self, a: &RawAccess) -> Result<Option<u64>, DeviceError> {
+        match self {
+            AnyDevice::Model(d) => d.raw_access(a),
+            AnyDevice::Sim(d) => d.raw_access(a),
+            AnyDevice::Board(d) => d.raw_access(a),
+        }
+    }
+
     fn mmio_back_to_back(
         &mut self,
         accesses: &[(WaitAccess, u32)],
@@ -284,6 +311,21 @@ impl SideDevice for AnyDevice {
             AnyDevice::Board(d) => d.mmio_back_to_back(accesses),
         }
     }
+}
+
+/// The RTL's back-pressure for a run whose `x_seed` is this
+/// ([`SimDevice::set_stall`]): `(generator seed, percent of cycles each of
+/// the DMA request, device-memory request and MMIO response ports is not
+/// ready)`. Half the runs never stall (the always-ready harness stays
+/// covered), the rest stall on 20 % or 50 % of the cycles; `x_seed` 0 never.
+/// Deterministic: the same scenario gets the same stalls.
+pub fn stall_for(x_seed: u32) -> (u64, u8) {
+    if x_seed == 0 {
+        return (0, 0);
+    }
+    let h = u64::from(x_seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let pct = [0u8, 0, 20, 50][(h >> 62) as usize];
+    (h | 1, pct)
 }
 
 /// A factory for `which` with `devmem_pages` pages. For the RTL, `vcd`
@@ -343,7 +385,12 @@ pub fn faulty_factory(
                     x_seed.wrapping_add(k).max(1)
                 },
             };
-            Ok(AnyDevice::Sim(SimDevice::new(o, dma, irq)?))
+            let mut d = SimDevice::new(o, dma, irq)?;
+            let (seed, pct) = stall_for(x_seed);
+            if pct > 0 {
+                d.set_stall(seed.wrapping_add(u64::from(k)), pct)?;
+            }
+            Ok(AnyDevice::Sim(d))
         }
         Impl::Board => {
             let o = vfpga_hw::SimBoardOptions::new(devmem_pages, DMALOG_MAX_PAGES);

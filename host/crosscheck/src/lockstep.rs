@@ -136,6 +136,100 @@ impl WaitAccess {
     }
 }
 
+/// One request presented as it is to a device's MMIO port: the 64-bit word
+/// at `addr & !7` with any byte enables, including accesses the [`Device`]
+/// seam cannot express (BAR0 widths other than 32/64 bits or past the
+/// register page, BAR2 beyond device memory, empty or non-contiguous BAR2
+/// byte enables). What the device answers is the response data of the port
+/// (0 for a write).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawAccess {
+    /// BAR2 (device memory) instead of BAR0.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bar2: bool,
+    /// Byte address in the BAR (bits 2:0 ignored).
+    pub addr: u32,
+    /// Byte enables of the word.
+    pub be: u8,
+    /// The word written (on its lanes); `None`: a read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write: Option<u64>,
+}
+
+impl RawAccess {
+    /// What the datasheet has the device answer, computed through the
+    /// [`Device`] seam of `dev` (the reference model): `rtl-integration.md`
+    /// "MMIO target". BAR0: byte enables `0x0f`/`0xf0`/`0xff` are the 32-bit
+    /// register at `addr`, at `addr + 4`, or both (low first); offsets from
+    /// 0x1000 up read 0 and ignore writes; any other byte enables read all
+    /// ones and ignore writes. BAR2: a contiguous, non-empty run of byte
+    /// enables ending within device memory reads or writes those bytes
+    /// (read data on their lanes, 0 elsewhere); anything else reads all
+    /// ones and ignores the write. A write answers 0.
+    pub fn datasheet_answer<D: Device + ?Sized>(&self, dev: &mut D) -> Result<u64, DeviceError> {
+        let word = u64::from(self.addr & !7);
+        if !self.bar2 {
+            let (off, len, shift) = match self.be {
+                0x0f => (word, 4usize, 0),
+                0xf0 => (word + 4, 4, 32),
+                0xff => (word, 8, 0),
+                _ => return Ok(if self.write.is_some() { 0 } else { u64::MAX }),
+            };
+            if word >= 0x1000 {
+                return Ok(0);
+            }
+            return match self.write {
+                Some(v) => {
+                    let b = (v >> shift).to_le_bytes();
+                    dev.mmio_write(Bar::Regs, off, &b[..len])?;
+                    Ok(0)
+                }
+                None => {
+                    let mut b = [0u8; 8];
+                    dev.mmio_read(Bar::Regs, off, &mut b[..len])?;
+                    Ok(u64::from_le_bytes(b) << shift)
+                }
+            };
+        }
+        let be = self.be;
+        let first = be.trailing_zeros();
+        let cnt = be.count_ones();
+        let run = if be == 0 { 0 } else { be >> first };
+        let contiguous = be != 0 && run & run.wrapping_add(1) == 0;
+        let end = word + u64::from(first) + u64::from(cnt);
+        if !contiguous || end > dev.info().bar2_size {
+            return Ok(if self.write.is_some() { 0 } else { u64::MAX });
+        }
+        let (lane, n) = (first as usize, cnt as usize);
+        let at = word + u64::from(first);
+        match self.write {
+            Some(v) => {
+                dev.mmio_write(Bar::DevMem, at, &v.to_le_bytes()[lane..lane + n])?;
+                Ok(0)
+            }
+            None => {
+                let mut b = [0u8; 8];
+                dev.mmio_read(Bar::DevMem, at, &mut b[lane..lane + n])?;
+                Ok(u64::from_le_bytes(b))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for RawAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bar = if self.bar2 { "BAR2" } else { "BAR0" };
+        match self.write {
+            None => write!(f, "raw read of {bar} {:#x} be {:#04x}", self.addr, self.be),
+            Some(v) => write!(
+                f,
+                "raw write of {v:#x} to {bar} {:#x} be {:#04x}",
+                self.addr, self.be
+            ),
+        }
+    }
+}
+
 impl std::fmt::Display for WaitAccess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let bar = if self.bar2 { "BAR2" } else { "BAR0" };
@@ -1296,6 +1390,42 @@ impl<A: Device + SideDevice, B: Device + SideDevice> Lockstep<A, B> {
             self.aligned = false;
         }
         Ok(())
+    }
+
+    /// Raw port accesses ([`RawAccess`]) from a settled point: the checked
+    /// side takes each on its MMIO port as it is, the reference answers what
+    /// the datasheet says ([`RawAccess::datasheet_answer`]); every answer
+    /// is compared (reads and the 0 of writes). A pair where a side cannot
+    /// present raw requests ([`SideDevice::raw_access`] gives `None`)
+    /// skips the rest. Returns how many were compared.
+    pub fn raw_port(&mut self, accesses: &[RawAccess]) -> Result<u64, DeviceError> {
+        self.begin(|| format!("raw port, {} accesses", accesses.len()))?;
+        if !self.aligned && !self.both_quiesced()? {
+            self.settle_inner()?;
+        }
+        let mut n = 0;
+        for a in accesses {
+            self.push_history(format!("   {a}"));
+            let ra = self.a.dev.raw_access(a);
+            let rb = self.b.dev.raw_access(a);
+            let (va, vb) = self.pair("raw port access", ra, rb)?;
+            let (Some(x), Some(y)) = (va, vb) else {
+                break;
+            };
+            self.compared += 1;
+            n += 1;
+            if x != y {
+                return Err(self.diverge(Effect::Outcome {
+                    what: a.to_string(),
+                    expected: format!("{x:#018x}"),
+                    actual: format!("{y:#018x}"),
+                }));
+            }
+        }
+        if !self.both_quiesced()? {
+            self.aligned = false;
+        }
+        Ok(n)
     }
 
     /// MMIO racing a running burst's bitmap marks: from a settled point,

@@ -8,7 +8,7 @@ use vfpga_device::{Device, DeviceError};
 use vfpga_regs::{Ctrl, consts, cpl, desc, offsets};
 
 use crate::backend::SideDevice;
-use crate::lockstep::{GuestLayout, Lockstep, Transplant, WaitAccess, fill};
+use crate::lockstep::{GuestLayout, Lockstep, RawAccess, Transplant, WaitAccess, fill};
 use crate::slow::SlowSpec;
 
 /// Version of the scenario format.
@@ -139,7 +139,10 @@ pub enum Op {
     DmaLogStop,
     /// Hold the `nth` next distinct DMA access on both sides (slow memory
     /// only), run both into that wait, and issue `accesses` during it
-    /// ([`Lockstep::dma_wait`]).
+    /// ([`Lockstep::dma_wait`]). A 32-bit write of `SQ_TAIL` or `CQ_HEAD`
+    /// among them is a doorbell that keeps the rings as they are: it writes
+    /// the driver's current tail or head, whatever value it holds, and is
+    /// left out while the driver has no rings.
     DmaWait {
         /// Which access (1 = the next new one).
         nth: u64,
@@ -162,6 +165,13 @@ pub enum Op {
         descs: Vec<Desc>,
         /// `(access, gap)` pairs after the doorbell.
         accesses: Vec<(WaitAccess, u32)>,
+    },
+    /// Requests presented as they are to the MMIO port, which the
+    /// [`Device`] seam cannot express, from a settled point
+    /// ([`Lockstep::raw_port`]): each answer compared with the datasheet's.
+    RawPort {
+        /// The requests, in order.
+        accesses: Vec<RawAccess>,
     },
     /// Hardware reset (the core's reset input) of both sides at `at`.
     HwReset {
@@ -288,6 +298,9 @@ pub struct RunStats {
     /// (reading before its first step) did not: marks read mid-burst.
     #[serde(default)]
     pub racing_marks_mid_burst: u64,
+    /// Raw port accesses compared with the datasheet's answer.
+    #[serde(default)]
+    pub raw_port_accesses: u64,
 }
 
 fn reg_offset(name: &str) -> Result<u32, DeviceError> {
@@ -570,7 +583,8 @@ fn apply_op<A: Device + SideDevice, B: Device + SideDevice>(
         }
         Op::DmaLogStop => ls.dma_log_stop()?,
         Op::DmaWait { nth, accesses } => {
-            let r = ls.dma_wait(*nth, accesses)?;
+            let accesses = doorbells_now(drv, accesses);
+            let r = ls.dma_wait(*nth, &accesses)?;
             stats.dma_waits += u64::from(r.reached);
             stats.wait_accesses += u64::from(r.accesses);
         }
@@ -617,6 +631,9 @@ fn apply_op<A: Device + SideDevice, B: Device + SideDevice>(
             stats.racing_bitmap_reads += rep.bitmap_reads;
             stats.racing_marks_mid_burst += rep.marks_mid_burst;
         }
+        Op::RawPort { accesses } => {
+            stats.raw_port_accesses += ls.raw_port(accesses)?;
+        }
         Op::HwReset { at } => {
             match at {
                 ResetPoint::Settled => {
@@ -643,6 +660,28 @@ fn apply_op<A: Device + SideDevice, B: Device + SideDevice>(
         }
     }
     Ok(())
+}
+
+/// `accesses` with each 32-bit `SQ_TAIL`/`CQ_HEAD` write set to the
+/// driver's current tail/head (a doorbell that changes nothing: the ring
+/// stays consistent, datasheet §5.3 serves it during a DMA wait), or left
+/// out when the driver has no rings.
+fn doorbells_now(drv: &Driver, accesses: &[WaitAccess]) -> Vec<WaitAccess> {
+    let bell = |a: &WaitAccess, o: u32| {
+        !a.bar2 && a.len == 4 && a.write.is_some() && a.offset == u64::from(o)
+    };
+    accesses
+        .iter()
+        .filter_map(|a| {
+            let mut a = a.clone();
+            if bell(&a, offsets::SQ_TAIL) {
+                a.write = Some(u64::from(drv.rings?.sq_tail));
+            } else if bell(&a, offsets::CQ_HEAD) {
+                a.write = Some(u64::from(drv.rings?.cq_head));
+            }
+            Some(a)
+        })
+        .collect()
 }
 
 fn ls_guest<A: Device, B: Device>(ls: &mut Lockstep<A, B>) -> GuestLayout {
@@ -702,6 +741,7 @@ pub fn generate(seed: u64, devmem_pages: u32) -> Scenario {
         devmem: u64::from(devmem_pages) * u64::from(consts::PAGE_SIZE),
         tag: 0,
         slow: None,
+        aux: Rng::new(seed ^ 0x6175_7869_6c69_6172),
     };
     // Half the scenarios get memory that answers later (DMA by message).
     if g.r.pct(50) {
@@ -775,6 +815,25 @@ pub fn generate(seed: u64, devmem_pages: u32) -> Scenario {
     ]);
     g.r = Rng::new(seed ^ 0x7068_6173_6534);
     g.phase4(&mut ops);
+    // Phase 5, likewise: requests on the MMIO port that the Device seam
+    // cannot express, between ordinary accesses.
+    ops.extend([
+        Op::Run,
+        Op::Consume,
+        Op::TakeDirty,
+        Op::DmaLogTake,
+        Op::Quiesce,
+        Op::Save,
+        Op::Resume,
+    ]);
+    g.r = Rng::new(seed ^ 0x7068_6173_6535);
+    for _ in 0..1 + g.r.below(3) {
+        let op = g.raw_port();
+        ops.push(op);
+        if g.r.pct(50) {
+            ops.push(Op::TakeDirty);
+        }
+    }
     Scenario {
         version: SCENARIO_VERSION,
         seed,
@@ -794,6 +853,10 @@ struct Gen {
     devmem: u64,
     tag: u32,
     slow: Option<SlowSpec>,
+    /// Draws of additions made after the campaign (doorbells during a DMA
+    /// wait): a stream of their own, so that what `r` generates, and every
+    /// earlier kill, stays as it was.
+    aux: Rng,
 }
 
 /// A BAR0 access by register name (offsets come from the generated map).
@@ -985,6 +1048,17 @@ impl Gen {
                     }
                 }
             });
+        }
+        // A doorbell (SQ_TAIL or CQ_HEAD, the driver's current value: see
+        // `Op::DmaWait`), served during the wait like the accesses above.
+        if self.aux.pct(50) {
+            let reg = if self.aux.pct(50) {
+                "SQ_TAIL"
+            } else {
+                "CQ_HEAD"
+            };
+            let at = self.aux.below(v.len() as u64 + 1) as usize;
+            v.insert(at, reg_access(reg, 4, Some(0)));
         }
         if self.r.pct(45) {
             v.push(match self.r.below(12) {
@@ -1453,6 +1527,92 @@ impl Gen {
         ops.push(Op::Resume);
     }
 
+    /// Raw port requests the `Device` seam cannot express, each often
+    /// followed by an ordinary read of the same word (a write that must be
+    /// ignored): BAR0 byte enables other than `0x0f`/`0xf0`/`0xff`, BAR0
+    /// offsets past the register page, BAR2 past device memory, and empty
+    /// or non-contiguous BAR2 byte enables (on the last page: never a DMA
+    /// target).
+    fn raw_port(&mut self) -> Op {
+        let last = (self.devmem - u64::from(consts::PAGE_SIZE)) as u32;
+        let devmem = self.devmem as u32;
+        let scratch = reg_offset("SCRATCH").unwrap_or(0);
+        let mut v = Vec::new();
+        for _ in 0..2 + self.r.below(5) {
+            let write = self.r.pct(35).then(|| self.r.next_u64());
+            let (bar2, addr, be) = match self.r.below(6) {
+                0 => {
+                    // BAR0, a width the registers do not take.
+                    let be = self
+                        .r
+                        .pick(&[0x00u8, 0x01, 0x03, 0x0c, 0x3c, 0x7f, 0xfe, 0x80, 0x18]);
+                    let addr = if self.r.pct(50) {
+                        scratch
+                    } else {
+                        self.r.below(0x200) as u32 * 8
+                    };
+                    (false, addr, be)
+                }
+                1 => {
+                    // BAR0 past the register page.
+                    let addr =
+                        self.r
+                            .pick(&[0x1000u32, 0x1ff8, 0x2000, 0x3ff8, 0x1_0000, 0xffff_fff8]);
+                    (
+                        false,
+                        addr | (scratch & 0xff8),
+                        self.r.pick(&[0x0fu8, 0xf0, 0xff]),
+                    )
+                }
+                2 => {
+                    // BAR2 past device memory (contiguous byte enables).
+                    let addr =
+                        self.r
+                            .pick(&[devmem, devmem + 8, devmem.wrapping_mul(2), 0xffff_fff8]);
+                    (true, addr, self.r.pick(&[0xffu8, 0x01, 0x0f, 0xf0, 0x3c]))
+                }
+                3 => (true, last + 8 * self.r.below(512) as u32, 0x00),
+                4 => {
+                    // BAR2, non-contiguous byte enables.
+                    let be = self.r.pick(&[0x05u8, 0x81, 0xa0, 0x11, 0x7d, 0xbf, 0x42]);
+                    (true, last + 8 * self.r.below(512) as u32, be)
+                }
+                _ => {
+                    // An ordinary access through the same port.
+                    if self.r.pct(50) {
+                        (false, scratch, 0x0f)
+                    } else {
+                        let be = self.r.pick(&[0xffu8, 0x0f, 0x3c, 0x80]);
+                        (true, last + 8 * self.r.below(512) as u32, be)
+                    }
+                }
+            };
+            let a = RawAccess {
+                bar2,
+                addr,
+                be,
+                write,
+            };
+            let check = a.write.is_some() && self.r.pct(70);
+            v.push(a);
+            if check {
+                // Read back what an ignored write must have left.
+                let (addr, be) = if bar2 {
+                    ((addr & !7).min(devmem - 8), 0xff)
+                } else {
+                    (scratch, 0x0f)
+                };
+                v.push(RawAccess {
+                    bar2,
+                    addr,
+                    be,
+                    write: None,
+                });
+            }
+        }
+        Op::RawPort { accesses: v }
+    }
+
     /// A `DMA_THROTTLE` value a whole scenario can run under (the gap is
     /// paid after every burst: it slows both sides, the RTL by cycles).
     fn small_throttle(&mut self) -> u32 {
@@ -1665,6 +1825,57 @@ impl Gen {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn doorbells_during_a_wait_write_the_drivers_values() {
+        let acc = vec![
+            reg_access("SQ_TAIL", 4, Some(0)),
+            reg_access("STATUS", 4, None),
+            reg_access("CQ_HEAD", 4, Some(9)),
+            reg_access("SQ_TAIL", 4, None),
+        ];
+        let mut drv = Driver::default();
+        let none = doorbells_now(&drv, &acc);
+        assert_eq!(none, vec![acc[1].clone(), acc[3].clone()]);
+        drv.rings = Some(Rings {
+            sq_base: GUEST_BASE,
+            sq_size: 8,
+            cq_base: GUEST_BASE + CQ_AREA,
+            cq_size: 8,
+            sq_tail: 5,
+            cq_head: 3,
+            phase: true,
+        });
+        let got = doorbells_now(&drv, &acc);
+        assert_eq!(got.len(), 4);
+        assert_eq!((got[0].write, got[2].write), (Some(5), Some(3)));
+        assert_eq!((&got[1], &got[3]), (&acc[1], &acc[3]));
+    }
+
+    #[test]
+    fn generated_scenarios_hold_doorbells_in_waits_and_raw_port_requests() {
+        let (mut bells, mut raw) = (0, 0);
+        for seed in 0..200 {
+            for op in generate(seed, 64).ops {
+                match op {
+                    Op::DmaWait { accesses, .. } => {
+                        bells += accesses
+                            .iter()
+                            .filter(|a| a.write.is_some() && a.served_during_wait())
+                            .filter(|a| {
+                                a.offset == u64::from(offsets::SQ_TAIL)
+                                    || a.offset == u64::from(offsets::CQ_HEAD)
+                            })
+                            .count();
+                    }
+                    Op::RawPort { accesses } => raw += accesses.len(),
+                    _ => {}
+                }
+            }
+        }
+        assert!(bells > 20, "{bells} doorbells during DMA waits");
+        assert!(raw > 400, "{raw} raw port requests");
+    }
 
     #[test]
     fn generation_is_deterministic_and_round_trips_through_json() {
