@@ -181,6 +181,20 @@ pub trait SideDevice: Device {
         Ok(None)
     }
 
+    /// The INTx level the device drives now and whether it is idle (its
+    /// registers cannot change until an access); `None` where the device
+    /// has no pin to sample (the default).
+    fn intx_idle(&mut self) -> Result<Option<(bool, bool)>, DeviceError> {
+        Ok(None)
+    }
+
+    /// Clock cycles the device has run since it was created; `None` where
+    /// it does not count cycles (the default): its `TIMER` is then not
+    /// checked.
+    fn cycles(&mut self) -> Result<Option<u64>, DeviceError> {
+        Ok(None)
+    }
+
     /// Issues `accesses` back to back: each `(access, gap)` is presented
     /// `gap` cycles after the previous one was accepted, without waiting for
     /// its response where the device has a port (the RTL). Returns the bytes
@@ -223,6 +237,14 @@ impl SideDevice for Model {
 impl SideDevice for SimDevice {
     fn hardware_reset(&mut self) -> Result<(), DeviceError> {
         self.hw_reset(2)
+    }
+
+    fn intx_idle(&mut self) -> Result<Option<(bool, bool)>, DeviceError> {
+        SimDevice::intx_idle(self).map(Some)
+    }
+
+    fn cycles(&mut self) -> Result<Option<u64>, DeviceError> {
+        Ok(Some(self.stats()?.cycles))
     }
 
     /// On the RTL's MMIO port ([`SimDevice::mmio_raw`]).
@@ -290,6 +312,22 @@ impl SideDevice for AnyDevice {
             AnyDevice::Model(d) => d.hardware_reset(),
             AnyDevice::Sim(d) => d.hardware_reset(),
             AnyDevice::Board(d) => d.hardware_reset(),
+        }
+    }
+
+    fn intx_idle(&mut self) -> Result<Option<(bool, bool)>, DeviceError> {
+        match self {
+            AnyDevice::Model(d) => d.intx_idle(),
+            AnyDevice::Sim(d) => SideDevice::intx_idle(d),
+            AnyDevice::Board(d) => d.intx_idle(),
+        }
+    }
+
+    fn cycles(&mut self) -> Result<Option<u64>, DeviceError> {
+        match self {
+            AnyDevice::Model(d) => d.cycles(),
+            AnyDevice::Sim(d) => SideDevice::cycles(d),
+            AnyDevice::Board(d) => d.cycles(),
         }
     }
 

@@ -1392,6 +1392,101 @@ impl<A: Device + SideDevice, B: Device + SideDevice> Lockstep<A, B> {
         Ok(())
     }
 
+    /// The checked side's INTx pin against the datasheet (§4: asserted
+    /// while `(IRQ_STATUS & ~IRQ_MASK) != 0` and the device is not
+    /// quiesced), from that side's own registers, read while it is idle (so
+    /// they cannot change under the reads). Nothing where the side has no
+    /// pin ([`SideDevice::intx_idle`]) or is busy. The pin is not a register:
+    /// the register comparisons do not see it.
+    pub fn check_intx(&mut self) -> Result<(), DeviceError> {
+        let Some((pin, true)) = self.b.dev.intx_idle()? else {
+            return Ok(());
+        };
+        let st = self.b.dev.read_reg(offsets::IRQ_STATUS)?;
+        let mask = self.b.dev.read_reg(offsets::IRQ_MASK)?;
+        let status = Status::from_bits_retain(self.b.dev.read_reg(offsets::STATUS)?);
+        let want = st & !mask & 0x3 != 0 && !status.contains(Status::QUIESCED);
+        if pin != want {
+            return Err(self.diverge(Effect::Outcome {
+                what: format!(
+                    "INTx level (IRQ_STATUS {st:#x}, IRQ_MASK {mask:#x}, STATUS {:#x})",
+                    status.bits()
+                ),
+                expected: want.to_string(),
+                actual: pin.to_string(),
+            }));
+        }
+        Ok(())
+    }
+
+    /// Clock cycles the checked side has run, where it counts them
+    /// ([`SideDevice::cycles`]).
+    pub fn checked_cycles(&mut self) -> Result<Option<u64>, DeviceError> {
+        self.b.dev.cycles()
+    }
+
+    /// The checked side's `TIMER` right after a (soft or hardware) reset
+    /// that began at cycle `since` of that side: the reset clears the timer
+    /// and the `TIMER_HI` latch (datasheet §8), and the timer counts one per
+    /// cycle while not quiesced. So `TIMER_HI` read before `TIMER_LO` is 0,
+    /// and `TIMER` (`TIMER_LO`, which latches `TIMER_HI`, then `TIMER_HI`)
+    /// is at most the cycles run since. Checked only where the side counts
+    /// its cycles (the RTL); timing registers are not compared between the
+    /// sides.
+    pub fn check_timer_since(&mut self, since: Option<u64>) -> Result<(), DeviceError> {
+        let Some(since) = since else {
+            return Ok(());
+        };
+        let latch = self.b.dev.read_reg(offsets::TIMER_HI)?;
+        let lo = self.b.dev.read_reg(offsets::TIMER_LO)?;
+        let hi = self.b.dev.read_reg(offsets::TIMER_HI)?;
+        let Some(now) = self.b.dev.cycles()? else {
+            return Ok(());
+        };
+        let t = (u64::from(hi) << 32) | u64::from(lo);
+        let bound = now.saturating_sub(since);
+        if latch != 0 || t > bound {
+            return Err(self.diverge(Effect::Outcome {
+                what: "TIMER_HI latch, TIMER after a reset".into(),
+                expected: format!("0, at most {bound}"),
+                actual: format!("{latch:#x}, {t}"),
+            }));
+        }
+        Ok(())
+    }
+
+    /// While both sides are quiesced: restores their saved state with the
+    /// timer words set to `timer` on both (timing words: never validated,
+    /// never compared), then checks on the checked side, where it counts
+    /// its cycles, that `TIMER_LO` and then `TIMER_HI` (latched by the
+    /// `TIMER_LO` read) read exactly `timer`: a quiesced timer stands still
+    /// (datasheet §8). Nothing when a side is not quiesced.
+    pub fn check_timer_restore(&mut self, timer: u64) -> Result<(), DeviceError> {
+        if !self.both_quiesced()? {
+            return Ok(());
+        }
+        let mut st = self.save_state()?;
+        let mut w = st.arch.to_words();
+        w[sw::TIMER_LO] = timer as u32;
+        w[sw::TIMER_HI] = (timer >> 32) as u32;
+        st.arch = vfpga_regs::ArchState::from_words(&w);
+        self.restore_state(&st)?;
+        if self.b.dev.cycles()?.is_none() {
+            return Ok(());
+        }
+        let lo = self.b.dev.read_reg(offsets::TIMER_LO)?;
+        let hi = self.b.dev.read_reg(offsets::TIMER_HI)?;
+        let got = (u64::from(hi) << 32) | u64::from(lo);
+        if got != timer {
+            return Err(self.diverge(Effect::Outcome {
+                what: "TIMER_LO, then TIMER_HI, of a restored quiesced timer".into(),
+                expected: format!("{timer:#x}"),
+                actual: format!("{got:#x}"),
+            }));
+        }
+        Ok(())
+    }
+
     /// Raw port accesses ([`RawAccess`]) from a settled point: the checked
     /// side takes each on its MMIO port as it is, the reference answers what
     /// the datasheet says ([`RawAccess::datasheet_answer`]); every answer

@@ -173,6 +173,14 @@ pub enum Op {
         /// The requests, in order.
         accesses: Vec<RawAccess>,
     },
+    /// Quiesce, restore the saved state with this timer value on both
+    /// sides, and check that the checked side's quiesced timer reads it
+    /// exactly ([`Lockstep::check_timer_restore`]).
+    TimerRestore {
+        /// The timer value restored (the high word matters: `TIMER_HI` is
+        /// latched by the `TIMER_LO` read).
+        timer: u64,
+    },
     /// Hardware reset (the core's reset input) of both sides at `at`.
     HwReset {
         /// Where.
@@ -313,7 +321,10 @@ fn reg_offset(name: &str) -> Result<u32, DeviceError> {
 
 /// Applies `sc` to `ls`, then a final settle and comparison of the bitmaps,
 /// the DMA log and the quiesced state. Stops at the first error; a
-/// divergence is then in [`Lockstep::divergence`].
+/// divergence is then in [`Lockstep::divergence`]. Where the checked side
+/// has the pins and counts cycles (the RTL): its `TIMER` is checked after
+/// power-on and every reset ([`Lockstep::check_timer_since`]), and its INTx
+/// level after every operation ([`Lockstep::check_intx`]).
 pub fn apply<A: Device + SideDevice, B: Device + SideDevice>(
     ls: &mut Lockstep<A, B>,
     sc: &Scenario,
@@ -321,6 +332,9 @@ pub fn apply<A: Device + SideDevice, B: Device + SideDevice>(
 ) -> Result<(), DeviceError> {
     let mut drv = Driver::default();
     stats.slow_memory = sc.guest.slow.is_some();
+    // Power-on is a reset too: the checked side's cycles since then.
+    let since = ls.checked_cycles()?.map(|_| 0);
+    ls.check_timer_since(since)?;
     let finale = [
         Op::Run,
         Op::Consume,
@@ -333,6 +347,7 @@ pub fn apply<A: Device + SideDevice, B: Device + SideDevice>(
         ls.note(format!("scenario op {i}: {}", op_summary(op)));
         stats.scenario_ops += 1;
         apply_op(ls, &mut drv, op, stats)?;
+        ls.check_intx()?;
     }
     Ok(())
 }
@@ -538,14 +553,21 @@ fn apply_op<A: Device + SideDevice, B: Device + SideDevice>(
             ls.transplant(*direction)?;
         }
         Op::SoftReset => {
+            let since = ls.checked_cycles()?;
             ls.soft_reset()?;
             drv.rings = None;
+            ls.check_timer_since(since)?;
         }
         Op::WriteReg { reg, value } => {
             let o = reg_offset(reg)?;
+            let since = ls.checked_cycles()?;
             ls.write_reg(o, *value)?;
             if o == offsets::CTRL && *value & Ctrl::SOFT_RESET.bits() != 0 {
                 drv.rings = None;
+                if !ls.is_quiesced()? {
+                    ls.settle()?;
+                }
+                ls.check_timer_since(since)?;
             }
         }
         Op::ReadReg { reg } => {
@@ -631,10 +653,15 @@ fn apply_op<A: Device + SideDevice, B: Device + SideDevice>(
             stats.racing_bitmap_reads += rep.bitmap_reads;
             stats.racing_marks_mid_burst += rep.marks_mid_burst;
         }
+        Op::TimerRestore { timer } => {
+            ls.quiesce()?;
+            ls.check_timer_restore(*timer)?;
+        }
         Op::RawPort { accesses } => {
             stats.raw_port_accesses += ls.raw_port(accesses)?;
         }
         Op::HwReset { at } => {
+            let since = ls.checked_cycles()?;
             match at {
                 ResetPoint::Settled => {
                     if !ls.is_quiesced()? {
@@ -657,6 +684,7 @@ fn apply_op<A: Device + SideDevice, B: Device + SideDevice>(
                 }
             }
             drv.rings = None;
+            ls.check_timer_since(since)?;
         }
     }
     Ok(())
@@ -834,6 +862,10 @@ pub fn generate(seed: u64, devmem_pages: u32) -> Scenario {
             ops.push(Op::TakeDirty);
         }
     }
+    // A quiesced timer restored with a high word (a run never counts that
+    // far), read back, then running on from there.
+    let timer = (1 + g.r.below(0xffff)) << 32 | g.r.below(1 << 32);
+    ops.extend([Op::TimerRestore { timer }, Op::Resume]);
     Scenario {
         version: SCENARIO_VERSION,
         seed,

@@ -386,6 +386,9 @@ uint32_t sim_idle(Sim* s) {
 
 uint32_t sim_quiesced(Sim* s) { return s->top->quiesced; }
 
+// The INTx level the core drives now.
+uint32_t sim_intx(Sim* s) { return s->top->intx; }
+
 uint64_t sim_steps(Sim* s) { return s->steps; }
 
 void sim_stop_on_step(Sim* s, uint32_t on) { s->stop_on_step = on != 0; }

@@ -88,6 +88,7 @@ unsafe extern "C" {
     fn sim_dma_respond(s: *mut RawSim, ok: u32, data: *const u8, len: u32);
     fn sim_mmio(s: *mut RawSim, bar2: u32, write: u32, addr: u32, be: u32, wdata: u64);
     fn sim_idle(s: *mut RawSim) -> u32;
+    fn sim_intx(s: *mut RawSim) -> u32;
     fn sim_flush_trace(s: *mut RawSim);
     fn sim_steps(s: *mut RawSim) -> u64;
     fn sim_stop_on_step(s: *mut RawSim, on: u32);
@@ -121,6 +122,9 @@ mod absent {
         1
     }
     pub unsafe fn sim_flush_trace(_: *mut RawSim) {}
+    pub unsafe fn sim_intx(_: *mut RawSim) -> u32 {
+        0
+    }
     pub unsafe fn sim_steps(_: *mut RawSim) -> u64 {
         0
     }
@@ -250,6 +254,12 @@ impl Model {
     pub(crate) fn idle(&mut self) -> bool {
         // SAFETY: live model, borrowed exclusively.
         unsafe { sim_idle(self.raw) != 0 }
+    }
+
+    /// The INTx level the core drives now.
+    pub(crate) fn intx(&mut self) -> bool {
+        // SAFETY: live model, borrowed exclusively.
+        unsafe { sim_intx(self.raw) != 0 }
     }
 
     /// Engine steps completed so far.

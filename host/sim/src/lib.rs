@@ -220,6 +220,7 @@ enum Cmd {
         seed: u64,
         pct: u8,
     },
+    Pins,
 }
 
 /// One raw request of a pipelined MMIO sequence ([`SimDevice::mmio_pipelined`]).
@@ -596,6 +597,16 @@ impl SimDevice {
         };
         match self.call(Cmd::Pipelined(vec![r]))? {
             Reply::Values64(v) => v.first().copied().ok_or_else(protocol_error),
+            _ => Err(protocol_error()),
+        }
+    }
+
+    /// The core's `intx` output (the legacy INTx level, datasheet §4) and
+    /// whether the core is idle (nothing changes until an MMIO access), as
+    /// they are now, between accesses.
+    pub fn intx_idle(&mut self) -> Result<(bool, bool), DeviceError> {
+        match self.call(Cmd::Pins)? {
+            Reply::Values(v) if v.len() == 2 => Ok((v[0] != 0, v[1] != 0)),
             _ => Err(protocol_error()),
         }
     }
@@ -1199,6 +1210,7 @@ fn handle(h: &mut Harness, cmd: Cmd) -> Reply {
             h.run_until_idle(1 << 20);
             Reply::Done
         }
+        Cmd::Pins => Reply::Values(vec![u32::from(h.model.intx()), u32::from(h.model.idle())]),
         Cmd::Stall { seed, pct } => {
             h.model.set_stall(seed, pct);
             Reply::Done
