@@ -195,6 +195,16 @@ pub trait SideDevice: Device {
         Ok(None)
     }
 
+    /// A hardware reset ([`SideDevice::hardware_reset`]) followed at once
+    /// by `accesses` back to back ([`SideDevice::mmio_back_to_back`]); on
+    /// the RTL they are presented from the cycle the reset is released, so
+    /// they meet the post-reset bitmap sweep. The default does the two one
+    /// after the other.
+    fn reset_then(&mut self, accesses: &[(WaitAccess, u32)]) -> Result<Vec<Vec<u8>>, DeviceError> {
+        self.hardware_reset()?;
+        self.mmio_back_to_back(accesses)
+    }
+
     /// Issues `accesses` back to back: each `(access, gap)` is presented
     /// `gap` cycles after the previous one was accepted, without waiting for
     /// its response where the device has a port (the RTL). Returns the bytes
@@ -252,6 +262,14 @@ impl SideDevice for SimDevice {
         self.mmio_raw(a.bar2, a.write, a.addr, a.be).map(Some)
     }
 
+    /// The reset and the accesses in one call
+    /// ([`SimDevice::hw_reset_then`]).
+    fn reset_then(&mut self, accesses: &[(WaitAccess, u32)]) -> Result<Vec<Vec<u8>>, DeviceError> {
+        let reqs = pipe_reqs(accesses)?;
+        let r = self.hw_reset_then(2, &reqs)?;
+        Ok(read_bytes(accesses, r))
+    }
+
     /// On the RTL's MMIO port, pipelined ([`SimDevice::mmio_pipelined`]).
     /// Accesses must be one 64-bit word each (BAR0: 4 bytes aligned or 8
     /// bytes 8-aligned; BAR2: within one word).
@@ -259,42 +277,54 @@ impl SideDevice for SimDevice {
         &mut self,
         accesses: &[(WaitAccess, u32)],
     ) -> Result<Vec<Vec<u8>>, DeviceError> {
-        let mut reqs = Vec::with_capacity(accesses.len());
-        for (a, gap) in accesses {
-            let len = usize::from(a.len);
-            let lane = (a.offset % 8) as usize;
-            if len == 0 || lane + len > 8 {
-                return Err(DeviceError::BadAccess {
-                    bar: if a.bar2 { Bar::DevMem } else { Bar::Regs },
-                    offset: a.offset,
-                    len,
-                });
-            }
-            let be = (((1u16 << len) - 1) << lane) as u8;
-            let wdata = a.write.map_or(0, |v| v << (8 * lane));
-            reqs.push(PipeReq {
-                bar2: a.bar2,
-                write: a.write.is_some(),
-                addr: (a.offset & !7) as u32,
-                be,
-                wdata,
-                gap: *gap,
+        let reqs = pipe_reqs(accesses)?;
+        let r = self.mmio_pipelined(&reqs)?;
+        Ok(read_bytes(accesses, r))
+    }
+}
+
+/// The RTL port requests of `accesses` (one 64-bit word each).
+fn pipe_reqs(accesses: &[(WaitAccess, u32)]) -> Result<Vec<PipeReq>, DeviceError> {
+    let mut reqs = Vec::with_capacity(accesses.len());
+    for (a, gap) in accesses {
+        let len = usize::from(a.len);
+        let lane = (a.offset % 8) as usize;
+        if len == 0 || lane + len > 8 {
+            return Err(DeviceError::BadAccess {
+                bar: if a.bar2 { Bar::DevMem } else { Bar::Regs },
+                offset: a.offset,
+                len,
             });
         }
-        let r = self.mmio_pipelined(&reqs)?;
-        Ok(accesses
-            .iter()
-            .zip(r)
-            .map(|((a, _), v)| {
-                if a.write.is_some() {
-                    Vec::new()
-                } else {
-                    let lane = (a.offset % 8) as usize;
-                    v.to_le_bytes()[lane..lane + usize::from(a.len)].to_vec()
-                }
-            })
-            .collect())
+        let be = (((1u16 << len) - 1) << lane) as u8;
+        let wdata = a.write.map_or(0, |v| v << (8 * lane));
+        reqs.push(PipeReq {
+            bar2: a.bar2,
+            write: a.write.is_some(),
+            addr: (a.offset & !7) as u32,
+            be,
+            wdata,
+            gap: *gap,
+        });
     }
+    Ok(reqs)
+}
+
+/// The bytes each read of `accesses` returned, from the port's response
+/// words `r` (empty for writes).
+fn read_bytes(accesses: &[(WaitAccess, u32)], r: Vec<u64>) -> Vec<Vec<u8>> {
+    accesses
+        .iter()
+        .zip(r)
+        .map(|((a, _), v)| {
+            if a.write.is_some() {
+                Vec::new()
+            } else {
+                let lane = (a.offset % 8) as usize;
+                v.to_le_bytes()[lane..lane + usize::from(a.len)].to_vec()
+            }
+        })
+        .collect()
 }
 
 /// The board's hardware reset is a function-level reset through the shell
@@ -336,6 +366,14 @@ impl SideDevice for AnyDevice {
             AnyDevice::Model(d) => d.raw_access(a),
             AnyDevice::Sim(d) => d.raw_access(a),
             AnyDevice::Board(d) => d.raw_access(a),
+        }
+    }
+
+    fn reset_then(&mut self, accesses: &[(WaitAccess, u32)]) -> Result<Vec<Vec<u8>>, DeviceError> {
+        match self {
+            AnyDevice::Model(d) => d.reset_then(accesses),
+            AnyDevice::Sim(d) => d.reset_then(accesses),
+            AnyDevice::Board(d) => d.reset_then(accesses),
         }
     }
 

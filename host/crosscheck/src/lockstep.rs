@@ -1358,8 +1358,45 @@ impl<A: Device + SideDevice, B: Device + SideDevice> Lockstep<A, B> {
         let ra = self.a.dev.mmio_back_to_back(accesses);
         let rb = self.b.dev.mmio_back_to_back(accesses);
         let (va, vb) = self.pair("back-to-back MMIO", ra, rb)?;
+        self.compare_reads(accesses, &va, &vb)?;
+        if !self.both_quiesced()? {
+            self.aligned = false;
+        }
+        Ok(())
+    }
+
+    /// A hardware reset of both sides followed at once by `accesses` back
+    /// to back ([`SideDevice::reset_then`]): on the RTL they are presented
+    /// from the cycle the reset is released and meet the post-reset bitmap
+    /// sweep (a bitmap read that overtook it would return stale bits). Every
+    /// read is compared, then both settle and everything is compared.
+    pub fn reset_then(&mut self, accesses: &[(WaitAccess, u32)]) -> Result<(), DeviceError> {
+        self.begin(|| format!("hardware reset, then {} accesses", accesses.len()))?;
+        if !self.aligned {
+            self.settle_inner()?;
+        }
+        for (a, gap) in accesses {
+            self.push_history(format!("   then after {gap} cycles: {a}"));
+        }
+        let ra = self.a.dev.reset_then(accesses);
+        let rb = self.b.dev.reset_then(accesses);
+        self.a.gate.abandon();
+        self.b.gate.abandon();
+        let (va, vb) = self.pair("hardware reset, then MMIO", ra, rb)?;
+        self.compare_reads(accesses, &va, &vb)?;
+        self.aligned = false;
+        self.settle_inner().map(|_| ())
+    }
+
+    /// Compares the bytes each read of `accesses` returned on the two sides.
+    fn compare_reads(
+        &mut self,
+        accesses: &[(WaitAccess, u32)],
+        va: &[Vec<u8>],
+        vb: &[Vec<u8>],
+    ) -> Result<(), DeviceError> {
         self.compared += 1;
-        for (((a, _), x), y) in accesses.iter().zip(&va).zip(&vb) {
+        for (((a, _), x), y) in accesses.iter().zip(va).zip(vb) {
             if x != y {
                 let word = |d: &[u8]| {
                     let mut b = [0u8; 4];
@@ -1385,9 +1422,6 @@ impl<A: Device + SideDevice, B: Device + SideDevice> Lockstep<A, B> {
                 };
                 return Err(self.diverge(e));
             }
-        }
-        if !self.both_quiesced()? {
-            self.aligned = false;
         }
         Ok(())
     }

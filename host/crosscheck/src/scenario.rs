@@ -181,6 +181,13 @@ pub enum Op {
         /// latched by the `TIMER_LO` read).
         timer: u64,
     },
+    /// Hardware reset of both sides (settled first) followed at once by
+    /// `accesses` back to back, presented on the RTL from the cycle the reset
+    /// is released ([`Lockstep::reset_then`]).
+    ResetThen {
+        /// `(access, gap)` pairs.
+        accesses: Vec<(WaitAccess, u32)>,
+    },
     /// Hardware reset (the core's reset input) of both sides at `at`.
     HwReset {
         /// Where.
@@ -657,6 +664,15 @@ fn apply_op<A: Device + SideDevice, B: Device + SideDevice>(
             ls.quiesce()?;
             ls.check_timer_restore(*timer)?;
         }
+        Op::ResetThen { accesses } => {
+            let since = ls.checked_cycles()?;
+            ls.reset_then(accesses)?;
+            drv.rings = None;
+            stats.hw_resets += 1;
+            stats.back_to_back += 1;
+            stats.back_to_back_accesses += accesses.len() as u64;
+            ls.check_timer_since(since)?;
+        }
         Op::RawPort { accesses } => {
             stats.raw_port_accesses += ls.raw_port(accesses)?;
         }
@@ -866,6 +882,7 @@ pub fn generate(seed: u64, devmem_pages: u32) -> Scenario {
     // far), read back, then running on from there.
     let timer = (1 + g.r.below(0xffff)) << 32 | g.r.below(1 << 32);
     ops.extend([Op::TimerRestore { timer }, Op::Resume]);
+    g.reset_then_bitmaps(&mut ops);
     Scenario {
         version: SCENARIO_VERSION,
         seed,
@@ -1557,6 +1574,42 @@ impl Gen {
             ],
         });
         ops.push(Op::Resume);
+    }
+
+    /// Both bitmaps left non-zero (DMA-logged work, a device-memory write),
+    /// then a hardware reset followed at once by bitmap accesses: each
+    /// would return stale bits if it overtook the post-reset sweep.
+    fn reset_then_bitmaps(&mut self, ops: &mut Vec<Op>) {
+        ops.push(self.setup_rings());
+        ops.push(Op::DmaLogStart {
+            base: GUEST_BASE,
+            pages: self.r.pick(&[16u32, 64]),
+        });
+        let k = 1 + self.r.below(3);
+        let descs = (0..k).map(|_| self.desc()).collect();
+        ops.push(Op::Submit { descs });
+        ops.push(Op::Run);
+        let last = self.devmem - u64::from(consts::PAGE_SIZE);
+        ops.push(Op::DevmemWrite {
+            offset: last + self.r.below(4000),
+            len: 1 + self.r.below(64) as u32,
+            seed: self.r.next_u64(),
+        });
+        let gap = |r: &mut Rng| r.pick(&[0u32, 0, 0, 1, 3]);
+        let pages = self.devmem / u64::from(consts::PAGE_SIZE);
+        let mut v = Vec::new();
+        for _ in 0..2 + self.r.below(4) {
+            let a = match self.r.below(6) {
+                0 => reg_access("DMALOG_SEL", 4, Some(0)),
+                1 | 2 => reg_access("DMALOG_BITS", 4, None),
+                3 => reg_access("DIRTY_SEL", 4, Some((pages - 1) / 32)),
+                4 => reg_access("DIRTY_BITS", 4, None),
+                _ => reg_access("DMALOG_CTRL", 4, None),
+            };
+            v.push((a, gap(&mut self.r)));
+        }
+        ops.push(Op::ResetThen { accesses: v });
+        ops.push(self.setup_rings());
     }
 
     /// Raw port requests the `Device` seam cannot express, each often

@@ -216,6 +216,7 @@ enum Cmd {
     },
     HwReset(u32),
     Pipelined(Vec<PipeReq>),
+    HwResetThen(u32, Vec<PipeReq>),
     Stall {
         seed: u64,
         pct: u8,
@@ -544,6 +545,23 @@ impl SimDevice {
     pub fn hw_reset(&mut self, cycles: u32) -> Result<(), DeviceError> {
         match self.call(Cmd::HwReset(cycles))? {
             Reply::Done => Ok(()),
+            _ => Err(protocol_error()),
+        }
+    }
+
+    /// Hardware reset ([`SimDevice::hw_reset`]) with `reqs` presented on
+    /// the MMIO port from the cycle the reset is released, back to back as
+    /// in [`SimDevice::mmio_pipelined`]: the first is taken as soon as the
+    /// core takes any access, inside or right at the end of the post-reset
+    /// bitmap sweep. Returns the response data of each, in order; then lets
+    /// the core run until idle.
+    pub fn hw_reset_then(
+        &mut self,
+        cycles: u32,
+        reqs: &[PipeReq],
+    ) -> Result<Vec<u64>, DeviceError> {
+        match self.call(Cmd::HwResetThen(cycles, reqs.to_vec()))? {
+            Reply::Values64(v) => Ok(v),
             _ => Err(protocol_error()),
         }
     }
@@ -1127,6 +1145,34 @@ fn clock_thread(sh: &Shared) {
     }
 }
 
+/// Queues `reqs` on the MMIO port (presented back to back, see
+/// [`PipeReq::gap`]) and runs until each has its response.
+fn pipelined(h: &mut Harness, reqs: &[PipeReq]) -> Reply {
+    h.mmio_rsp = None;
+    for r in reqs {
+        h.model.mmio_queue(r);
+    }
+    let mut out = Vec::with_capacity(reqs.len());
+    let mut spent = 0;
+    while out.len() < reqs.len() {
+        if let Some(f) = &h.fault {
+            return Reply::Err(f.clone());
+        }
+        if spent >= MMIO_CYCLE_LIMIT {
+            return Reply::Err(format!(
+                "pipelined MMIO: {} of {} responses in {MMIO_CYCLE_LIMIT} cycles",
+                out.len(),
+                reqs.len()
+            ));
+        }
+        spent += h.run(4096, true);
+        if let Some(v) = h.mmio_rsp.take() {
+            out.push(v);
+        }
+    }
+    Reply::Values64(out)
+}
+
 fn handle(h: &mut Harness, cmd: Cmd) -> Reply {
     match cmd {
         Cmd::Mmio {
@@ -1177,30 +1223,15 @@ fn handle(h: &mut Harness, cmd: Cmd) -> Reply {
             Ok(()) => Reply::Done,
             Err(e) => Reply::Err(e),
         },
-        Cmd::Pipelined(reqs) => {
+        Cmd::Pipelined(reqs) => pipelined(h, &reqs),
+        Cmd::HwResetThen(cycles, reqs) => {
+            h.dma_wait = None;
             h.mmio_rsp = None;
-            for r in &reqs {
-                h.model.mmio_queue(r);
-            }
-            let mut out = Vec::with_capacity(reqs.len());
-            let mut spent = 0;
-            while out.len() < reqs.len() {
-                if let Some(f) = &h.fault {
-                    return Reply::Err(f.clone());
-                }
-                if spent >= MMIO_CYCLE_LIMIT {
-                    return Reply::Err(format!(
-                        "pipelined MMIO: {} of {} responses in {MMIO_CYCLE_LIMIT} cycles",
-                        out.len(),
-                        reqs.len()
-                    ));
-                }
-                spent += h.run(4096, true);
-                if let Some(v) = h.mmio_rsp.take() {
-                    out.push(v);
-                }
-            }
-            Reply::Values64(out)
+            h.model.hw_reset(cycles);
+            h.cycles += u64::from(cycles.max(1));
+            let r = pipelined(h, &reqs);
+            h.run_until_idle(1 << 20);
+            r
         }
         Cmd::HwReset(cycles) => {
             h.dma_wait = None;
