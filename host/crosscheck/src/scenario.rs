@@ -1581,9 +1581,12 @@ impl Gen {
     /// would return stale bits if it overtook the post-reset sweep.
     fn reset_then_bitmaps(&mut self, ops: &mut Vec<Op>) {
         ops.push(self.setup_rings());
+        // Guest memory is window pages 32..48: the work marks the log's
+        // second word, which only the reset's sweep clears (a read of it
+        // after the reset needs no logging enabled, which would clear it).
         ops.push(Op::DmaLogStart {
-            base: GUEST_BASE,
-            pages: self.r.pick(&[16u32, 64]),
+            base: GUEST_BASE - 32 * u64::from(consts::PAGE_SIZE),
+            pages: 64,
         });
         let k = 1 + self.r.below(3);
         let descs = (0..k).map(|_| self.desc()).collect();
@@ -1597,8 +1600,12 @@ impl Gen {
         });
         let gap = |r: &mut Rng| r.pick(&[0u32, 0, 0, 1, 3]);
         let pages = self.devmem / u64::from(consts::PAGE_SIZE);
-        let mut v = Vec::new();
-        for _ in 0..2 + self.r.below(4) {
+        let mut v = vec![
+            (reg_access("DMALOG_PAGES", 4, Some(64)), gap(&mut self.r)),
+            (reg_access("DMALOG_SEL", 4, Some(1)), gap(&mut self.r)),
+            (reg_access("DMALOG_BITS", 4, None), gap(&mut self.r)),
+        ];
+        for _ in 0..1 + self.r.below(4) {
             let a = match self.r.below(6) {
                 0 => reg_access("DMALOG_SEL", 4, Some(0)),
                 1 | 2 => reg_access("DMALOG_BITS", 4, None),
