@@ -475,6 +475,10 @@ pub fn run(cfg: Option<&Config>, args: &CrosscheckArgs) -> u8 {
         summary.racing_bitmap_reads,
         summary.racing_marks_mid_burst
     );
+    println!(
+        "  raw port accesses (compared with the datasheet's answer): {}",
+        summary.raw_port_accesses
+    );
     if let Some(j) = &args.json
         && let Err(e) = write_json(j, &Report::of(&summary, &plan))
     {

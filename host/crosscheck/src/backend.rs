@@ -11,7 +11,7 @@ use vfpga_hw::BoardDevice;
 use vfpga_model::{Model, ModelConfig};
 use vfpga_sim::{Clocking, PipeReq, SimDevice, SimOptions};
 
-use crate::lockstep::{LockstepOptions, WaitAccess};
+use crate::lockstep::{LockstepOptions, RawAccess, WaitAccess};
 
 use crate::lockstep::Factory;
 
@@ -172,6 +172,39 @@ pub trait SideDevice: Device {
     /// its contents; both bitmaps and the DMA-log registers are cleared.
     fn hardware_reset(&mut self) -> Result<(), DeviceError>;
 
+    /// Presents `a` to the device's MMIO port as it is and returns the
+    /// response data; `None` where the device has no such port to drive
+    /// (the default: the accesses the [`Device`] seam cannot express then
+    /// go unchecked). The reference model answers what the datasheet says.
+    fn raw_access(&mut self, a: &RawAccess) -> Result<Option<u64>, DeviceError> {
+        let _ = a;
+        Ok(None)
+    }
+
+    /// The INTx level the device drives now and whether it is idle (its
+    /// registers cannot change until an access); `None` where the device
+    /// has no pin to sample (the default).
+    fn intx_idle(&mut self) -> Result<Option<(bool, bool)>, DeviceError> {
+        Ok(None)
+    }
+
+    /// Clock cycles the device has run since it was created; `None` where
+    /// it does not count cycles (the default): its `TIMER` is then not
+    /// checked.
+    fn cycles(&mut self) -> Result<Option<u64>, DeviceError> {
+        Ok(None)
+    }
+
+    /// A hardware reset ([`SideDevice::hardware_reset`]) followed at once
+    /// by `accesses` back to back ([`SideDevice::mmio_back_to_back`]); on
+    /// the RTL they are presented from the cycle the reset is released, so
+    /// they meet the post-reset bitmap sweep. The default does the two one
+    /// after the other.
+    fn reset_then(&mut self, accesses: &[(WaitAccess, u32)]) -> Result<Vec<Vec<u8>>, DeviceError> {
+        self.hardware_reset()?;
+        self.mmio_back_to_back(accesses)
+    }
+
     /// Issues `accesses` back to back: each `(access, gap)` is presented
     /// `gap` cycles after the previous one was accepted, without waiting for
     /// its response where the device has a port (the RTL). Returns the bytes
@@ -204,11 +237,37 @@ impl SideDevice for Model {
         self.power_on_reset();
         Ok(())
     }
+
+    /// The datasheet's answer ([`RawAccess::datasheet_answer`]).
+    fn raw_access(&mut self, a: &RawAccess) -> Result<Option<u64>, DeviceError> {
+        a.datasheet_answer(self).map(Some)
+    }
 }
 
 impl SideDevice for SimDevice {
     fn hardware_reset(&mut self) -> Result<(), DeviceError> {
         self.hw_reset(2)
+    }
+
+    fn intx_idle(&mut self) -> Result<Option<(bool, bool)>, DeviceError> {
+        SimDevice::intx_idle(self).map(Some)
+    }
+
+    fn cycles(&mut self) -> Result<Option<u64>, DeviceError> {
+        Ok(Some(self.stats()?.cycles))
+    }
+
+    /// On the RTL's MMIO port ([`SimDevice::mmio_raw`]).
+    fn raw_access(&mut self, a: &RawAccess) -> Result<Option<u64>, DeviceError> {
+        self.mmio_raw(a.bar2, a.write, a.addr, a.be).map(Some)
+    }
+
+    /// The reset and the accesses in one call
+    /// ([`SimDevice::hw_reset_then`]).
+    fn reset_then(&mut self, accesses: &[(WaitAccess, u32)]) -> Result<Vec<Vec<u8>>, DeviceError> {
+        let reqs = pipe_reqs(accesses)?;
+        let r = self.hw_reset_then(2, &reqs)?;
+        Ok(read_bytes(accesses, r))
     }
 
     /// On the RTL's MMIO port, pipelined ([`SimDevice::mmio_pipelined`]).
@@ -218,42 +277,54 @@ impl SideDevice for SimDevice {
         &mut self,
         accesses: &[(WaitAccess, u32)],
     ) -> Result<Vec<Vec<u8>>, DeviceError> {
-        let mut reqs = Vec::with_capacity(accesses.len());
-        for (a, gap) in accesses {
-            let len = usize::from(a.len);
-            let lane = (a.offset % 8) as usize;
-            if len == 0 || lane + len > 8 {
-                return Err(DeviceError::BadAccess {
-                    bar: if a.bar2 { Bar::DevMem } else { Bar::Regs },
-                    offset: a.offset,
-                    len,
-                });
-            }
-            let be = (((1u16 << len) - 1) << lane) as u8;
-            let wdata = a.write.map_or(0, |v| v << (8 * lane));
-            reqs.push(PipeReq {
-                bar2: a.bar2,
-                write: a.write.is_some(),
-                addr: (a.offset & !7) as u32,
-                be,
-                wdata,
-                gap: *gap,
+        let reqs = pipe_reqs(accesses)?;
+        let r = self.mmio_pipelined(&reqs)?;
+        Ok(read_bytes(accesses, r))
+    }
+}
+
+/// The RTL port requests of `accesses` (one 64-bit word each).
+fn pipe_reqs(accesses: &[(WaitAccess, u32)]) -> Result<Vec<PipeReq>, DeviceError> {
+    let mut reqs = Vec::with_capacity(accesses.len());
+    for (a, gap) in accesses {
+        let len = usize::from(a.len);
+        let lane = (a.offset % 8) as usize;
+        if len == 0 || lane + len > 8 {
+            return Err(DeviceError::BadAccess {
+                bar: if a.bar2 { Bar::DevMem } else { Bar::Regs },
+                offset: a.offset,
+                len,
             });
         }
-        let r = self.mmio_pipelined(&reqs)?;
-        Ok(accesses
-            .iter()
-            .zip(r)
-            .map(|((a, _), v)| {
-                if a.write.is_some() {
-                    Vec::new()
-                } else {
-                    let lane = (a.offset % 8) as usize;
-                    v.to_le_bytes()[lane..lane + usize::from(a.len)].to_vec()
-                }
-            })
-            .collect())
+        let be = (((1u16 << len) - 1) << lane) as u8;
+        let wdata = a.write.map_or(0, |v| v << (8 * lane));
+        reqs.push(PipeReq {
+            bar2: a.bar2,
+            write: a.write.is_some(),
+            addr: (a.offset & !7) as u32,
+            be,
+            wdata,
+            gap: *gap,
+        });
     }
+    Ok(reqs)
+}
+
+/// The bytes each read of `accesses` returned, from the port's response
+/// words `r` (empty for writes).
+fn read_bytes(accesses: &[(WaitAccess, u32)], r: Vec<u64>) -> Vec<Vec<u8>> {
+    accesses
+        .iter()
+        .zip(r)
+        .map(|((a, _), v)| {
+            if a.write.is_some() {
+                Vec::new()
+            } else {
+                let lane = (a.offset % 8) as usize;
+                v.to_le_bytes()[lane..lane + usize::from(a.len)].to_vec()
+            }
+        })
+        .collect()
 }
 
 /// The board's hardware reset is a function-level reset through the shell
@@ -274,6 +345,38 @@ impl SideDevice for AnyDevice {
         }
     }
 
+    fn intx_idle(&mut self) -> Result<Option<(bool, bool)>, DeviceError> {
+        match self {
+            AnyDevice::Model(d) => d.intx_idle(),
+            AnyDevice::Sim(d) => SideDevice::intx_idle(d),
+            AnyDevice::Board(d) => d.intx_idle(),
+        }
+    }
+
+    fn cycles(&mut self) -> Result<Option<u64>, DeviceError> {
+        match self {
+            AnyDevice::Model(d) => d.cycles(),
+            AnyDevice::Sim(d) => SideDevice::cycles(d),
+            AnyDevice::Board(d) => d.cycles(),
+        }
+    }
+
+    fn raw_access(&mut self, a: &RawAccess) -> Result<Option<u64>, DeviceError> {
+        match self {
+            AnyDevice::Model(d) => d.raw_access(a),
+            AnyDevice::Sim(d) => d.raw_access(a),
+            AnyDevice::Board(d) => d.raw_access(a),
+        }
+    }
+
+    fn reset_then(&mut self, accesses: &[(WaitAccess, u32)]) -> Result<Vec<Vec<u8>>, DeviceError> {
+        match self {
+            AnyDevice::Model(d) => d.reset_then(accesses),
+            AnyDevice::Sim(d) => d.reset_then(accesses),
+            AnyDevice::Board(d) => d.reset_then(accesses),
+        }
+    }
+
     fn mmio_back_to_back(
         &mut self,
         accesses: &[(WaitAccess, u32)],
@@ -284,6 +387,21 @@ impl SideDevice for AnyDevice {
             AnyDevice::Board(d) => d.mmio_back_to_back(accesses),
         }
     }
+}
+
+/// The RTL's back-pressure for a run whose `x_seed` is this
+/// ([`SimDevice::set_stall`]): `(generator seed, percent of cycles each of
+/// the DMA request, device-memory request and MMIO response ports is not
+/// ready)`. Half the runs never stall (the always-ready harness stays
+/// covered), the rest stall on 20 % or 50 % of the cycles; `x_seed` 0 never.
+/// Deterministic: the same scenario gets the same stalls.
+pub fn stall_for(x_seed: u32) -> (u64, u8) {
+    if x_seed == 0 {
+        return (0, 0);
+    }
+    let h = u64::from(x_seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let pct = [0u8, 0, 20, 50][(h >> 62) as usize];
+    (h | 1, pct)
 }
 
 /// A factory for `which` with `devmem_pages` pages. For the RTL, `vcd`
@@ -343,7 +461,12 @@ pub fn faulty_factory(
                     x_seed.wrapping_add(k).max(1)
                 },
             };
-            Ok(AnyDevice::Sim(SimDevice::new(o, dma, irq)?))
+            let mut d = SimDevice::new(o, dma, irq)?;
+            let (seed, pct) = stall_for(x_seed);
+            if pct > 0 {
+                d.set_stall(seed.wrapping_add(u64::from(k)), pct)?;
+            }
+            Ok(AnyDevice::Sim(d))
         }
         Impl::Board => {
             let o = vfpga_hw::SimBoardOptions::new(devmem_pages, DMALOG_MAX_PAGES);

@@ -338,6 +338,9 @@ pub struct Summary {
     /// Bitmap marks the checked side's racing reads caught mid-burst.
     #[serde(default)]
     pub racing_marks_mid_burst: u64,
+    /// Raw port accesses compared with the datasheet's answer.
+    #[serde(default)]
+    pub raw_port_accesses: u64,
     /// Scenarios that diverged.
     pub divergences: u64,
     /// Scenarios that failed without a divergence.
@@ -385,6 +388,7 @@ pub fn campaign(
         s.racing_bitmap_reads += o.stats.racing_bitmap_reads;
         s.racing_scenarios += u64::from(o.stats.racing_bursts > 0);
         s.racing_marks_mid_burst += o.stats.racing_marks_mid_burst;
+        s.raw_port_accesses += o.stats.raw_port_accesses;
         match &o.verdict {
             Verdict::Pass => {}
             Verdict::Diverged { .. } => {

@@ -136,6 +136,100 @@ impl WaitAccess {
     }
 }
 
+/// One request presented as it is to a device's MMIO port: the 64-bit word
+/// at `addr & !7` with any byte enables, including accesses the [`Device`]
+/// seam cannot express (BAR0 widths other than 32/64 bits or past the
+/// register page, BAR2 beyond device memory, empty or non-contiguous BAR2
+/// byte enables). What the device answers is the response data of the port
+/// (0 for a write).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawAccess {
+    /// BAR2 (device memory) instead of BAR0.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bar2: bool,
+    /// Byte address in the BAR (bits 2:0 ignored).
+    pub addr: u32,
+    /// Byte enables of the word.
+    pub be: u8,
+    /// The word written (on its lanes); `None`: a read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write: Option<u64>,
+}
+
+impl RawAccess {
+    /// What the datasheet has the device answer, computed through the
+    /// [`Device`] seam of `dev` (the reference model): `rtl-integration.md`
+    /// "MMIO target". BAR0: byte enables `0x0f`/`0xf0`/`0xff` are the 32-bit
+    /// register at `addr`, at `addr + 4`, or both (low first); offsets from
+    /// 0x1000 up read 0 and ignore writes; any other byte enables read all
+    /// ones and ignore writes. BAR2: a contiguous, non-empty run of byte
+    /// enables ending within device memory reads or writes those bytes
+    /// (read data on their lanes, 0 elsewhere); anything else reads all
+    /// ones and ignores the write. A write answers 0.
+    pub fn datasheet_answer<D: Device + ?Sized>(&self, dev: &mut D) -> Result<u64, DeviceError> {
+        let word = u64::from(self.addr & !7);
+        if !self.bar2 {
+            let (off, len, shift) = match self.be {
+                0x0f => (word, 4usize, 0),
+                0xf0 => (word + 4, 4, 32),
+                0xff => (word, 8, 0),
+                _ => return Ok(if self.write.is_some() { 0 } else { u64::MAX }),
+            };
+            if word >= 0x1000 {
+                return Ok(0);
+            }
+            return match self.write {
+                Some(v) => {
+                    let b = (v >> shift).to_le_bytes();
+                    dev.mmio_write(Bar::Regs, off, &b[..len])?;
+                    Ok(0)
+                }
+                None => {
+                    let mut b = [0u8; 8];
+                    dev.mmio_read(Bar::Regs, off, &mut b[..len])?;
+                    Ok(u64::from_le_bytes(b) << shift)
+                }
+            };
+        }
+        let be = self.be;
+        let first = be.trailing_zeros();
+        let cnt = be.count_ones();
+        let run = if be == 0 { 0 } else { be >> first };
+        let contiguous = be != 0 && run & run.wrapping_add(1) == 0;
+        let end = word + u64::from(first) + u64::from(cnt);
+        if !contiguous || end > dev.info().bar2_size {
+            return Ok(if self.write.is_some() { 0 } else { u64::MAX });
+        }
+        let (lane, n) = (first as usize, cnt as usize);
+        let at = word + u64::from(first);
+        match self.write {
+            Some(v) => {
+                dev.mmio_write(Bar::DevMem, at, &v.to_le_bytes()[lane..lane + n])?;
+                Ok(0)
+            }
+            None => {
+                let mut b = [0u8; 8];
+                dev.mmio_read(Bar::DevMem, at, &mut b[lane..lane + n])?;
+                Ok(u64::from_le_bytes(b))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for RawAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bar = if self.bar2 { "BAR2" } else { "BAR0" };
+        match self.write {
+            None => write!(f, "raw read of {bar} {:#x} be {:#04x}", self.addr, self.be),
+            Some(v) => write!(
+                f,
+                "raw write of {v:#x} to {bar} {:#x} be {:#04x}",
+                self.addr, self.be
+            ),
+        }
+    }
+}
+
 impl std::fmt::Display for WaitAccess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let bar = if self.bar2 { "BAR2" } else { "BAR0" };
@@ -1264,8 +1358,45 @@ impl<A: Device + SideDevice, B: Device + SideDevice> Lockstep<A, B> {
         let ra = self.a.dev.mmio_back_to_back(accesses);
         let rb = self.b.dev.mmio_back_to_back(accesses);
         let (va, vb) = self.pair("back-to-back MMIO", ra, rb)?;
+        self.compare_reads(accesses, &va, &vb)?;
+        if !self.both_quiesced()? {
+            self.aligned = false;
+        }
+        Ok(())
+    }
+
+    /// A hardware reset of both sides followed at once by `accesses` back
+    /// to back ([`SideDevice::reset_then`]): on the RTL they are presented
+    /// from the cycle the reset is released and meet the post-reset bitmap
+    /// sweep (a bitmap read that overtook it would return stale bits). Every
+    /// read is compared, then both settle and everything is compared.
+    pub fn reset_then(&mut self, accesses: &[(WaitAccess, u32)]) -> Result<(), DeviceError> {
+        self.begin(|| format!("hardware reset, then {} accesses", accesses.len()))?;
+        if !self.aligned {
+            self.settle_inner()?;
+        }
+        for (a, gap) in accesses {
+            self.push_history(format!("   then after {gap} cycles: {a}"));
+        }
+        let ra = self.a.dev.reset_then(accesses);
+        let rb = self.b.dev.reset_then(accesses);
+        self.a.gate.abandon();
+        self.b.gate.abandon();
+        let (va, vb) = self.pair("hardware reset, then MMIO", ra, rb)?;
+        self.compare_reads(accesses, &va, &vb)?;
+        self.aligned = false;
+        self.settle_inner().map(|_| ())
+    }
+
+    /// Compares the bytes each read of `accesses` returned on the two sides.
+    fn compare_reads(
+        &mut self,
+        accesses: &[(WaitAccess, u32)],
+        va: &[Vec<u8>],
+        vb: &[Vec<u8>],
+    ) -> Result<(), DeviceError> {
         self.compared += 1;
-        for (((a, _), x), y) in accesses.iter().zip(&va).zip(&vb) {
+        for (((a, _), x), y) in accesses.iter().zip(va).zip(vb) {
             if x != y {
                 let word = |d: &[u8]| {
                     let mut b = [0u8; 4];
@@ -1292,10 +1423,138 @@ impl<A: Device + SideDevice, B: Device + SideDevice> Lockstep<A, B> {
                 return Err(self.diverge(e));
             }
         }
+        Ok(())
+    }
+
+    /// The checked side's INTx pin against the datasheet (§4: asserted
+    /// while `(IRQ_STATUS & ~IRQ_MASK) != 0` and the device is not
+    /// quiesced), from that side's own registers, read while it is idle (so
+    /// they cannot change under the reads). Nothing where the side has no
+    /// pin ([`SideDevice::intx_idle`]) or is busy. The pin is not a register:
+    /// the register comparisons do not see it.
+    pub fn check_intx(&mut self) -> Result<(), DeviceError> {
+        let Some((pin, true)) = self.b.dev.intx_idle()? else {
+            return Ok(());
+        };
+        let st = self.b.dev.read_reg(offsets::IRQ_STATUS)?;
+        let mask = self.b.dev.read_reg(offsets::IRQ_MASK)?;
+        let status = Status::from_bits_retain(self.b.dev.read_reg(offsets::STATUS)?);
+        let want = st & !mask & 0x3 != 0 && !status.contains(Status::QUIESCED);
+        if pin != want {
+            return Err(self.diverge(Effect::Outcome {
+                what: format!(
+                    "INTx level (IRQ_STATUS {st:#x}, IRQ_MASK {mask:#x}, STATUS {:#x})",
+                    status.bits()
+                ),
+                expected: want.to_string(),
+                actual: pin.to_string(),
+            }));
+        }
+        Ok(())
+    }
+
+    /// Clock cycles the checked side has run, where it counts them
+    /// ([`SideDevice::cycles`]).
+    pub fn checked_cycles(&mut self) -> Result<Option<u64>, DeviceError> {
+        self.b.dev.cycles()
+    }
+
+    /// The checked side's `TIMER` right after a (soft or hardware) reset
+    /// that began at cycle `since` of that side: the reset clears the timer
+    /// and the `TIMER_HI` latch (datasheet §8), and the timer counts one per
+    /// cycle while not quiesced. So `TIMER_HI` read before `TIMER_LO` is 0,
+    /// and `TIMER` (`TIMER_LO`, which latches `TIMER_HI`, then `TIMER_HI`)
+    /// is at most the cycles run since. Checked only where the side counts
+    /// its cycles (the RTL); timing registers are not compared between the
+    /// sides.
+    pub fn check_timer_since(&mut self, since: Option<u64>) -> Result<(), DeviceError> {
+        let Some(since) = since else {
+            return Ok(());
+        };
+        let latch = self.b.dev.read_reg(offsets::TIMER_HI)?;
+        let lo = self.b.dev.read_reg(offsets::TIMER_LO)?;
+        let hi = self.b.dev.read_reg(offsets::TIMER_HI)?;
+        let Some(now) = self.b.dev.cycles()? else {
+            return Ok(());
+        };
+        let t = (u64::from(hi) << 32) | u64::from(lo);
+        let bound = now.saturating_sub(since);
+        if latch != 0 || t > bound {
+            return Err(self.diverge(Effect::Outcome {
+                what: "TIMER_HI latch, TIMER after a reset".into(),
+                expected: format!("0, at most {bound}"),
+                actual: format!("{latch:#x}, {t}"),
+            }));
+        }
+        Ok(())
+    }
+
+    /// While both sides are quiesced: restores their saved state with the
+    /// timer words set to `timer` on both (timing words: never validated,
+    /// never compared), then checks on the checked side, where it counts
+    /// its cycles, that `TIMER_LO` and then `TIMER_HI` (latched by the
+    /// `TIMER_LO` read) read exactly `timer`: a quiesced timer stands still
+    /// (datasheet §8). Nothing when a side is not quiesced.
+    pub fn check_timer_restore(&mut self, timer: u64) -> Result<(), DeviceError> {
+        if !self.both_quiesced()? {
+            return Ok(());
+        }
+        let mut st = self.save_state()?;
+        let mut w = st.arch.to_words();
+        w[sw::TIMER_LO] = timer as u32;
+        w[sw::TIMER_HI] = (timer >> 32) as u32;
+        st.arch = vfpga_regs::ArchState::from_words(&w);
+        self.restore_state(&st)?;
+        if self.b.dev.cycles()?.is_none() {
+            return Ok(());
+        }
+        let lo = self.b.dev.read_reg(offsets::TIMER_LO)?;
+        let hi = self.b.dev.read_reg(offsets::TIMER_HI)?;
+        let got = (u64::from(hi) << 32) | u64::from(lo);
+        if got != timer {
+            return Err(self.diverge(Effect::Outcome {
+                what: "TIMER_LO, then TIMER_HI, of a restored quiesced timer".into(),
+                expected: format!("{timer:#x}"),
+                actual: format!("{got:#x}"),
+            }));
+        }
+        Ok(())
+    }
+
+    /// Raw port accesses ([`RawAccess`]) from a settled point: the checked
+    /// side takes each on its MMIO port as it is, the reference answers what
+    /// the datasheet says ([`RawAccess::datasheet_answer`]); every answer
+    /// is compared (reads and the 0 of writes). A pair where a side cannot
+    /// present raw requests ([`SideDevice::raw_access`] gives `None`)
+    /// skips the rest. Returns how many were compared.
+    pub fn raw_port(&mut self, accesses: &[RawAccess]) -> Result<u64, DeviceError> {
+        self.begin(|| format!("raw port, {} accesses", accesses.len()))?;
+        if !self.aligned && !self.both_quiesced()? {
+            self.settle_inner()?;
+        }
+        let mut n = 0;
+        for a in accesses {
+            self.push_history(format!("   {a}"));
+            let ra = self.a.dev.raw_access(a);
+            let rb = self.b.dev.raw_access(a);
+            let (va, vb) = self.pair("raw port access", ra, rb)?;
+            let (Some(x), Some(y)) = (va, vb) else {
+                break;
+            };
+            self.compared += 1;
+            n += 1;
+            if x != y {
+                return Err(self.diverge(Effect::Outcome {
+                    what: a.to_string(),
+                    expected: format!("{x:#018x}"),
+                    actual: format!("{y:#018x}"),
+                }));
+            }
+        }
         if !self.both_quiesced()? {
             self.aligned = false;
         }
-        Ok(())
+        Ok(n)
     }
 
     /// MMIO racing a running burst's bitmap marks: from a settled point,

@@ -8,7 +8,7 @@ use vfpga_device::{Device, DeviceError};
 use vfpga_regs::{Ctrl, consts, cpl, desc, offsets};
 
 use crate::backend::SideDevice;
-use crate::lockstep::{GuestLayout, Lockstep, Transplant, WaitAccess, fill};
+use crate::lockstep::{GuestLayout, Lockstep, RawAccess, Transplant, WaitAccess, fill};
 use crate::slow::SlowSpec;
 
 /// Version of the scenario format.
@@ -139,7 +139,10 @@ pub enum Op {
     DmaLogStop,
     /// Hold the `nth` next distinct DMA access on both sides (slow memory
     /// only), run both into that wait, and issue `accesses` during it
-    /// ([`Lockstep::dma_wait`]).
+    /// ([`Lockstep::dma_wait`]). A 32-bit write of `SQ_TAIL` or `CQ_HEAD`
+    /// among them is a doorbell that keeps the rings as they are: it writes
+    /// the driver's current tail or head, whatever value it holds, and is
+    /// left out while the driver has no rings.
     DmaWait {
         /// Which access (1 = the next new one).
         nth: u64,
@@ -161,6 +164,28 @@ pub enum Op {
         /// The descriptors (those that do not fit are dropped).
         descs: Vec<Desc>,
         /// `(access, gap)` pairs after the doorbell.
+        accesses: Vec<(WaitAccess, u32)>,
+    },
+    /// Requests presented as they are to the MMIO port, which the
+    /// [`Device`] seam cannot express, from a settled point
+    /// ([`Lockstep::raw_port`]): each answer compared with the datasheet's.
+    RawPort {
+        /// The requests, in order.
+        accesses: Vec<RawAccess>,
+    },
+    /// Quiesce, restore the saved state with this timer value on both
+    /// sides, and check that the checked side's quiesced timer reads it
+    /// exactly ([`Lockstep::check_timer_restore`]).
+    TimerRestore {
+        /// The timer value restored (the high word matters: `TIMER_HI` is
+        /// latched by the `TIMER_LO` read).
+        timer: u64,
+    },
+    /// Hardware reset of both sides (settled first) followed at once by
+    /// `accesses` back to back, presented on the RTL from the cycle the reset
+    /// is released ([`Lockstep::reset_then`]).
+    ResetThen {
+        /// `(access, gap)` pairs.
         accesses: Vec<(WaitAccess, u32)>,
     },
     /// Hardware reset (the core's reset input) of both sides at `at`.
@@ -288,6 +313,9 @@ pub struct RunStats {
     /// (reading before its first step) did not: marks read mid-burst.
     #[serde(default)]
     pub racing_marks_mid_burst: u64,
+    /// Raw port accesses compared with the datasheet's answer.
+    #[serde(default)]
+    pub raw_port_accesses: u64,
 }
 
 fn reg_offset(name: &str) -> Result<u32, DeviceError> {
@@ -300,7 +328,10 @@ fn reg_offset(name: &str) -> Result<u32, DeviceError> {
 
 /// Applies `sc` to `ls`, then a final settle and comparison of the bitmaps,
 /// the DMA log and the quiesced state. Stops at the first error; a
-/// divergence is then in [`Lockstep::divergence`].
+/// divergence is then in [`Lockstep::divergence`]. Where the checked side
+/// has the pins and counts cycles (the RTL): its `TIMER` is checked after
+/// power-on and every reset ([`Lockstep::check_timer_since`]), and its INTx
+/// level after every operation ([`Lockstep::check_intx`]).
 pub fn apply<A: Device + SideDevice, B: Device + SideDevice>(
     ls: &mut Lockstep<A, B>,
     sc: &Scenario,
@@ -308,6 +339,9 @@ pub fn apply<A: Device + SideDevice, B: Device + SideDevice>(
 ) -> Result<(), DeviceError> {
     let mut drv = Driver::default();
     stats.slow_memory = sc.guest.slow.is_some();
+    // Power-on is a reset too: the checked side's cycles since then.
+    let since = ls.checked_cycles()?.map(|_| 0);
+    ls.check_timer_since(since)?;
     let finale = [
         Op::Run,
         Op::Consume,
@@ -320,6 +354,7 @@ pub fn apply<A: Device + SideDevice, B: Device + SideDevice>(
         ls.note(format!("scenario op {i}: {}", op_summary(op)));
         stats.scenario_ops += 1;
         apply_op(ls, &mut drv, op, stats)?;
+        ls.check_intx()?;
     }
     Ok(())
 }
@@ -525,14 +560,21 @@ fn apply_op<A: Device + SideDevice, B: Device + SideDevice>(
             ls.transplant(*direction)?;
         }
         Op::SoftReset => {
+            let since = ls.checked_cycles()?;
             ls.soft_reset()?;
             drv.rings = None;
+            ls.check_timer_since(since)?;
         }
         Op::WriteReg { reg, value } => {
             let o = reg_offset(reg)?;
+            let since = ls.checked_cycles()?;
             ls.write_reg(o, *value)?;
             if o == offsets::CTRL && *value & Ctrl::SOFT_RESET.bits() != 0 {
                 drv.rings = None;
+                if !ls.is_quiesced()? {
+                    ls.settle()?;
+                }
+                ls.check_timer_since(since)?;
             }
         }
         Op::ReadReg { reg } => {
@@ -570,7 +612,8 @@ fn apply_op<A: Device + SideDevice, B: Device + SideDevice>(
         }
         Op::DmaLogStop => ls.dma_log_stop()?,
         Op::DmaWait { nth, accesses } => {
-            let r = ls.dma_wait(*nth, accesses)?;
+            let accesses = doorbells_now(drv, accesses);
+            let r = ls.dma_wait(*nth, &accesses)?;
             stats.dma_waits += u64::from(r.reached);
             stats.wait_accesses += u64::from(r.accesses);
         }
@@ -617,7 +660,24 @@ fn apply_op<A: Device + SideDevice, B: Device + SideDevice>(
             stats.racing_bitmap_reads += rep.bitmap_reads;
             stats.racing_marks_mid_burst += rep.marks_mid_burst;
         }
+        Op::TimerRestore { timer } => {
+            ls.quiesce()?;
+            ls.check_timer_restore(*timer)?;
+        }
+        Op::ResetThen { accesses } => {
+            let since = ls.checked_cycles()?;
+            ls.reset_then(accesses)?;
+            drv.rings = None;
+            stats.hw_resets += 1;
+            stats.back_to_back += 1;
+            stats.back_to_back_accesses += accesses.len() as u64;
+            ls.check_timer_since(since)?;
+        }
+        Op::RawPort { accesses } => {
+            stats.raw_port_accesses += ls.raw_port(accesses)?;
+        }
         Op::HwReset { at } => {
+            let since = ls.checked_cycles()?;
             match at {
                 ResetPoint::Settled => {
                     if !ls.is_quiesced()? {
@@ -640,9 +700,32 @@ fn apply_op<A: Device + SideDevice, B: Device + SideDevice>(
                 }
             }
             drv.rings = None;
+            ls.check_timer_since(since)?;
         }
     }
     Ok(())
+}
+
+/// `accesses` with each 32-bit `SQ_TAIL`/`CQ_HEAD` write set to the
+/// driver's current tail/head (a doorbell that changes nothing: the ring
+/// stays consistent, datasheet §5.3 serves it during a DMA wait), or left
+/// out when the driver has no rings.
+fn doorbells_now(drv: &Driver, accesses: &[WaitAccess]) -> Vec<WaitAccess> {
+    let bell = |a: &WaitAccess, o: u32| {
+        !a.bar2 && a.len == 4 && a.write.is_some() && a.offset == u64::from(o)
+    };
+    accesses
+        .iter()
+        .filter_map(|a| {
+            let mut a = a.clone();
+            if bell(&a, offsets::SQ_TAIL) {
+                a.write = Some(u64::from(drv.rings?.sq_tail));
+            } else if bell(&a, offsets::CQ_HEAD) {
+                a.write = Some(u64::from(drv.rings?.cq_head));
+            }
+            Some(a)
+        })
+        .collect()
 }
 
 fn ls_guest<A: Device, B: Device>(ls: &mut Lockstep<A, B>) -> GuestLayout {
@@ -702,6 +785,7 @@ pub fn generate(seed: u64, devmem_pages: u32) -> Scenario {
         devmem: u64::from(devmem_pages) * u64::from(consts::PAGE_SIZE),
         tag: 0,
         slow: None,
+        aux: Rng::new(seed ^ 0x6175_7869_6c69_6172),
     };
     // Half the scenarios get memory that answers later (DMA by message).
     if g.r.pct(50) {
@@ -775,6 +859,30 @@ pub fn generate(seed: u64, devmem_pages: u32) -> Scenario {
     ]);
     g.r = Rng::new(seed ^ 0x7068_6173_6534);
     g.phase4(&mut ops);
+    // Phase 5, likewise: requests on the MMIO port that the Device seam
+    // cannot express, between ordinary accesses.
+    ops.extend([
+        Op::Run,
+        Op::Consume,
+        Op::TakeDirty,
+        Op::DmaLogTake,
+        Op::Quiesce,
+        Op::Save,
+        Op::Resume,
+    ]);
+    g.r = Rng::new(seed ^ 0x7068_6173_6535);
+    for _ in 0..1 + g.r.below(3) {
+        let op = g.raw_port();
+        ops.push(op);
+        if g.r.pct(50) {
+            ops.push(Op::TakeDirty);
+        }
+    }
+    // A quiesced timer restored with a high word (a run never counts that
+    // far), read back, then running on from there.
+    let timer = (1 + g.r.below(0xffff)) << 32 | g.r.below(1 << 32);
+    ops.extend([Op::TimerRestore { timer }, Op::Resume]);
+    g.reset_then_bitmaps(&mut ops);
     Scenario {
         version: SCENARIO_VERSION,
         seed,
@@ -794,6 +902,10 @@ struct Gen {
     devmem: u64,
     tag: u32,
     slow: Option<SlowSpec>,
+    /// Draws of additions made after the campaign (doorbells during a DMA
+    /// wait): a stream of their own, so that what `r` generates, and every
+    /// earlier kill, stays as it was.
+    aux: Rng,
 }
 
 /// A BAR0 access by register name (offsets come from the generated map).
@@ -985,6 +1097,17 @@ impl Gen {
                     }
                 }
             });
+        }
+        // A doorbell (SQ_TAIL or CQ_HEAD, the driver's current value: see
+        // `Op::DmaWait`), served during the wait like the accesses above.
+        if self.aux.pct(50) {
+            let reg = if self.aux.pct(50) {
+                "SQ_TAIL"
+            } else {
+                "CQ_HEAD"
+            };
+            let at = self.aux.below(v.len() as u64 + 1) as usize;
+            v.insert(at, reg_access(reg, 4, Some(0)));
         }
         if self.r.pct(45) {
             v.push(match self.r.below(12) {
@@ -1477,6 +1600,135 @@ impl Gen {
         }
     }
 
+    /// Both bitmaps left non-zero (DMA-logged work, a device-memory write),
+    /// then a hardware reset followed at once by bitmap accesses: each
+    /// would return stale bits if it overtook the post-reset sweep.
+    fn reset_then_bitmaps(&mut self, ops: &mut Vec<Op>) {
+        ops.push(self.setup_rings());
+        // Guest memory is window pages 32..48: the work marks the log's
+        // second word, which only the reset's sweep clears (a read of it
+        // after the reset needs no logging enabled, which would clear it).
+        ops.push(Op::DmaLogStart {
+            base: GUEST_BASE - 32 * u64::from(consts::PAGE_SIZE),
+            pages: 64,
+        });
+        let k = 1 + self.r.below(3);
+        let descs = (0..k).map(|_| self.desc()).collect();
+        ops.push(Op::Submit { descs });
+        ops.push(Op::Run);
+        let last = self.devmem - u64::from(consts::PAGE_SIZE);
+        ops.push(Op::DevmemWrite {
+            offset: last + self.r.below(4000),
+            len: 1 + self.r.below(64) as u32,
+            seed: self.r.next_u64(),
+        });
+        let gap = |r: &mut Rng| r.pick(&[0u32, 0, 0, 1, 3]);
+        let pages = self.devmem / u64::from(consts::PAGE_SIZE);
+        let mut v = vec![
+            (reg_access("DMALOG_PAGES", 4, Some(64)), gap(&mut self.r)),
+            (reg_access("DMALOG_SEL", 4, Some(1)), gap(&mut self.r)),
+            (reg_access("DMALOG_BITS", 4, None), gap(&mut self.r)),
+        ];
+        for _ in 0..1 + self.r.below(4) {
+            let a = match self.r.below(6) {
+                0 => reg_access("DMALOG_SEL", 4, Some(0)),
+                1 | 2 => reg_access("DMALOG_BITS", 4, None),
+                3 => reg_access("DIRTY_SEL", 4, Some((pages - 1) / 32)),
+                4 => reg_access("DIRTY_BITS", 4, None),
+                _ => reg_access("DMALOG_CTRL", 4, None),
+            };
+            v.push((a, gap(&mut self.r)));
+        }
+        ops.push(Op::ResetThen { accesses: v });
+        ops.push(self.setup_rings());
+    }
+
+    /// Raw port requests the `Device` seam cannot express, each often
+    /// followed by an ordinary read of the same word (a write that must be
+    /// ignored): BAR0 byte enables other than `0x0f`/`0xf0`/`0xff`, BAR0
+    /// offsets past the register page, BAR2 past device memory, and empty
+    /// or non-contiguous BAR2 byte enables (on the last page: never a DMA
+    /// target).
+    fn raw_port(&mut self) -> Op {
+        let last = (self.devmem - u64::from(consts::PAGE_SIZE)) as u32;
+        let devmem = self.devmem as u32;
+        let scratch = reg_offset("SCRATCH").unwrap_or(0);
+        let mut v = Vec::new();
+        for _ in 0..2 + self.r.below(5) {
+            let write = self.r.pct(35).then(|| self.r.next_u64());
+            let (bar2, addr, be) = match self.r.below(6) {
+                0 => {
+                    // BAR0, a width the registers do not take.
+                    let be = self
+                        .r
+                        .pick(&[0x00u8, 0x01, 0x03, 0x0c, 0x3c, 0x7f, 0xfe, 0x80, 0x18]);
+                    let addr = if self.r.pct(50) {
+                        scratch
+                    } else {
+                        self.r.below(0x200) as u32 * 8
+                    };
+                    (false, addr, be)
+                }
+                1 => {
+                    // BAR0 past the register page.
+                    let addr =
+                        self.r
+                            .pick(&[0x1000u32, 0x1ff8, 0x2000, 0x3ff8, 0x1_0000, 0xffff_fff8]);
+                    (
+                        false,
+                        addr | (scratch & 0xff8),
+                        self.r.pick(&[0x0fu8, 0xf0, 0xff]),
+                    )
+                }
+                2 => {
+                    // BAR2 past device memory (contiguous byte enables).
+                    let addr =
+                        self.r
+                            .pick(&[devmem, devmem + 8, devmem.wrapping_mul(2), 0xffff_fff8]);
+                    (true, addr, self.r.pick(&[0xffu8, 0x01, 0x0f, 0xf0, 0x3c]))
+                }
+                3 => (true, last + 8 * self.r.below(512) as u32, 0x00),
+                4 => {
+                    // BAR2, non-contiguous byte enables.
+                    let be = self.r.pick(&[0x05u8, 0x81, 0xa0, 0x11, 0x7d, 0xbf, 0x42]);
+                    (true, last + 8 * self.r.below(512) as u32, be)
+                }
+                _ => {
+                    // An ordinary access through the same port.
+                    if self.r.pct(50) {
+                        (false, scratch, 0x0f)
+                    } else {
+                        let be = self.r.pick(&[0xffu8, 0x0f, 0x3c, 0x80]);
+                        (true, last + 8 * self.r.below(512) as u32, be)
+                    }
+                }
+            };
+            let a = RawAccess {
+                bar2,
+                addr,
+                be,
+                write,
+            };
+            let check = a.write.is_some() && self.r.pct(70);
+            v.push(a);
+            if check {
+                // Read back what an ignored write must have left.
+                let (addr, be) = if bar2 {
+                    ((addr & !7).min(devmem - 8), 0xff)
+                } else {
+                    (scratch, 0x0f)
+                };
+                v.push(RawAccess {
+                    bar2,
+                    addr,
+                    be,
+                    write: None,
+                });
+            }
+        }
+        Op::RawPort { accesses: v }
+    }
+
     /// A `DMA_THROTTLE` value a whole scenario can run under (the gap is
     /// paid after every burst: it slows both sides, the RTL by cycles).
     fn small_throttle(&mut self) -> u32 {
@@ -1689,6 +1941,57 @@ impl Gen {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn doorbells_during_a_wait_write_the_drivers_values() {
+        let acc = vec![
+            reg_access("SQ_TAIL", 4, Some(0)),
+            reg_access("STATUS", 4, None),
+            reg_access("CQ_HEAD", 4, Some(9)),
+            reg_access("SQ_TAIL", 4, None),
+        ];
+        let mut drv = Driver::default();
+        let none = doorbells_now(&drv, &acc);
+        assert_eq!(none, vec![acc[1].clone(), acc[3].clone()]);
+        drv.rings = Some(Rings {
+            sq_base: GUEST_BASE,
+            sq_size: 8,
+            cq_base: GUEST_BASE + CQ_AREA,
+            cq_size: 8,
+            sq_tail: 5,
+            cq_head: 3,
+            phase: true,
+        });
+        let got = doorbells_now(&drv, &acc);
+        assert_eq!(got.len(), 4);
+        assert_eq!((got[0].write, got[2].write), (Some(5), Some(3)));
+        assert_eq!((&got[1], &got[3]), (&acc[1], &acc[3]));
+    }
+
+    #[test]
+    fn generated_scenarios_hold_doorbells_in_waits_and_raw_port_requests() {
+        let (mut bells, mut raw) = (0, 0);
+        for seed in 0..200 {
+            for op in generate(seed, 64).ops {
+                match op {
+                    Op::DmaWait { accesses, .. } => {
+                        bells += accesses
+                            .iter()
+                            .filter(|a| a.write.is_some() && a.served_during_wait())
+                            .filter(|a| {
+                                a.offset == u64::from(offsets::SQ_TAIL)
+                                    || a.offset == u64::from(offsets::CQ_HEAD)
+                            })
+                            .count();
+                    }
+                    Op::RawPort { accesses } => raw += accesses.len(),
+                    _ => {}
+                }
+            }
+        }
+        assert!(bells > 20, "{bells} doorbells during DMA waits");
+        assert!(raw > 400, "{raw} raw port requests");
+    }
 
     #[test]
     fn generation_is_deterministic_and_round_trips_through_json() {

@@ -3,12 +3,21 @@
 // Calls on one model never overlap: the Rust side keeps it behind a mutex and
 // any thread may hold it (the model is single-threaded and keeps no
 // per-thread state between calls). The harness side of every port is simple and fixed:
-//   - request ports (DMA, device memory, MMIO response, IRQ) are always ready;
+//   - request ports (DMA, device memory, MMIO response, IRQ) are ready, except
+//     that sim_set_stall() makes the DMA request, device-memory request and
+//     MMIO response ports drop `ready` on random cycles (a seeded generator:
+//     deterministic), as a vendor bridge or memory controller may stall;
 //   - device-memory requests are served here from the buffer the caller passes
 //     to each sim_run() call, with the response one cycle later;
 //   - DMA requests, interrupt messages and MMIO responses end sim_run() with an
 //     event so the Rust side can serve them (DMA through its DmaPort); the DMA
 //     response is given with sim_dma_respond() before the next sim_run().
+//   - the harness checks the core's side of the ports: an MMIO response with no
+//     request outstanding, a DMA or device-memory request presented when no
+//     step may issue one (after a reset, before the core was first idle; or
+//     while it is idle), or a second DMA request before the first one's
+//     response, ends sim_run() with EV_FAULT and the FAULT_* bit in
+//     `fault`. Nothing is served in that cycle's events.
 // One cycle is: sample handshakes, rising edge, drive inputs, falling edge.
 
 #include <cstdint>
@@ -27,6 +36,15 @@ enum : uint32_t {
     EV_IRQ = 2u,   // an interrupt message was sent (irq_vector)
     EV_MMIO = 4u,  // the MMIO response arrived (mmio_rdata)
     EV_STEP = 8u,  // an engine step ended (step_kind); only with stop_on_step
+    EV_FAULT = 16u, // the core broke a port rule (SimEvent::fault says which)
+};
+
+// Port rules the core broke (SimEvent::fault).
+enum : uint32_t {
+    FAULT_MMIO_RSP = 1u,     // an MMIO response with no request outstanding
+    FAULT_DMA_IDLE = 2u,     // a DMA request while no step may issue one
+    FAULT_DMA_TWICE = 4u,    // a DMA request before the previous one's response
+    FAULT_DM_IDLE = 8u,      // a device-memory request while nothing may issue one
 };
 
 struct SimEvent {
@@ -38,7 +56,7 @@ struct SimEvent {
     uint64_t mmio_rdata;
     uint64_t cycles;  // cycles run by this sim_run call
     uint32_t step_kind;
-    uint32_t reserved;
+    uint32_t fault;  // FAULT_* bits, with EV_FAULT
     uint8_t dma_data[64];
 };
 
@@ -59,6 +77,14 @@ struct Sim {
     uint64_t cycles = 0;
     uint64_t steps = 0;
     bool stop_on_step = false;
+    // Port checks (see the top of this file).
+    uint32_t mmio_out = 0;    // MMIO requests accepted and not yet answered
+    bool dma_out = false;     // a DMA request accepted, its response not given
+    bool after_reset = true;  // reset released, the core not idle since
+    // Back-pressure (sim_set_stall): xorshift64 state, percent of cycles
+    // each port's ready is low (0: never).
+    uint64_t stall_rng = 0;
+    uint32_t stall_pct = 0;
 };
 
 }  // extern "C"
@@ -80,6 +106,26 @@ inline void copy_in(VlWide<16>& w, const uint8_t* src, uint32_t len) {
     if (len > 64) len = 64;
     std::memcpy(w.data(), src, len);
     if (len < 64) std::memset(reinterpret_cast<uint8_t*>(w.data()) + len, 0, 64 - len);
+}
+
+// Next value of the back-pressure generator (xorshift64).
+inline uint64_t stall_next(Sim* s) {
+    uint64_t x = s->stall_rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    s->stall_rng = x;
+    return x;
+}
+
+// Drives the three stallable ready inputs for the next rising edge.
+inline void drive_ready(Sim* s) {
+    if (!s->stall_pct) return;
+    Vvfpga_top* t = s->top.get();
+    t->dma_req_ready = (stall_next(s) % 100) >= s->stall_pct;
+    t->dm_req_ready = (stall_next(s) % 100) >= s->stall_pct;
+    t->mmio_rsp_ready = (stall_next(s) % 100) >= s->stall_pct;
+    t->eval();
 }
 
 // Serves a device-memory request from `mem` (bounds-checked: an access the
@@ -165,6 +211,25 @@ void sim_hw_reset(Sim* s, uint32_t cycles) {
     s->cycles += cycles;
     t->rst_n = 1;
     t->eval();
+    // What was in flight is abandoned: no response is owed either way.
+    s->mmio_out = 0;
+    s->dma_out = false;
+    s->after_reset = true;
+}
+
+// Back-pressure: from now on each of dma_req_ready, dm_req_ready and
+// mmio_rsp_ready is low on `pct` percent of the cycles (0: always high),
+// drawn from a generator seeded with `seed`.
+void sim_set_stall(Sim* s, uint64_t seed, uint32_t pct) {
+    s->stall_rng = seed ? seed : 0x9e3779b97f4a7c15ull;
+    s->stall_pct = pct > 95 ? 95 : pct;
+    if (!s->stall_pct) {
+        Vvfpga_top* t = s->top.get();
+        t->dma_req_ready = 1;
+        t->dm_req_ready = 1;
+        t->mmio_rsp_ready = 1;
+        t->eval();
+    }
 }
 
 void sim_free(Sim* s) {
@@ -199,12 +264,28 @@ void sim_run(Sim* s, uint64_t max_cycles, uint8_t* mem, uint64_t mem_len, SimEve
                 s->gap_left--;
             }
         }
+        drive_ready(s);
         // Handshakes that happen at this rising edge.
-        bool dma_fire = t->dma_req_valid;   // dma_req_ready is always 1
-        bool dm_fire = t->dm_req_valid;     // dm_req_ready is always 1
-        bool irq_fire = t->irq_valid;       // irq_ready is always 1
-        bool mrsp_fire = t->mmio_rsp_valid; // mmio_rsp_ready is always 1
+        bool dma_fire = t->dma_req_valid && t->dma_req_ready;
+        bool dm_fire = t->dm_req_valid && t->dm_req_ready;
+        bool irq_fire = t->irq_valid;  // irq_ready is always 1
+        bool mrsp_fire = t->mmio_rsp_valid && t->mmio_rsp_ready;
         bool mreq_fire = t->mmio_req_valid && t->mmio_req_ready;
+        // The core's side of the port rules.
+        if (t->idle) s->after_reset = false;
+        uint32_t fault = 0;
+        if (mrsp_fire && s->mmio_out == 0) fault |= FAULT_MMIO_RSP;
+        if (t->dma_req_valid && (s->after_reset || t->idle)) fault |= FAULT_DMA_IDLE;
+        if (dma_fire && s->dma_out) fault |= FAULT_DMA_TWICE;
+        if (t->dm_req_valid && (s->after_reset || t->idle)) fault |= FAULT_DM_IDLE;
+        if (fault) {
+            ev->flags = EV_FAULT;
+            ev->fault = fault;
+            break;
+        }
+        if (mrsp_fire) s->mmio_out--;
+        if (mreq_fire) s->mmio_out++;
+        if (dma_fire) s->dma_out = true;
         uint32_t flags = 0;
         bool dm_write = false;
         uint32_t dm_addr = 0, dm_len = 0;
@@ -259,6 +340,7 @@ void sim_run(Sim* s, uint64_t max_cycles, uint8_t* mem, uint64_t mem_len, SimEve
 // rising edge). `data` holds `len` bytes for a read, else may be null.
 void sim_dma_respond(Sim* s, uint32_t ok, const uint8_t* data, uint32_t len) {
     Vvfpga_top* t = s->top.get();
+    s->dma_out = false;
     t->dma_rsp_valid = 1;
     t->dma_rsp_ok = ok ? 1 : 0;
     if (data && ok) copy_in(t->dma_rsp_rdata, data, len);
@@ -303,6 +385,9 @@ uint32_t sim_idle(Sim* s) {
 }
 
 uint32_t sim_quiesced(Sim* s) { return s->top->quiesced; }
+
+// The INTx level the core drives now.
+uint32_t sim_intx(Sim* s) { return s->top->intx; }
 
 uint64_t sim_steps(Sim* s) { return s->steps; }
 

@@ -17,6 +17,14 @@ pub(crate) const EV_DMA: u32 = 1;
 pub(crate) const EV_IRQ: u32 = 2;
 pub(crate) const EV_MMIO: u32 = 4;
 pub(crate) const EV_STEP: u32 = 8;
+/// The core broke a port rule; [`SimEvent::fault`] says which (`FAULT_*`).
+pub(crate) const EV_FAULT: u32 = 16;
+
+/// Port rules the core can break (bits of [`SimEvent::fault`], as in `shim.cpp`).
+pub(crate) const FAULT_MMIO_RSP: u32 = 1;
+pub(crate) const FAULT_DMA_IDLE: u32 = 2;
+pub(crate) const FAULT_DMA_TWICE: u32 = 4;
+pub(crate) const FAULT_DM_IDLE: u32 = 8;
 
 /// What ended a `sim_run` call (layout shared with `shim.cpp`).
 #[repr(C)]
@@ -30,7 +38,7 @@ pub(crate) struct SimEvent {
     pub mmio_rdata: u64,
     pub cycles: u64,
     pub step_kind: u32,
-    pub reserved: u32,
+    pub fault: u32,
     pub dma_data: [u8; 64],
 }
 
@@ -45,7 +53,7 @@ impl Default for SimEvent {
             mmio_rdata: 0,
             cycles: 0,
             step_kind: 0,
-            reserved: 0,
+            fault: 0,
             dma_data: [0; 64],
         }
     }
@@ -66,6 +74,7 @@ unsafe extern "C" {
     ) -> *mut RawSim;
     fn sim_free(s: *mut RawSim);
     fn sim_hw_reset(s: *mut RawSim, cycles: u32);
+    fn sim_set_stall(s: *mut RawSim, seed: u64, pct: u32);
     fn sim_mmio_queue(
         s: *mut RawSim,
         bar2: u32,
@@ -79,6 +88,7 @@ unsafe extern "C" {
     fn sim_dma_respond(s: *mut RawSim, ok: u32, data: *const u8, len: u32);
     fn sim_mmio(s: *mut RawSim, bar2: u32, write: u32, addr: u32, be: u32, wdata: u64);
     fn sim_idle(s: *mut RawSim) -> u32;
+    fn sim_intx(s: *mut RawSim) -> u32;
     fn sim_flush_trace(s: *mut RawSim);
     fn sim_steps(s: *mut RawSim) -> u64;
     fn sim_stop_on_step(s: *mut RawSim, on: u32);
@@ -103,6 +113,7 @@ mod absent {
     }
     pub unsafe fn sim_free(_: *mut RawSim) {}
     pub unsafe fn sim_hw_reset(_: *mut RawSim, _: u32) {}
+    pub unsafe fn sim_set_stall(_: *mut RawSim, _: u64, _: u32) {}
     pub unsafe fn sim_mmio_queue(_: *mut RawSim, _: u32, _: u32, _: u32, _: u32, _: u64, _: u32) {}
     pub unsafe fn sim_run(_: *mut RawSim, _: u64, _: *mut u8, _: u64, _: *mut SimEvent) {}
     pub unsafe fn sim_dma_respond(_: *mut RawSim, _: u32, _: *const u8, _: u32) {}
@@ -111,6 +122,9 @@ mod absent {
         1
     }
     pub unsafe fn sim_flush_trace(_: *mut RawSim) {}
+    pub unsafe fn sim_intx(_: *mut RawSim) -> u32 {
+        0
+    }
     pub unsafe fn sim_steps(_: *mut RawSim) -> u64 {
         0
     }
@@ -212,6 +226,14 @@ impl Model {
         unsafe { sim_hw_reset(self.raw, cycles) }
     }
 
+    /// Back-pressure: the DMA request, device-memory request and MMIO
+    /// response ports drop `ready` on `pct` percent of the cycles, drawn from
+    /// a generator seeded with `seed` (0 percent: always ready).
+    pub(crate) fn set_stall(&mut self, seed: u64, pct: u8) {
+        // SAFETY: live model, borrowed exclusively; plain values.
+        unsafe { sim_set_stall(self.raw, seed, u32::from(pct)) }
+    }
+
     /// Queues one request of a pipelined MMIO sequence (see `shim.cpp`).
     pub(crate) fn mmio_queue(&mut self, r: &crate::PipeReq) {
         // SAFETY: live model, borrowed exclusively; plain values.
@@ -232,6 +254,12 @@ impl Model {
     pub(crate) fn idle(&mut self) -> bool {
         // SAFETY: live model, borrowed exclusively.
         unsafe { sim_idle(self.raw) != 0 }
+    }
+
+    /// The INTx level the core drives now.
+    pub(crate) fn intx(&mut self) -> bool {
+        // SAFETY: live model, borrowed exclusively.
+        unsafe { sim_intx(self.raw) != 0 }
     }
 
     /// Engine steps completed so far.

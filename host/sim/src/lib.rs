@@ -15,6 +15,15 @@
 //! - device memory is a host buffer (zero pages cost nothing until written);
 //! - interrupt messages go to the [`IrqSink`].
 //!
+//! It also checks the core's side of those ports: an MMIO response nobody
+//! asked for, a DMA or device-memory request presented when no step may
+//! issue one (after a reset, before the core was first idle, or while it is
+//! idle), or a second DMA request before the first one's response is a
+//! broken port rule. The harness then stops clocking the core and every
+//! later call fails with [`SimError::Protocol`]'s message (a cross-check
+//! reports it as an error). [`SimDevice::set_stall`] makes the request and
+//! response ports stall at random (back-pressure, deterministic per seed).
+//!
 //! Two clockings ([`Clocking`]): **explicit** (`advance(n)` runs exactly `n`
 //! cycles; deterministic, used by the cross-check) and **free-running** (the
 //! clock thread clocks while the device is busy and blocks while it is idle, so an
@@ -153,6 +162,9 @@ pub enum SimError {
     /// The clock thread could not be started or the model not created.
     #[error("simulator failed to start: {0}")]
     Start(String),
+    /// The RTL broke a rule of its ports (see the crate docs).
+    #[error("the RTL broke a port rule: {0}")]
+    Protocol(String),
 }
 
 impl From<SimError> for DeviceError {
@@ -204,6 +216,12 @@ enum Cmd {
     },
     HwReset(u32),
     Pipelined(Vec<PipeReq>),
+    HwResetThen(u32, Vec<PipeReq>),
+    Stall {
+        seed: u64,
+        pct: u8,
+    },
+    Pins,
 }
 
 /// One raw request of a pipelined MMIO sequence ([`SimDevice::mmio_pipelined`]).
@@ -292,7 +310,7 @@ impl AdvanceSlot {
             return false;
         };
         let idle = h.model.idle();
-        if idle || h.cycles >= t || h.dma_wait.is_some() {
+        if idle || h.cycles >= t || h.dma_wait.is_some() || h.fault.is_some() {
             self.target = None;
             self.done = Some(idle);
             return true;
@@ -364,9 +382,13 @@ impl SimDevice {
             cycles: 0,
             stats: SimStats::default(),
             dma_wait: None,
+            fault: None,
         };
         // Let the reset sweep of the bitmaps finish.
         h.run_until_idle(1 << 20);
+        if let Some(f) = h.fault.take() {
+            return Err(SimError::Protocol(f));
+        }
         let shared = Arc::new(Shared {
             harness: Mutex::new(h),
             work: Condvar::new(),
@@ -438,6 +460,11 @@ impl SimDevice {
                 return Ok(Reply::Progress(Progress { used: 0, idle }));
             }
             cmd => handle(&mut h, cmd),
+        };
+        // A broken port rule fails this call and every later one.
+        let reply = match &h.fault {
+            Some(f) => Reply::Err(SimError::Protocol(f.clone()).to_string()),
+            None => reply,
         };
         if free && !h.model.idle() {
             self.shared.work.notify_one();
@@ -522,6 +549,23 @@ impl SimDevice {
         }
     }
 
+    /// Hardware reset ([`SimDevice::hw_reset`]) with `reqs` presented on
+    /// the MMIO port from the cycle the reset is released, back to back as
+    /// in [`SimDevice::mmio_pipelined`]: the first is taken as soon as the
+    /// core takes any access, inside or right at the end of the post-reset
+    /// bitmap sweep. Returns the response data of each, in order; then lets
+    /// the core run until idle.
+    pub fn hw_reset_then(
+        &mut self,
+        cycles: u32,
+        reqs: &[PipeReq],
+    ) -> Result<Vec<u64>, DeviceError> {
+        match self.call(Cmd::HwResetThen(cycles, reqs.to_vec()))? {
+            Reply::Values64(v) => Ok(v),
+            _ => Err(protocol_error()),
+        }
+    }
+
     /// Presents `reqs` back to back on the RTL's MMIO port: each request is
     /// presented `gap` cycles after the previous one was accepted (gap 0:
     /// while the previous one is still being served), without waiting for
@@ -530,6 +574,57 @@ impl SimDevice {
     pub fn mmio_pipelined(&mut self, reqs: &[PipeReq]) -> Result<Vec<u64>, DeviceError> {
         match self.call(Cmd::Pipelined(reqs.to_vec()))? {
             Reply::Values64(v) => Ok(v),
+            _ => Err(protocol_error()),
+        }
+    }
+
+    /// Back-pressure from now on: the DMA request, device-memory request
+    /// and MMIO response ports each drop `ready` on `pct` percent of the
+    /// cycles (at most 95; 0: always ready), drawn from a generator seeded
+    /// with `seed`, as a vendor bridge or memory controller may stall. The
+    /// same seed gives the same stalls for the same run (deterministic).
+    pub fn set_stall(&mut self, seed: u64, pct: u8) -> Result<(), DeviceError> {
+        match self.call(Cmd::Stall { seed, pct })? {
+            Reply::Done => Ok(()),
+            _ => Err(protocol_error()),
+        }
+    }
+
+    /// One request presented to the RTL's MMIO port as it is, with no
+    /// check of width, alignment or range (unlike [`Device::mmio_read`] and
+    /// [`Device::mmio_write`], which refuse what the seam cannot express):
+    /// the 64-bit word at `addr & !7` with byte enables `be`, written with
+    /// `write` (on its lanes) or read. Returns the port's response data (0
+    /// for a write). For the cross-check and tests, which compare the RTL's
+    /// own answer to such accesses with the datasheet; a driver never needs
+    /// it.
+    pub fn mmio_raw(
+        &mut self,
+        bar2: bool,
+        write: Option<u64>,
+        addr: u32,
+        be: u8,
+    ) -> Result<u64, DeviceError> {
+        let r = PipeReq {
+            bar2,
+            write: write.is_some(),
+            addr,
+            be,
+            wdata: write.unwrap_or(0),
+            gap: 0,
+        };
+        match self.call(Cmd::Pipelined(vec![r]))? {
+            Reply::Values64(v) => v.first().copied().ok_or_else(protocol_error),
+            _ => Err(protocol_error()),
+        }
+    }
+
+    /// The core's `intx` output (the legacy INTx level, datasheet §4) and
+    /// whether the core is idle (nothing changes until an MMIO access), as
+    /// they are now, between accesses.
+    pub fn intx_idle(&mut self) -> Result<(bool, bool), DeviceError> {
+        match self.call(Cmd::Pins)? {
+            Reply::Values(v) if v.len() == 2 => Ok((v[0] != 0, v[1] != 0)),
             _ => Err(protocol_error()),
         }
     }
@@ -795,6 +890,8 @@ struct Harness {
     /// ([`DmaFault::Pending`]): the RTL waits for its response while the
     /// harness keeps serving MMIO.
     dma_wait: Option<DmaReq>,
+    /// The first port rule the core broke: the harness no longer clocks it.
+    fault: Option<String>,
 }
 
 /// One DMA request of the RTL (at most one 64-byte beat).
@@ -818,7 +915,7 @@ impl Harness {
     /// answer and returns without clocking if it has not come.
     fn run(&mut self, max: u64, stop_on_mmio: bool) -> u64 {
         let mut used = 0;
-        while used < max {
+        while used < max && self.fault.is_none() {
             if !self.retry_dma() && !stop_on_mmio {
                 self.dma.wait_pending(DMA_WAIT_SLICE);
                 if !self.retry_dma() {
@@ -828,6 +925,10 @@ impl Harness {
             self.model.run(max - used, &mut self.mem, &mut self.ev);
             used += self.ev.cycles;
             let f = self.ev.flags;
+            if f & ffi::EV_FAULT != 0 {
+                self.fault = Some(fault_text(self.ev.fault, self.cycles + used));
+                break;
+            }
             if f & ffi::EV_DMA != 0 {
                 self.serve_dma();
             }
@@ -916,6 +1017,9 @@ impl Harness {
         self.model.mmio(bar2, write, addr, be, wdata);
         let mut spent = 0;
         while self.mmio_rsp.is_none() {
+            if let Some(f) = &self.fault {
+                return Err(f.clone());
+            }
             if self.dma_wait.is_some() && spent >= 64 {
                 // The RTL answers a 32-bit BAR0 read during a long DMA wait
                 // (it has had the cycles for that); anything else waits for
@@ -939,7 +1043,11 @@ impl Harness {
         let mut kinds = Vec::new();
         let mut used = 0;
         self.model.stop_on_step(true);
-        while (kinds.len() as u64) < steps && used < max && !self.model.idle() {
+        while (kinds.len() as u64) < steps
+            && used < max
+            && !self.model.idle()
+            && self.fault.is_none()
+        {
             used += self.run(max - used, false);
             if self.ev.flags & ffi::EV_STEP != 0 {
                 kinds.push(match self.ev.step_kind {
@@ -955,7 +1063,7 @@ impl Harness {
 
     fn run_until_idle(&mut self, max: u64) -> u64 {
         let mut used = 0;
-        while used < max && !self.model.idle() {
+        while used < max && !self.model.idle() && self.fault.is_none() {
             used += self.run((max - used).min(256), false);
         }
         used
@@ -985,6 +1093,24 @@ impl Harness {
     }
 }
 
+/// What a `FAULT_*` bit set means, for an error message.
+fn fault_text(bits: u32, cycle: u64) -> String {
+    let mut what = Vec::new();
+    if bits & ffi::FAULT_MMIO_RSP != 0 {
+        what.push("an MMIO response with no request outstanding");
+    }
+    if bits & ffi::FAULT_DMA_IDLE != 0 {
+        what.push("a DMA request while no step may issue one (after reset, or idle)");
+    }
+    if bits & ffi::FAULT_DMA_TWICE != 0 {
+        what.push("a DMA request before the previous one's response");
+    }
+    if bits & ffi::FAULT_DM_IDLE != 0 {
+        what.push("a device-memory request while nothing may issue one (after reset, or idle)");
+    }
+    format!("{} (cycle {cycle})", what.join("; "))
+}
+
 /// The free-running clock: clocks the device while it is busy, a chunk at a
 /// time, giving way to callers between chunks; sleeps while it is idle.
 fn clock_thread(sh: &Shared) {
@@ -993,7 +1119,7 @@ fn clock_thread(sh: &Shared) {
         if lock_slot(&sh.slot).check(&mut h) {
             sh.progress.notify_all();
         }
-        if h.model.idle() {
+        if h.model.idle() || h.fault.is_some() {
             h = sh
                 .work
                 .wait_timeout(h, FREE_RUN_WAIT)
@@ -1017,6 +1143,34 @@ fn clock_thread(sh: &Shared) {
             h = sh.lock();
         }
     }
+}
+
+/// Queues `reqs` on the MMIO port (presented back to back, see
+/// [`PipeReq::gap`]) and runs until each has its response.
+fn pipelined(h: &mut Harness, reqs: &[PipeReq]) -> Reply {
+    h.mmio_rsp = None;
+    for r in reqs {
+        h.model.mmio_queue(r);
+    }
+    let mut out = Vec::with_capacity(reqs.len());
+    let mut spent = 0;
+    while out.len() < reqs.len() {
+        if let Some(f) = &h.fault {
+            return Reply::Err(f.clone());
+        }
+        if spent >= MMIO_CYCLE_LIMIT {
+            return Reply::Err(format!(
+                "pipelined MMIO: {} of {} responses in {MMIO_CYCLE_LIMIT} cycles",
+                out.len(),
+                reqs.len()
+            ));
+        }
+        spent += h.run(4096, true);
+        if let Some(v) = h.mmio_rsp.take() {
+            out.push(v);
+        }
+    }
+    Reply::Values64(out)
 }
 
 fn handle(h: &mut Harness, cmd: Cmd) -> Reply {
@@ -1069,27 +1223,15 @@ fn handle(h: &mut Harness, cmd: Cmd) -> Reply {
             Ok(()) => Reply::Done,
             Err(e) => Reply::Err(e),
         },
-        Cmd::Pipelined(reqs) => {
+        Cmd::Pipelined(reqs) => pipelined(h, &reqs),
+        Cmd::HwResetThen(cycles, reqs) => {
+            h.dma_wait = None;
             h.mmio_rsp = None;
-            for r in &reqs {
-                h.model.mmio_queue(r);
-            }
-            let mut out = Vec::with_capacity(reqs.len());
-            let mut spent = 0;
-            while out.len() < reqs.len() {
-                if spent >= MMIO_CYCLE_LIMIT {
-                    return Reply::Err(format!(
-                        "pipelined MMIO: {} of {} responses in {MMIO_CYCLE_LIMIT} cycles",
-                        out.len(),
-                        reqs.len()
-                    ));
-                }
-                spent += h.run(4096, true);
-                if let Some(v) = h.mmio_rsp.take() {
-                    out.push(v);
-                }
-            }
-            Reply::Values64(out)
+            h.model.hw_reset(cycles);
+            h.cycles += u64::from(cycles.max(1));
+            let r = pipelined(h, &reqs);
+            h.run_until_idle(1 << 20);
+            r
         }
         Cmd::HwReset(cycles) => {
             h.dma_wait = None;
@@ -1097,6 +1239,11 @@ fn handle(h: &mut Harness, cmd: Cmd) -> Reply {
             h.model.hw_reset(cycles);
             h.cycles += u64::from(cycles.max(1));
             h.run_until_idle(1 << 20);
+            Reply::Done
+        }
+        Cmd::Pins => Reply::Values(vec![u32::from(h.model.intx()), u32::from(h.model.idle())]),
+        Cmd::Stall { seed, pct } => {
+            h.model.set_stall(seed, pct);
             Reply::Done
         }
         Cmd::Stats => Reply::Stats(SimStats {
