@@ -479,6 +479,10 @@ pub fn run(cfg: Option<&Config>, args: &CrosscheckArgs) -> u8 {
         "  raw port accesses (compared with the datasheet's answer): {}",
         summary.raw_port_accesses
     );
+    println!(
+        "  DMA_THROTTLE timing bounded on the RTL's cycles: {} runs",
+        summary.throttle_timings
+    );
     if let Some(j) = &args.json
         && let Err(e) = write_json(j, &Report::of(&summary, &plan))
     {

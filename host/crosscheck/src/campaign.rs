@@ -341,6 +341,9 @@ pub struct Summary {
     /// Raw port accesses compared with the datasheet's answer.
     #[serde(default)]
     pub raw_port_accesses: u64,
+    /// Throttle timings bounded on the checked side.
+    #[serde(default)]
+    pub throttle_timings: u64,
     /// Scenarios that diverged.
     pub divergences: u64,
     /// Scenarios that failed without a divergence.
@@ -389,6 +392,7 @@ pub fn campaign(
         s.racing_scenarios += u64::from(o.stats.racing_bursts > 0);
         s.racing_marks_mid_burst += o.stats.racing_marks_mid_burst;
         s.raw_port_accesses += o.stats.raw_port_accesses;
+        s.throttle_timings += o.stats.throttle_timings;
         match &o.verdict {
             Verdict::Pass => {}
             Verdict::Diverged { .. } => {

@@ -1453,6 +1453,17 @@ impl<A: Device + SideDevice, B: Device + SideDevice> Lockstep<A, B> {
         Ok(())
     }
 
+    /// Records an outcome divergence found by a check outside the
+    /// comparisons (a bound from the datasheet on the checked side) and
+    /// returns the error that ends the scenario.
+    pub fn diverge_outcome(&mut self, what: &str, expected: String, actual: String) -> DeviceError {
+        self.diverge(Effect::Outcome {
+            what: what.into(),
+            expected,
+            actual,
+        })
+    }
+
     /// Clock cycles the checked side has run, where it counts them
     /// ([`SideDevice::cycles`]).
     pub fn checked_cycles(&mut self) -> Result<Option<u64>, DeviceError> {

@@ -181,6 +181,20 @@ pub enum Op {
         /// latched by the `TIMER_LO` read).
         timer: u64,
     },
+    /// From a settled point: `DMA_THROTTLE` = `idle` on both sides, then
+    /// `descs` submitted and run until settled (compared as ever); on the
+    /// checked side, where it counts its cycles, the cycles that took are
+    /// bounded by datasheet §5.5: at least `idle` per burst after the first
+    /// (a burst moves at most 64 bytes: the bursts are at least the bytes
+    /// `CNT_BYTES` grew by, over 64), and with `idle` 0 and fast memory at
+    /// most [`THROTTLE_CYCLES_PER_BURST`] per burst plus
+    /// [`THROTTLE_CYCLES_FIXED`]. `DMA_THROTTLE` is 0 again afterwards.
+    ThrottleTiming {
+        /// `DMA_THROTTLE.IDLE`.
+        idle: u32,
+        /// What runs (device-memory fills: no host memory in the bursts).
+        descs: Vec<Desc>,
+    },
     /// Hardware reset of both sides (settled first) followed at once by
     /// `accesses` back to back, presented on the RTL from the cycle the reset
     /// is released ([`Lockstep::reset_then`]).
@@ -316,7 +330,19 @@ pub struct RunStats {
     /// Raw port accesses compared with the datasheet's answer.
     #[serde(default)]
     pub raw_port_accesses: u64,
+    /// Throttle timings bounded on the checked side ([`Op::ThrottleTiming`]).
+    #[serde(default)]
+    pub throttle_timings: u64,
 }
+
+/// Upper bound on the cycles one unthrottled 64-byte device-memory fill
+/// burst may take on the RTL with fast memory ([`Op::ThrottleTiming`]):
+/// a burst is a few cycles, and back-pressure drops `ready` on at most half
+/// of them; far below the 65,535-cycle gap a throttle can leave.
+pub const THROTTLE_CYCLES_PER_BURST: u64 = 200;
+/// Fixed part of that bound: the descriptor fetch, the completion write
+/// and the interrupt of a run, with margin.
+pub const THROTTLE_CYCLES_FIXED: u64 = 4000;
 
 fn reg_offset(name: &str) -> Result<u32, DeviceError> {
     vfpga_regs::REGISTERS
@@ -664,6 +690,46 @@ fn apply_op<A: Device + SideDevice, B: Device + SideDevice>(
             ls.quiesce()?;
             ls.check_timer_restore(*timer)?;
         }
+        Op::ThrottleTiming { idle, descs } => {
+            if drv.rings.is_none() || ls.is_quiesced()? {
+                return Ok(());
+            }
+            ls.settle()?;
+            ls.write_reg(offsets::DMA_THROTTLE, *idle)?;
+            let b0 = ls.read_reg(offsets::CNT_BYTES_LO)?;
+            let c0 = ls.checked_cycles()?;
+            apply_op(
+                ls,
+                drv,
+                &Op::Submit {
+                    descs: descs.clone(),
+                },
+                stats,
+            )?;
+            ls.settle()?;
+            let c1 = ls.checked_cycles()?;
+            let b1 = ls.read_reg(offsets::CNT_BYTES_LO)?;
+            ls.write_reg(offsets::DMA_THROTTLE, 0)?;
+            let (Some(c0), Some(c1)) = (c0, c1) else {
+                return Ok(());
+            };
+            let bursts = u64::from(b1.wrapping_sub(b0)).div_ceil(64);
+            let took = c1.saturating_sub(c0);
+            let least = bursts.saturating_sub(1) * u64::from(*idle);
+            let most = (*idle == 0 && !stats.slow_memory)
+                .then_some(bursts * THROTTLE_CYCLES_PER_BURST + THROTTLE_CYCLES_FIXED);
+            if took < least || most.is_some_and(|m| took > m) {
+                return Err(ls.diverge_outcome(
+                    "cycles of a run under DMA_THROTTLE (datasheet §5.5)",
+                    format!(
+                        "{bursts} bursts with IDLE {idle}: at least {least}{}",
+                        most.map(|m| format!(", at most {m}")).unwrap_or_default()
+                    ),
+                    format!("{took} cycles"),
+                ));
+            }
+            stats.throttle_timings += 1;
+        }
         Op::ResetThen { accesses } => {
             let since = ls.checked_cycles()?;
             ls.reset_then(accesses)?;
@@ -883,6 +949,11 @@ pub fn generate(seed: u64, devmem_pages: u32) -> Scenario {
     let timer = (1 + g.r.below(0xffff)) << 32 | g.r.below(1 << 32);
     ops.extend([Op::TimerRestore { timer }, Op::Resume]);
     g.reset_then_bitmaps(&mut ops);
+    // Phase 6, likewise: the DMA rate limit's timing. A throttled run
+    // (each burst's gap paid), then a reset in the middle of a long gap
+    // and an unthrottled run after it (the reset ends the gap, §5.5).
+    g.r = Rng::new(seed ^ 0x7068_6173_6536);
+    g.throttle_timing(&mut ops);
     Scenario {
         version: SCENARIO_VERSION,
         seed,
@@ -1542,6 +1613,48 @@ impl Gen {
             ));
         }
         ops.push(Op::BackToBack { accesses: v });
+    }
+
+    /// A device-memory fill of `len` bytes (no host memory in its bursts).
+    fn fill(&mut self, len: u32) -> Desc {
+        let mut d = self.desc();
+        d.opcode = 5;
+        d.rsvd = 0;
+        d.len = len;
+        d.src = 0;
+        d.dst = self.r.below(self.devmem - u64::from(len)) & !63;
+        d
+    }
+
+    /// Phase 6 ([`Op::ThrottleTiming`]).
+    fn throttle_timing(&mut self, ops: &mut Vec<Op>) {
+        ops.push(self.setup_rings());
+        let idle = self.r.pick(&[16u32, 100, 1000]);
+        let len = self.r.pick(&[256u32, 1024, 4096]);
+        let d = self.fill(len);
+        ops.push(Op::ThrottleTiming {
+            idle,
+            descs: vec![d],
+        });
+        ops.extend([
+            Op::WriteReg {
+                reg: "DMA_THROTTLE".into(),
+                value: 60_000,
+            },
+            Op::Submit {
+                descs: vec![self.fill(64)],
+            },
+            Op::RunChecked { units: 400 },
+            Op::HwReset {
+                at: ResetPoint::Here,
+            },
+        ]);
+        ops.push(self.setup_rings());
+        let d = self.fill(4096);
+        ops.push(Op::ThrottleTiming {
+            idle: 0,
+            descs: vec![d],
+        });
     }
 
     fn phase4(&mut self, ops: &mut Vec<Op>) {
