@@ -148,6 +148,21 @@ class TB:
             if d.m_axis_rq_tvalid.value and d.m_axis_rq_tready.value and d.m_axis_rq_tlast.value:
                 self.rq_tlps += 1
 
+    async def _cc_monitor(self):
+        """Every completion the shell sends: the reserved bits of its CC
+        descriptor (PG213: bits 7, 15:10, 31:30, 47) are zero. The
+        UltraScale+ model ignores them; the hard block need not."""
+        d = self.dut
+        first = True
+        reserved = (1 << 7) | (0x3F << 10) | (0x3 << 30) | (1 << 47)
+        while True:
+            await RisingEdge(d.user_clk)
+            if d.m_axis_cc_tvalid.value and d.m_axis_cc_tready.value:
+                if first:
+                    desc = d.m_axis_cc_tdata.value.to_unsigned() & ((1 << 96) - 1)
+                    assert desc & reserved == 0, "CC descriptor reserved bits set: %#026x" % desc
+                first = bool(d.m_axis_cc_tlast.value)
+
     async def cycles(self, n):
         for _ in range(n):
             await RisingEdge(self.dut.user_clk)
@@ -156,6 +171,7 @@ class TB:
         await FallingEdge(self.dut.user_reset)
         await Timer(100, "ns")
         cocotb.start_soon(self._rq_monitor())
+        cocotb.start_soon(self._cc_monitor())
         await self.rc.enumerate()
         self.pdev = self.rc.find_device(self.dev.functions[0].pcie_id)
         await self.pdev.enable_device()
