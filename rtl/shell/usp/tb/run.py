@@ -1,10 +1,19 @@
 """Builds the UltraScale+ shell for Icarus and runs the cocotb suite.
 
-    run.py [--testcase NAME[,NAME...]] [--define NAME]...
+    run.py [--testcase NAME[,NAME...]] [--define NAME]... [--stop-on-fail]
+    run.py --print-params      # the two builds' parameters, JSON, run nothing
 
 Runs two builds: the default shell (WRITE_CONFIRM=1) with every test, and a
 WRITE_CONFIRM=0 build with the write-fault tests that differ. Prints the
-summary and the run time; exits non-zero on any failure.
+summary and the run time; exits non-zero on any failure. --stop-on-fail
+skips the second build when the first already failed (scripts/mutate
+--target shell: a killed mutant needs no more).
+
+Environment: SHELL_BUILD, the output directory (default target/shell-sim);
+SHELL_RTL_DIR, the RTL tree to simulate instead of the repository's rtl/
+(laid out like it: shell/usp/*.v, vfpga_top.v, vfpga_bitmap.v,
+generated/vfpga_regs.vh; scripts/mutate --target shell points it at a
+mutant's copy). The tests themselves always come from this directory.
 """
 
 import argparse
@@ -19,7 +28,7 @@ from cocotb_tools.runner import get_runner
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[3]
-RTL = REPO / "rtl"
+RTL = pathlib.Path(os.environ.get("SHELL_RTL_DIR") or REPO / "rtl").resolve()
 SOURCES = [
     RTL / "shell/usp/vfpga_usp_shell.v",
     RTL / "shell/usp/vfpga_usp_cq.v",
@@ -103,7 +112,12 @@ def main():
     ap.add_argument("--testcase", default=None)
     ap.add_argument("--define", action="append", default=[])
     ap.add_argument("--only", choices=["confirm", "noconfirm"], default=None)
+    ap.add_argument("--stop-on-fail", action="store_true")
+    ap.add_argument("--print-params", action="store_true")
     a = ap.parse_args()
+    if a.print_params:
+        print(json.dumps({"confirm": params(1), "noconfirm": params(0)}))
+        return
     out = pathlib.Path(os.environ.get("SHELL_BUILD", REPO / "target" / "shell-sim")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -113,7 +127,7 @@ def main():
         p, f = run("confirm", params(1), tcs, a.define, out)
         allp += p
         allf += f
-    if a.only in (None, "noconfirm"):
+    if a.only in (None, "noconfirm") and not (a.stop_on_fail and allf):
         p, f = run("noconfirm", params(0), tcs or ["test_write_fault_noconfirm", "test_write_cost"], a.define, out)
         allp += ["noconfirm:" + x for x in p]
         allf += ["noconfirm:" + x for x in f]
