@@ -27,8 +27,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
-use nix::unistd::Pid;
+use common::{allowed, pin};
+use nix::sched::CpuSet;
 use vfpga_regs::offsets;
 use vfpga_vfio_user::session::region;
 use vfpga_vfio_user::wire::{self, HEADER_LEN, Header, cmd};
@@ -69,29 +69,6 @@ impl Placement {
             }
         }
     }
-}
-
-/// The CPUs this process may use (as it started).
-fn allowed() -> (CpuSet, Vec<usize>) {
-    let set = sched_getaffinity(Pid::from_raw(0)).unwrap();
-    let cpus = (0..CpuSet::count())
-        .filter(|&c| set.is_set(c).unwrap_or(false))
-        .collect();
-    (set, cpus)
-}
-
-/// Pins the calling thread (and what it spawns from now on) to `cpu`, or
-/// gives it back `all`.
-fn pin(cpu: Option<usize>, all: &CpuSet) {
-    let set = match cpu {
-        Some(c) => {
-            let mut s = CpuSet::new();
-            s.set(c).unwrap();
-            s
-        }
-        None => *all,
-    };
-    sched_setaffinity(Pid::from_raw(0), &set).unwrap();
 }
 
 fn serve(config: &str) -> common::Served {

@@ -17,8 +17,8 @@ use std::io::{Read, Write};
 
 /// Channel magic.
 pub const MAGIC: [u8; 4] = *b"VFVM";
-/// Channel version.
-pub const VERSION: u32 = 1;
+/// Channel version (2: the switchover acknowledgement, [`Record::Sync`]).
+pub const VERSION: u32 = 2;
 /// Largest record payload.
 pub const MAX_RECORD: usize = 2 << 20;
 /// Guest page size.
@@ -54,6 +54,15 @@ pub enum Record {
     },
     /// Destination verdict: refused (the source must resume).
     Failed(String),
+    /// Source to destination, before the source stops its device: answer
+    /// with [`Record::SyncAck`] once everything before this record has been
+    /// applied (as QEMU's `switchover-ack`: the destination's catch-up with
+    /// the pre-copy data then happens while the guest still runs, not in
+    /// the downtime).
+    Sync,
+    /// Destination to source: everything before the [`Record::Sync`] is
+    /// applied.
+    SyncAck,
 }
 
 /// Channel errors.
@@ -115,6 +124,8 @@ fn encode(rec: &Record) -> (u8, Vec<u8>) {
         Record::End { stopped_at_us } => (4, stopped_at_us.to_le_bytes().to_vec()),
         Record::Done { resumed_at_us } => (5, resumed_at_us.to_le_bytes().to_vec()),
         Record::Failed(s) => (6, s.as_bytes().to_vec()),
+        Record::Sync => (7, Vec::new()),
+        Record::SyncAck => (8, Vec::new()),
     }
 }
 
@@ -176,6 +187,9 @@ pub fn decode(kind: u8, p: &[u8]) -> Result<Record, ChannelError> {
             resumed_at_us: u64_of(p)?,
         },
         6 => Record::Failed(String::from_utf8_lossy(p).into_owned()),
+        7 | 8 if !p.is_empty() => return Err(bad("a sync record carries no payload")),
+        7 => Record::Sync,
+        8 => Record::SyncAck,
         k => return Err(bad(format!("unknown record kind {k}"))),
     })
 }
@@ -212,6 +226,8 @@ mod tests {
             Record::DeviceData(vec![1, 2, 3]),
             Record::Workload(b"{}".to_vec()),
             Record::End { stopped_at_us: 42 },
+            Record::Sync,
+            Record::SyncAck,
             Record::Done { resumed_at_us: 43 },
             Record::Failed("no".into()),
         ]

@@ -219,6 +219,10 @@ pub struct DemoReport {
     /// ms since migration start when the source device stopped.
     #[serde(serialize_with = "crate::ms")]
     pub stopped_at_ms: f64,
+    /// How long the source waited, device still running, for the
+    /// destination to acknowledge the pre-copy data before it stopped (ms).
+    #[serde(serialize_with = "crate::ms")]
+    pub switchover_wait_ms: f64,
     /// Device stopped on the source → running on the destination.
     #[serde(serialize_with = "crate::ms")]
     pub downtime_ms: f64,
@@ -422,6 +426,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, LiveError> {
         stop_copy_device_bytes: src.stop_copy_device_bytes,
         stop_copy_guest_pages: src.stop_copy_guest_pages,
         stopped_at_ms: src.stopped_at_ms,
+        switchover_wait_ms: src.switchover_wait_ms,
         downtime_ms: dst.downtime_ms(),
         downtime_breakdown,
         migration_ms,

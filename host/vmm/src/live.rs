@@ -137,6 +137,10 @@ pub struct SourceReport {
     pub stopped_at_ms: f64,
     /// Where the source's part of the downtime went.
     pub stop_copy: StopCopyTimes,
+    /// How long the source waited, device still running, for the
+    /// destination to acknowledge it had applied the pre-copy data (ms).
+    #[serde(serialize_with = "crate::ms")]
+    pub switchover_wait_ms: f64,
 }
 
 /// The source's part of the downtime, phase by phase (ms), and the messages
@@ -531,6 +535,25 @@ fn migrate_out_inner<S: Read + Write>(
     };
     tracing::info!(reason = %end, "pre-copy ended");
     let stop_reason = end.name().to_string();
+    // Switchover acknowledgement: the destination applies what is still
+    // queued for it (the pre-copy data the link delivered faster than it
+    // loaded) while the guest runs here, so that its catch-up is not part
+    // of the downtime.
+    let t_sync = Instant::now();
+    channel::write_record(conn, &Record::Sync)?;
+    conn.flush().map_err(ChannelError::Io)?;
+    match channel::read_record(conn)? {
+        Record::SyncAck => {}
+        Record::Failed(why) => {
+            return Err(LiveError::Protocol(format!("destination refused: {why}")));
+        }
+        other => {
+            return Err(LiveError::Protocol(format!(
+                "expected the destination's switchover acknowledgement, got {other:?}"
+            )));
+        }
+    }
+    let switchover_wait_ms = t_sync.elapsed().as_secs_f64() * 1000.0;
     // Stop-and-copy: the device quiesces, the guest stops with it.
     let t_stop = Instant::now();
     let stopped_at_us = now_us();
@@ -606,6 +629,7 @@ fn migrate_out_inner<S: Read + Write>(
         stopped_at_us,
         stopped_at_ms: ms(t_stop),
         stop_copy: times,
+        switchover_wait_ms,
     })
 }
 
@@ -706,6 +730,10 @@ fn migrate_in_inner<S: Read + Write>(
                     serde_json::from_slice::<Snapshot>(&j)
                         .map_err(|e| LiveError::Protocol(format!("bad workload snapshot: {e}")))?,
                 );
+            }
+            Record::Sync => {
+                channel::write_record(conn, &Record::SyncAck)?;
+                conn.flush().map_err(ChannelError::Io)?;
             }
             Record::End { stopped_at_us } => break (stopped_at_us, now_us()),
             other => {

@@ -1,6 +1,9 @@
 //! What the `vfpga serve` benchmarks share: a server child process.
 
 use std::os::unix::net::UnixStream;
+
+use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,4 +56,27 @@ pub fn serve(config: &Path, tag: &str) -> Served {
         std::thread::sleep(Duration::from_millis(10));
     }
     s
+}
+
+/// The CPUs this process may use (as it started).
+pub fn allowed() -> (CpuSet, Vec<usize>) {
+    let set = sched_getaffinity(Pid::from_raw(0)).unwrap();
+    let cpus = (0..CpuSet::count())
+        .filter(|&c| set.is_set(c).unwrap_or(false))
+        .collect();
+    (set, cpus)
+}
+
+/// Pins the calling thread (and what it spawns from now on) to `cpu`, or
+/// gives it back `all`.
+pub fn pin(cpu: Option<usize>, all: &CpuSet) {
+    let set = match cpu {
+        Some(c) => {
+            let mut s = CpuSet::new();
+            s.set(c).unwrap();
+            s
+        }
+        None => *all,
+    };
+    sched_setaffinity(Pid::from_raw(0), &set).unwrap();
 }
