@@ -214,6 +214,7 @@ mod tests {
             stop_copy_device_bytes: 512,
             stop_copy_guest_pages: 1,
             stopped_at_ms: 6.5,
+            switchover_wait_ms: 0.2,
             downtime_ms: 0.75,
             downtime_breakdown: Default::default(),
             migration_ms: 7.0,
