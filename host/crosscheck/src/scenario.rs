@@ -1622,7 +1622,9 @@ impl Gen {
         d.rsvd = 0;
         d.len = len;
         d.src = 0;
-        d.dst = self.r.below(self.devmem - u64::from(len)) & !63;
+        // Off the last page (the host writes it while work runs).
+        let room = self.devmem - u64::from(consts::PAGE_SIZE) - u64::from(len);
+        d.dst = self.r.below(room + 1) & !63;
         d
     }
 
