@@ -352,6 +352,19 @@ fn reg_offset(name: &str) -> Result<u32, DeviceError> {
         .ok_or_else(|| DeviceError::Device(format!("scenario names unknown register {name}")))
 }
 
+/// What ends every scenario, and every phase before the next (which then
+/// resumes): settle, drain both bitmaps, quiesce, save.
+fn finale() -> [Op; 6] {
+    [
+        Op::Run,
+        Op::Consume,
+        Op::TakeDirty,
+        Op::DmaLogTake,
+        Op::Quiesce,
+        Op::Save,
+    ]
+}
+
 /// Applies `sc` to `ls`, then a final settle and comparison of the bitmaps,
 /// the DMA log and the quiesced state. Stops at the first error; a
 /// divergence is then in [`Lockstep::divergence`]. Where the checked side
@@ -368,14 +381,7 @@ pub fn apply<A: Device + SideDevice, B: Device + SideDevice>(
     // Power-on is a reset too: the checked side's cycles since then.
     let since = ls.checked_cycles()?.map(|_| 0);
     ls.check_timer_since(since)?;
-    let finale = [
-        Op::Run,
-        Op::Consume,
-        Op::TakeDirty,
-        Op::DmaLogTake,
-        Op::Quiesce,
-        Op::Save,
-    ];
+    let finale = finale();
     for (i, op) in sc.ops.iter().chain(finale.iter()).enumerate() {
         ls.note(format!("scenario op {i}: {}", op_summary(op)));
         stats.scenario_ops += 1;
@@ -877,32 +883,14 @@ pub fn generate(seed: u64, devmem_pages: u32) -> Scenario {
     // Phase 2, from a generator of its own: phase 1 (with its own finale)
     // stays exactly what earlier versions generated for this seed, so a
     // divergence they found is still found.
-    ops.extend([
-        Op::Run,
-        Op::Consume,
-        Op::TakeDirty,
-        Op::DmaLogTake,
-        Op::Quiesce,
-        Op::Save,
-        Op::Resume,
-    ]);
-    g.r = Rng::new(seed ^ 0x7068_6173_6532);
+    g.next_phase(&mut ops, seed, 2);
     ops.push(g.setup_rings());
     for _ in 0..4 + g.r.below(8) {
         g.phase2(&mut ops);
     }
     // Phase 3, likewise after phase 2's own finale: the state port and the
     // device-memory port at their edges.
-    ops.extend([
-        Op::Run,
-        Op::Consume,
-        Op::TakeDirty,
-        Op::DmaLogTake,
-        Op::Quiesce,
-        Op::Save,
-        Op::Resume,
-    ]);
-    g.r = Rng::new(seed ^ 0x7068_6173_6533);
+    g.next_phase(&mut ops, seed, 3);
     for _ in 0..2 + g.r.below(4) {
         if g.r.pct(50) {
             g.state_port(&mut ops);
@@ -914,29 +902,11 @@ pub fn generate(seed: u64, devmem_pages: u32) -> Scenario {
     // STATE_IDX past the last word (ignored; the index stays), and a
     // restore whose state is refused for two reasons (§9.3 names the
     // first).
-    ops.extend([
-        Op::Run,
-        Op::Consume,
-        Op::TakeDirty,
-        Op::DmaLogTake,
-        Op::Quiesce,
-        Op::Save,
-        Op::Resume,
-    ]);
-    g.r = Rng::new(seed ^ 0x7068_6173_6534);
+    g.next_phase(&mut ops, seed, 4);
     g.phase4(&mut ops);
     // Phase 5, likewise: requests on the MMIO port that the Device seam
     // cannot express, between ordinary accesses.
-    ops.extend([
-        Op::Run,
-        Op::Consume,
-        Op::TakeDirty,
-        Op::DmaLogTake,
-        Op::Quiesce,
-        Op::Save,
-        Op::Resume,
-    ]);
-    g.r = Rng::new(seed ^ 0x7068_6173_6535);
+    g.next_phase(&mut ops, seed, 5);
     for _ in 0..1 + g.r.below(3) {
         let op = g.raw_port();
         ops.push(op);
@@ -1613,6 +1583,16 @@ impl Gen {
             ));
         }
         ops.push(Op::BackToBack { accesses: v });
+    }
+
+    /// Ends a phase with its finale (settle, drain both bitmaps, quiesce,
+    /// save, resume) and draws phase `n` from a generator of its own
+    /// (seeded `seed` ^ "phase" `n` in ASCII), so that each earlier phase
+    /// stays exactly what earlier versions generated for this seed.
+    fn next_phase(&mut self, ops: &mut Vec<Op>, seed: u64, n: u8) {
+        ops.extend(finale());
+        ops.push(Op::Resume);
+        self.r = Rng::new(seed ^ (0x7068_6173_6530 | u64::from(n)));
     }
 
     /// A device-memory fill of `len` bytes (no host memory in its bursts).
