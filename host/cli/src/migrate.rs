@@ -134,21 +134,7 @@ struct Shown {
 }
 
 fn line(p: &Pass) -> String {
-    format!(
-        "source: pre-copy pass {:>2}: device {:>9} bytes, guest {:>5} pages, {:>4} descriptors meanwhile; {} bytes left, {:.1} MiB/s, estimated downtime {:.1} ms{}",
-        p.pass,
-        p.device_bytes,
-        p.guest_pages,
-        p.descriptors_during,
-        p.remaining_bytes,
-        p.bandwidth_mib_s,
-        p.estimated_downtime_ms,
-        if p.throttle > 0 {
-            format!(", DMA throttle {}", p.throttle)
-        } else {
-            String::new()
-        }
-    )
+    format!("source: {}", p.summary())
 }
 
 impl Shown {

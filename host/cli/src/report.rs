@@ -28,20 +28,7 @@ pub fn text(r: &DemoReport) -> String {
             .map_or("unlimited".to_string(), |b| format!("{} MiB/s", b >> 20))
     ));
     for p in &r.passes {
-        s.push_str(&format!(
-            "  pre-copy pass {:>2}: device {:>9} bytes, guest {:>5} pages, {:>4} descriptors completed meanwhile; {:>8} bytes left, est. downtime {:>7.1} ms{}\n",
-            p.pass,
-            p.device_bytes,
-            p.guest_pages,
-            p.descriptors_during,
-            p.remaining_bytes,
-            p.estimated_downtime_ms,
-            if p.throttle > 0 {
-                format!(", DMA throttle {}", p.throttle)
-            } else {
-                String::new()
-            }
-        ));
+        s.push_str(&format!("  {}\n", p.summary()));
     }
     s.push_str(&format!(
         "  stop-and-copy   : device {:>9} bytes, guest {:>5} pages (pre-copy ended: {}{})\n\
@@ -62,19 +49,20 @@ pub fn text(r: &DemoReport) -> String {
         r.total_ms
     ));
     let b = &r.downtime_breakdown;
+    let t = &b.source;
     s.push_str(&format!(
         "  downtime ms: quiesce {:.3}, device stream {:.3}, guest pages {:.3}, handoff {:.3}, \
          transfer tail {:.3}, destination checks {:.3}, restore+resume {:.3} \
          ({} device reads, {} records, {} state changes)\n",
-        b.quiesce_ms,
-        b.device_stream_ms,
-        b.guest_pages_ms,
-        b.handoff_ms,
+        t.quiesce_ms,
+        t.device_stream_ms,
+        t.guest_pages_ms,
+        t.handoff_ms,
         b.transfer_tail_ms,
         b.destination_checks_ms,
         b.restore_resume_ms,
-        b.device_reads,
-        b.records,
+        t.device_reads,
+        t.records,
         b.state_changes
     ));
     match &r.failure {

@@ -60,8 +60,11 @@ pub(crate) trait Bottom: Send + fmt::Debug {
     /// Writes the low `width` bytes of `value` to configuration space.
     fn config_write(&mut self, offset: u16, width: usize, value: u32) -> Result<(), HwError>;
 
-    /// Alignment the IOMMU needs for IOVAs, lengths and host addresses.
-    fn iommu_alignment(&self) -> u64;
+    /// Alignment the IOMMU needs for IOVAs, lengths and host addresses
+    /// (the 4 KiB page unless the bottom knows its IOMMU's).
+    fn iommu_alignment(&self) -> u64 {
+        4096
+    }
 
     /// Maps `[addr, addr+len)` of this process at `iova` for the device.
     /// `file`, when the memory is a shared mapping of a file, is that file
@@ -1041,9 +1044,6 @@ mod tests {
             }
             self.config.write(offset, width, value);
             Ok(())
-        }
-        fn iommu_alignment(&self) -> u64 {
-            4096
         }
         unsafe fn dma_map(
             &mut self,

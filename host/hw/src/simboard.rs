@@ -664,10 +664,6 @@ impl Bottom for SimBoardBottom {
         }
     }
 
-    fn iommu_alignment(&self) -> u64 {
-        4096
-    }
-
     /// Passes the memory's file to the simulator, which maps the same pages.
     unsafe fn dma_map(
         &mut self,

@@ -173,10 +173,6 @@ impl Bottom for StandIn {
         Ok(())
     }
 
-    fn iommu_alignment(&self) -> u64 {
-        4096
-    }
-
     /// Records the mapping only: the stand-in reaches guest memory through
     /// its own bounds-checked `DmaPort`, never through `addr`.
     unsafe fn dma_map(

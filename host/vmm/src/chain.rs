@@ -8,7 +8,6 @@
 //! plain-Rust shadow wherever it arrived, and the completion interrupts of
 //! all devices must add up to what the workload asked for.
 
-use std::net::{TcpListener, TcpStream};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -195,22 +194,14 @@ pub fn run(o: &ChainOptions) -> Result<ChainReport, LiveError> {
             target.saturating_sub(done),
         )?;
         let at_descriptor = wl.stats().verified;
-        let listener =
-            TcpListener::bind("127.0.0.1:0").map_err(|e| LiveError::Protocol(e.to_string()))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| LiveError::Protocol(e.to_string()))?;
+        let (listener, addr) = crate::demo::loopback()?;
         let dst_guest = Guest::new(layout)?;
         let dst_dev = vm::open(&o.placement, pair[1], o.devmem, &dst_guest)?;
         let dest = std::thread::spawn(move || -> Result<live::Arrived, LiveError> {
-            let (mut conn, _) = listener
-                .accept()
-                .map_err(|e| LiveError::Protocol(e.to_string()))?;
-            let _ = conn.set_nodelay(true);
+            let mut conn = crate::demo::accept(&listener)?;
             live::migrate_in(dst_guest, dst_dev, &mut conn)
         });
-        let mut conn = TcpStream::connect(addr).map_err(|e| LiveError::Protocol(e.to_string()))?;
-        let _ = conn.set_nodelay(true);
+        let mut conn = crate::demo::connect(addr)?;
         let source = SourceOptions { budget, ..o.source };
         let src = live::migrate_out(dev.as_mut(), &guest, &mut wl, &mut ring, &mut conn, &source)?;
         let verified_at_stop = wl.stats().verified;

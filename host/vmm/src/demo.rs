@@ -124,19 +124,11 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// for the CPU counts in that phase while the destination went on).
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct DowntimeBreakdown {
-    /// Source: PRE_COPY → STOP_COPY (the device quiesces).
-    #[serde(serialize_with = "crate::ms")]
-    pub quiesce_ms: f64,
-    /// Source: the final pass, the state save and the end marker read from
-    /// the device and sent.
-    #[serde(serialize_with = "crate::ms")]
-    pub device_stream_ms: f64,
-    /// Source: the last dirty guest pages sent.
-    #[serde(serialize_with = "crate::ms")]
-    pub guest_pages_ms: f64,
-    /// Source: the workload snapshot and the end record sent.
-    #[serde(serialize_with = "crate::ms")]
-    pub handoff_ms: f64,
+    /// The source's phases and messages (quiesce, device stream, guest
+    /// pages, hand-off; device reads and records after the stop), as the
+    /// source measured them.
+    #[serde(flatten)]
+    pub source: crate::live::StopCopyTimes,
     /// Destination: from the source's last record sent to its arrival (the
     /// destination still writing the stream into its device and guest).
     #[serde(serialize_with = "crate::ms")]
@@ -148,10 +140,6 @@ pub struct DowntimeBreakdown {
     /// device resumed).
     #[serde(serialize_with = "crate::ms")]
     pub restore_resume_ms: f64,
-    /// Device reads after the stop (each one message to a served device).
-    pub device_reads: u64,
-    /// Channel records the source sent after the stop.
-    pub records: u64,
     /// State changes in the window (source stop, destination resume).
     pub state_changes: u64,
 }
@@ -164,15 +152,10 @@ impl DowntimeBreakdown {
         let end_ms = dst.end_received_at_us.saturating_sub(dst.stopped_at_us) as f64 / 1000.0;
         let after_end = dst.resumed_at_us.saturating_sub(dst.end_received_at_us) as f64 / 1000.0;
         DowntimeBreakdown {
-            quiesce_ms: t.quiesce_ms,
-            device_stream_ms: t.device_stream_ms,
-            guest_pages_ms: t.guest_pages_ms,
-            handoff_ms: t.handoff_ms,
+            source: t,
             transfer_tail_ms: (end_ms - source_ms).max(0.0),
             destination_checks_ms: (after_end - dst.restore_resume_ms).max(0.0),
             restore_resume_ms: dst.restore_resume_ms,
-            device_reads: t.device_reads,
-            records: t.records,
             state_changes: 2,
         }
     }
@@ -290,20 +273,13 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, LiveError> {
 
     // 2. The destination VM waits with its device set up (like QEMU's
     // -incoming); the source connects over TCP on loopback.
-    let listener =
-        TcpListener::bind("127.0.0.1:0").map_err(|e| LiveError::Protocol(e.to_string()))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| LiveError::Protocol(e.to_string()))?;
+    let (listener, addr) = loopback()?;
     let dst_guest = Guest::new(layout)?;
     let dst_dev = vm::open(&opts.placement, opts.kind, opts.devmem, &dst_guest)?;
     let dst_where = dst_dev.describe();
     let budget = opts.source.budget;
     let dest = std::thread::spawn(move || -> Result<_, LiveError> {
-        let (mut conn, _) = listener
-            .accept()
-            .map_err(|e| LiveError::Protocol(e.to_string()))?;
-        let _ = conn.set_nodelay(true);
+        let mut conn = accept(&listener)?;
         let mut arrived = live::migrate_in(dst_guest, dst_dev, &mut conn)?;
         let resumed = Instant::now();
         let verified_before = arrived.workload.stats().verified;
@@ -345,8 +321,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, LiveError> {
         budget,
         switch_at.saturating_sub(before),
     )?;
-    let mut conn = TcpStream::connect(addr).map_err(|e| LiveError::Protocol(e.to_string()))?;
-    let _ = conn.set_nodelay(true);
+    let mut conn = connect(addr)?;
     let t_mig = Instant::now();
     let src = live::migrate_out(
         src_dev.as_mut(),
@@ -436,6 +411,30 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, LiveError> {
         pass: failure.is_none(),
         failure,
     })
+}
+
+/// A listener on a free loopback port, and its address: where a demo's
+/// destination waits for its source (like QEMU's `-incoming tcp:`).
+pub(crate) fn loopback() -> Result<(TcpListener, std::net::SocketAddr), LiveError> {
+    let io = |e: std::io::Error| LiveError::Protocol(e.to_string());
+    let l = TcpListener::bind("127.0.0.1:0").map_err(io)?;
+    let addr = l.local_addr().map_err(io)?;
+    Ok((l, addr))
+}
+
+/// The migration channel's destination end: the source's connection, with
+/// Nagle off (records are small and each waits for an answer).
+pub(crate) fn accept(l: &TcpListener) -> Result<TcpStream, LiveError> {
+    let (conn, _) = l.accept().map_err(|e| LiveError::Protocol(e.to_string()))?;
+    let _ = conn.set_nodelay(true);
+    Ok(conn)
+}
+
+/// The migration channel's source end, with Nagle off.
+pub(crate) fn connect(addr: std::net::SocketAddr) -> Result<TcpStream, LiveError> {
+    let conn = TcpStream::connect(addr).map_err(|e| LiveError::Protocol(e.to_string()))?;
+    let _ = conn.set_nodelay(true);
+    Ok(conn)
 }
 
 #[cfg(test)]

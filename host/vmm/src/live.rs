@@ -85,6 +85,28 @@ pub struct Pass {
     pub throttle: u32,
 }
 
+impl Pass {
+    /// One line for a person: what the pass sent, what it left and the
+    /// downtime it estimated.
+    pub fn summary(&self) -> String {
+        format!(
+            "pre-copy pass {:>2}: device {:>9} bytes, guest {:>5} pages, {:>4} descriptors meanwhile; {} bytes left, {:.1} MiB/s, estimated downtime {:.1} ms{}",
+            self.pass,
+            self.device_bytes,
+            self.guest_pages,
+            self.descriptors_during,
+            self.remaining_bytes,
+            self.bandwidth_mib_s,
+            self.estimated_downtime_ms,
+            if self.throttle > 0 {
+                format!(", DMA throttle {}", self.throttle)
+            } else {
+                String::new()
+            }
+        )
+    }
+}
+
 /// One auto-converge step: the source raised the device's DMA throttle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ThrottleStep {

@@ -83,17 +83,7 @@ class Client:
         return bp.STATS_REP.unpack(self.ok(bp.STATS))
 
 
-def desc(op, src=0, dst=0, length=0, pattern=0, tag=0, irq=False):
-    w = [0] * (rm.const("DESC_BYTES") // 4)
-    w[rm.V["DESC_CTL_WORD"]] = (op << rm.V["DESC_CTL_OPCODE_LSB"]) | (int(irq) << rm.V["DESC_CTL_IRQ_LSB"])
-    w[rm.V["DESC_TAG_WORD"]] = tag
-    w[rm.V["DESC_SRC_LO_WORD"]] = src & 0xFFFFFFFF
-    w[rm.V["DESC_SRC_HI_WORD"]] = src >> 32
-    w[rm.V["DESC_DST_LO_WORD"]] = dst & 0xFFFFFFFF
-    w[rm.V["DESC_DST_HI_WORD"]] = dst >> 32
-    w[rm.V["DESC_LEN_WORD"]] = length
-    w[rm.V["DESC_PATTERN_WORD"]] = pattern
-    return struct.pack("<%dI" % len(w), *w)
+desc = rm.descriptor
 
 
 class Ring:

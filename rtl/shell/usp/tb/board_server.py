@@ -22,16 +22,15 @@ import cocotb
 from cocotb.handle import Force, Release
 from cocotb.triggers import FallingEdge, RisingEdge, Timer
 
-from cocotbext.axi import AxiStreamBus
 from cocotbext.axi.address_space import Region
 from cocotbext.pcie.core import RootComplex
 from cocotbext.pcie.core.caps import PciCapId
 from cocotbext.pcie.core.tlp import CplStatus, Tlp, TlpType
 from cocotbext.pcie.core.utils import PcieId
-from cocotbext.pcie.xilinx.us import UltraScalePlusPcieDevice
 
 import board_proto as bp
 import regmap as rm
+from usp_model import usp_device
 
 P = json.loads(os.environ["SIMBOARD_PARAMS"])       # what the shell was built with
 NV = rm.const("NUM_VECTORS")
@@ -95,46 +94,11 @@ class Board:
         rc.split_on_all_rcb = True          # completions split at every 64-byte RCB, as the suite does
         self.devmem_bytes = P["DEVMEM_PAGES"] * PAGE
 
-        self.dev = UltraScalePlusPcieDevice(
-            pcie_generation=3, pcie_link_width=8, user_clk_frequency=250e6,
-            alignment="dword",
-            cq_straddle=False, cc_straddle=False, rq_straddle=False, rc_straddle=False,
-            rc_4tlp_straddle=False, pf_count=1, max_payload_size=MPS,
-            enable_client_tag=True, enable_extended_tag=False, enable_parity=False,
-            enable_rx_msg_interface=False, enable_sriov=False,
-            enable_extended_configuration=False,
-            pf0_msi_enable=False,
-            pf0_msix_enable=True,
-            pf0_msix_table_size=NV - 1,
-            pf0_msix_table_bir=0,
-            pf0_msix_table_offset=rm.const("MSIX_TABLE_OFFSET"),
-            pf0_msix_pba_bir=0,
-            pf0_msix_pba_offset=rm.const("MSIX_PBA_OFFSET"),
-            user_clk=dut.user_clk, user_reset=dut.user_reset, user_lnk_up=dut.user_lnk_up,
-            rq_bus=AxiStreamBus.from_prefix(dut, "m_axis_rq"),
-            rc_bus=AxiStreamBus.from_prefix(dut, "s_axis_rc"),
-            cq_bus=AxiStreamBus.from_prefix(dut, "s_axis_cq"),
-            pcie_cq_np_req=dut.pcie_cq_np_req,
-            cc_bus=AxiStreamBus.from_prefix(dut, "m_axis_cc"),
-            cfg_max_payload=dut.cfg_max_payload,
-            cfg_max_read_req=dut.cfg_max_read_req,
-            cfg_function_status=dut.cfg_function_status,
-            cfg_interrupt_msix_enable=dut.cfg_interrupt_msix_enable,
-            cfg_interrupt_msix_mask=dut.cfg_interrupt_msix_mask,
-        )
+        self.dev = usp_device(dut, MPS, P, self.devmem_bytes)
         self.dev.log.setLevel(logging.WARNING)
         rc.log.setLevel(logging.WARNING)
         for n in ("s_axis_cq", "m_axis_cc", "m_axis_rq", "s_axis_rc"):
             logging.getLogger("cocotb.vfpga_usp_shell." + n).setLevel(logging.WARNING)
-        f = self.dev.functions[0]
-        f.vendor_id = P["VENDOR_ID"]
-        f.device_id = P["DEVICE_ID"]
-        f.subsystem_vendor_id = P["SUBSYS_VENDOR_ID"]
-        f.subsystem_id = P["SUBSYS_ID"]
-        f.class_code = rm.const("PCI_CLASS_CODE")
-        f.revision_id = rm.const("PCI_REVISION")
-        f.configure_bar(0, rm.const("BAR0_SIZE"))
-        f.configure_bar(2, self.devmem_bytes, ext=True, prefetch=True)
         rc.make_port().connect(self.dev)
         dut.cfg_flr_in_process.value = 0
         dut.cfg_hot_reset_out.value = 0
@@ -309,13 +273,18 @@ class Board:
         return gate
 
     # ------------------------------------------------------------------ config
+    def cfg_tlp(self, kind):
+        """A type-1 configuration request from the root complex to the function."""
+        req = Tlp()
+        req.fmt_type = kind
+        req.requester_id = PcieId(0, 0, 0)
+        req.completer_id = self.pdev.pcie_id
+        return req
+
     async def cfg_read(self, off, width):
         if not self.link_up:
             raise Unanswered("link down")
-        req = Tlp()
-        req.fmt_type = TlpType.CFG_READ_1
-        req.requester_id = PcieId(0, 0, 0)
-        req.completer_id = self.pdev.pcie_id
+        req = self.cfg_tlp(TlpType.CFG_READ_1)
         req.set_addr_be(off, width)
         cpls = await self.rc.perform_nonposted_operation(req, TLP_TIMEOUT_NS, "ns")
         if not cpls:
@@ -328,10 +297,7 @@ class Board:
     async def cfg_write(self, off, width, value):
         if not self.link_up:
             raise Unanswered("link down")
-        req = Tlp()
-        req.fmt_type = TlpType.CFG_WRITE_1
-        req.requester_id = PcieId(0, 0, 0)
-        req.completer_id = self.pdev.pcie_id
+        req = self.cfg_tlp(TlpType.CFG_WRITE_1)
         req.set_addr_be_data(off, (value & ((1 << (8 * width)) - 1)).to_bytes(width, "little"))
         cpls = await self.rc.perform_nonposted_operation(req, TLP_TIMEOUT_NS, "ns")
         if not cpls:

@@ -4,6 +4,7 @@ bitstream-docs/regmap.yaml). No offset is written by hand here."""
 
 import pathlib
 import re
+import struct
 
 VH = pathlib.Path(__file__).resolve().parents[3] / "generated" / "vfpga_regs.vh"
 
@@ -54,3 +55,17 @@ def status(name):
 
 def state_index(name):
     return V["ST_" + name]
+
+
+def descriptor(op, src=0, dst=0, length=0, pattern=0, tag=0, irq=False):
+    """One submission-ring descriptor (datasheet layout, from the map)."""
+    w = [0] * (const("DESC_BYTES") // 4)
+    w[V["DESC_CTL_WORD"]] = (op << V["DESC_CTL_OPCODE_LSB"]) | (int(irq) << V["DESC_CTL_IRQ_LSB"])
+    w[V["DESC_TAG_WORD"]] = tag
+    w[V["DESC_SRC_LO_WORD"]] = src & 0xFFFFFFFF
+    w[V["DESC_SRC_HI_WORD"]] = src >> 32
+    w[V["DESC_DST_LO_WORD"]] = dst & 0xFFFFFFFF
+    w[V["DESC_DST_HI_WORD"]] = dst >> 32
+    w[V["DESC_LEN_WORD"]] = length
+    w[V["DESC_PATTERN_WORD"]] = pattern
+    return struct.pack("<%dI" % len(w), *w)

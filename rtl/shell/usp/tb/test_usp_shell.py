@@ -14,14 +14,13 @@ import cocotb
 from cocotb.handle import Force, Release
 from cocotb.triggers import FallingEdge, RisingEdge, Timer
 
-from cocotbext.axi import AxiStreamBus
 from cocotbext.pcie.core import RootComplex
 from cocotbext.pcie.core.tlp import Tlp, TlpType
 from cocotbext.pcie.core.utils import PcieId
-from cocotbext.pcie.xilinx.us import UltraScalePlusPcieDevice
 from cocotbext.pcie.xilinx.us.tlp import Tlp_us
 
 import regmap as rm
+from usp_model import usp_device
 
 P = json.loads(os.environ["SHELL_PARAMS"])      # the parameters the DUT was built with
 DEVMEM_BYTES = P["DEVMEM_PAGES"] * rm.const("PAGE_SIZE")
@@ -54,44 +53,9 @@ class TB:
         self.rc.max_read_request_size = 0     # 128 bytes
         self.rc.split_on_all_rcb = True       # split read completions at every 64-byte RCB
 
-        self.dev = UltraScalePlusPcieDevice(
-            pcie_generation=3, pcie_link_width=8, user_clk_frequency=250e6,
-            alignment="dword",
-            cq_straddle=False, cc_straddle=False, rq_straddle=False, rc_straddle=False,
-            rc_4tlp_straddle=False, pf_count=1, max_payload_size=256,
-            enable_client_tag=True, enable_extended_tag=False, enable_parity=False,
-            enable_rx_msg_interface=False, enable_sriov=False,
-            enable_extended_configuration=False,
-            pf0_msi_enable=False,
-            pf0_msix_enable=True,
-            pf0_msix_table_size=NV - 1,
-            pf0_msix_table_bir=0,
-            pf0_msix_table_offset=rm.const("MSIX_TABLE_OFFSET"),
-            pf0_msix_pba_bir=0,
-            pf0_msix_pba_offset=rm.const("MSIX_PBA_OFFSET"),
-            user_clk=dut.user_clk, user_reset=dut.user_reset, user_lnk_up=dut.user_lnk_up,
-            rq_bus=AxiStreamBus.from_prefix(dut, "m_axis_rq"),
-            rc_bus=AxiStreamBus.from_prefix(dut, "s_axis_rc"),
-            cq_bus=AxiStreamBus.from_prefix(dut, "s_axis_cq"),
-            pcie_cq_np_req=dut.pcie_cq_np_req,
-            cc_bus=AxiStreamBus.from_prefix(dut, "m_axis_cc"),
-            cfg_max_payload=dut.cfg_max_payload,
-            cfg_max_read_req=dut.cfg_max_read_req,
-            cfg_function_status=dut.cfg_function_status,
-            cfg_interrupt_msix_enable=dut.cfg_interrupt_msix_enable,
-            cfg_interrupt_msix_mask=dut.cfg_interrupt_msix_mask,
-        )
+        self.dev = usp_device(dut, 256, P, DEVMEM_BYTES)
         self.dev.log.setLevel(logging.WARNING)
         self.rc.log.setLevel(logging.WARNING)
-        f = self.dev.functions[0]
-        f.vendor_id = P["VENDOR_ID"]
-        f.device_id = P["DEVICE_ID"]
-        f.subsystem_vendor_id = P["SUBSYS_VENDOR_ID"]
-        f.subsystem_id = P["SUBSYS_ID"]
-        f.class_code = rm.const("PCI_CLASS_CODE")
-        f.revision_id = rm.const("PCI_REVISION")
-        f.configure_bar(0, rm.const("BAR0_SIZE"))
-        f.configure_bar(2, DEVMEM_BYTES, ext=True, prefetch=True)
         self.rc.make_port().connect(self.dev)
 
         dut.cfg_flr_in_process.value = 0
@@ -220,16 +184,7 @@ class TB:
         await self.wr(rm.reg("CTRL"), rm.bit("CTRL", "ENABLE"))
 
     def desc(self, op, src=0, dst=0, length=0, pattern=0, tag=0, irq=False):
-        w = [0] * (rm.const("DESC_BYTES") // 4)
-        w[rm.V["DESC_CTL_WORD"]] = (op << rm.V["DESC_CTL_OPCODE_LSB"]) | (int(irq) << rm.V["DESC_CTL_IRQ_LSB"])
-        w[rm.V["DESC_TAG_WORD"]] = tag
-        w[rm.V["DESC_SRC_LO_WORD"]] = src & 0xFFFFFFFF
-        w[rm.V["DESC_SRC_HI_WORD"]] = src >> 32
-        w[rm.V["DESC_DST_LO_WORD"]] = dst & 0xFFFFFFFF
-        w[rm.V["DESC_DST_HI_WORD"]] = dst >> 32
-        w[rm.V["DESC_LEN_WORD"]] = length
-        w[rm.V["DESC_PATTERN_WORD"]] = pattern
-        return struct.pack("<%dI" % len(w), *w)
+        return rm.descriptor(op, src, dst, length, pattern, tag, irq)
 
     async def host_write(self, addr, data):
         await self.mem.write(addr - self.mem_base, data)
